@@ -1,0 +1,95 @@
+"""Per-token log-probs of completions that share a prompt: the one code path of the sampler and the trainer.
+
+A step holds P prompts and G completions each (rows p-major: row = p * G + g). Under causal attention the prompt's
+hidden states do not depend on what follows it, so the prompt is run once per group and its keys/values are read
+by all G completions (`PrefixKV`); gradients through the prompt are summed over the group. Logits are formed
+chunk by chunk over completion positions only, so no [N, T, V] float32 tensor ever exists.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from grpo_jax.models.config import ModelConfig
+from grpo_jax.models.transformer import PrefixKV, causal_mask, hidden_states, padded_positions, unembed
+
+
+class Prompt(NamedTuple):
+    prefix: PrefixKV          # keys/values of the prompts, k/v [L, P, S, Hkv, hd]
+    last_hidden: jax.Array    # [P, D] final hidden state at each prompt's last token (predicts completion token 0)
+    length: jax.Array         # int32 [P] real prompt tokens (completion token j sits at position length + j)
+
+
+def encode_prompt(config: ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array) -> Prompt:
+    """Prefill: run the left-padded prompts [P, S] once."""
+    mask = prompt_mask.astype(bool)
+    hidden, (k, v) = hidden_states(config, params, prompt_tokens, padded_positions(mask), causal_mask(mask))
+    return Prompt(PrefixKV(k, v, mask), hidden[:, -1], jnp.sum(mask, axis=-1).astype(jnp.int32))
+
+
+def token_logprobs(config: ModelConfig, params, hidden: jax.Array, targets: jax.Array, temperature: float = 1.0,
+                   chunk_size: int = 0, with_entropy: bool = True):
+    """log p(target) and entropy under softmax(logits / temperature), for hidden [N, T, D], targets [N, T].
+
+    Computed over chunks of T positions with the chunk's logits rematerialised in the backward pass, so memory is
+    O(N * chunk * V) instead of O(N * T * V)."""
+    n, t, d = hidden.shape
+    if chunk_size <= 0:
+        # ~32M float32 logits per chunk.
+        chunk_size = max(1, min(t, (32 * 1024 * 1024) // max(1, n * config.vocab_size)))
+    num_chunks = -(-t // chunk_size)
+    pad = num_chunks * chunk_size - t
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    y = jnp.pad(targets, ((0, 0), (0, pad)))
+    h = h.reshape(n, num_chunks, chunk_size, d).transpose(1, 0, 2, 3)
+    y = y.reshape(n, num_chunks, chunk_size).transpose(1, 0, 2)
+
+    @jax.checkpoint
+    def one_chunk(hy):
+        hc, yc = hy
+        logits = unembed(config, params, hc) / temperature
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, yc[..., None], axis=-1)[..., 0]
+        if with_entropy:
+            probs = jnp.exp(logits - lse[..., None])
+            ent = lse - jnp.sum(probs * logits, axis=-1)
+        else:
+            ent = jnp.zeros_like(lse)
+        return picked - lse, ent
+
+    logp, ent = jax.lax.map(one_chunk, (h, y))
+    logp = logp.transpose(1, 0, 2).reshape(n, -1)[:, :t]
+    ent = ent.transpose(1, 0, 2).reshape(n, -1)[:, :t]
+    return logp, ent
+
+
+def completion_hidden(config: ModelConfig, params, prompt: Prompt, completions: jax.Array, group_size: int):
+    """Final hidden states that predict each completion token: [N, T, D] for completions [N, T], N = P * G."""
+    n, t = completions.shape
+    last = jnp.repeat(prompt.last_hidden, group_size, axis=0)[:, None, :]
+    if t == 1:
+        return last
+    inputs = completions[:, :-1]
+    lengths = jnp.repeat(prompt.length, group_size)
+    positions = lengths[:, None] + jnp.arange(t - 1, dtype=jnp.int32)[None, :]
+    own_mask = causal_mask(jnp.ones(inputs.shape, bool))
+    hidden, _ = hidden_states(config, params, inputs, positions, own_mask, prefix=prompt.prefix)
+    return jnp.concatenate([last.astype(hidden.dtype), hidden], axis=1)
+
+
+def completion_logprobs(config: ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                        completions: jax.Array, group_size: int, temperature: float = 1.0, chunk_size: int = 0,
+                        with_entropy: bool = True):
+    """log p(completion token | prompt, earlier completion tokens) and per-token entropy, both [N, T] float32.
+
+    prompt_tokens/prompt_mask [P, S] left-padded; completions int32 [N, T] with N = P * group_size, p-major."""
+    p = prompt_tokens.shape[0]
+    if completions.shape[0] != p * group_size:
+        raise ValueError(f"completions has {completions.shape[0]} rows, expected prompts x group_size = "
+                         f"{p} x {group_size}")
+    prompt = encode_prompt(config, params, prompt_tokens, prompt_mask)
+    hidden = completion_hidden(config, params, prompt, completions, group_size)
+    return token_logprobs(config, params, hidden, completions, temperature, chunk_size, with_entropy)
