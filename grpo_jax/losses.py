@@ -132,7 +132,8 @@ def gspo_sequence_loss(logps, old_logps, advantages, mask, config) -> PolicyTerm
     Zheng et al. 2025, "Group Sequence Policy Optimization", eq. 5-7:
     s_i = exp(mean_t(logp_t - old_logp_t)), loss_i = -min(s_i A_i, clip(s_i, 1 - clip_low, 1 + clip_high) A_i);
     the gradient flows through every token of s_i (the GSPO sequence form; GSPO-token's
-    sg[s_i] * exp(logp_t - sg[logp_t]) has the same value and, with one advantage per sequence, the same gradient).
+    sg[s_i] * exp(logp_t - sg[logp_t]) has the same value and, with one advantage per sequence and the
+    default aggregation, the same gradient).
     Dual clip, when on, bounds the sequence loss. loss_i is broadcast to the sequence's tokens, so every
     aggregation mode is defined: with the default `seq_mean_token_mean` the loss is exactly the paper's
     (1/G) sum_i loss_i; `token_mean` weights sequences by length, the token-sum modes by length as well.
