@@ -23,7 +23,7 @@ RUNTIME = [
 ]
 
 # torch (CPU) is a reference for tests and benchmarks only; the library never imports it.
-TEST = ["torch==2.13.0", "pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17"]
+TEST = ["torch==2.13.0", "accelerate==1.15.0", "pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17"]
 
 setup(
     name="grpo_jax",

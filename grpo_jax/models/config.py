@@ -103,7 +103,7 @@ class ModelConfig:
                 rope_scaling = None
             else:
                 rope_scaling = tuple(sorted((k, v) for k, v in rope_scaling.items()
-                                            if isinstance(v, (int, float, str))))
+                                            if isinstance(v, (int, float, str)) and k != "rope_theta"))
         eos = d.get("eos_token_id")
         eos = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
         return cls(
