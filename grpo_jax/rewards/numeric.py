@@ -1,0 +1,58 @@
+"""Rewards for problems whose answer is one number: `arithmetic` and `gsm8k` (Cobbe et al. 2021).
+
+The predicted number is read, in order of preference, from the last `<answer>` block (its last number after its last
+'='), then (GSM8K only) from the first number after the last `####`, then from the last number in the text. Numbers
+compare numerically: 72 == 72.0 == 72.00, "1,000" == 1000, "$5" == 5, "50%" == 50, negatives allowed.
+"""
+
+from __future__ import annotations
+
+from grpo_jax.rewards.columns import per_completion
+from grpo_jax.rewards.extract import (
+    answer_block,
+    completion_text,
+    last_number,
+    number_in_answer,
+    numbers_in,
+    reference_number,
+    same_number,
+)
+from grpo_jax.rewards.registry import REWARDS
+
+
+def predicted_number(text: str, *, hash_marks: bool) -> float | None:
+    """The number a completion answers with (see the module docstring), or None."""
+    content = answer_block(text)
+    if content is not None:
+        return number_in_answer(content)
+    marker = text.rfind("####") if hash_marks else -1
+    if marker >= 0:
+        after = numbers_in(text[marker + 4 : marker + 4 + 256])
+        return after[0] if after else None
+    return last_number(text)
+
+
+def _number_reward(name: str, *, hash_marks: bool):
+    def reward(completions, **columns):
+        answers = per_completion(columns, "answer", len(completions), name)
+        scores = []
+        for completion, answer in zip(completions, answers):
+            gold = reference_number(answer)
+            predicted = predicted_number(completion_text(completion), hash_marks=hash_marks)
+            scores.append(1.0 if same_number(predicted, gold) else 0.0)
+        return scores
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+@REWARDS.register("arithmetic")
+def arithmetic_factory():
+    """1.0 when the answered number equals the column `answer` (a number, or text ending `#### N`), else 0.0."""
+    return _number_reward("arithmetic", hash_marks=False)
+
+
+@REWARDS.register("gsm8k")
+def gsm8k_factory():
+    """1.0 when the answered number equals the number after `####` in the column `answer`, else 0.0."""
+    return _number_reward("gsm8k", hash_marks=True)

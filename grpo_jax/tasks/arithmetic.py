@@ -1,0 +1,144 @@
+"""Arithmetic: "What is 3 + 5?" problems, the offline CPU default (a 135M instruct model gets some right at step 0).
+
+A problem is `num_operands` numbers of up to `digits` digits (0 .. 10**digits - 1) joined by operators drawn from
+`operators`, evaluated with the usual precedence; with "/" only problems whose exact value is an integer are kept.
+Identity is the expression itself. Small problem spaces (at most ENUMERATE_LIMIT expressions, e.g. the 100 one-digit
+additions) are enumerated and split by `split_seed` into a fixed eval subset and a disjoint training pool; larger
+spaces are sampled, rejecting eval problems from training.
+"""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+from typing import Any, Sequence
+
+from grpo_jax.rewards.columns import integer
+from grpo_jax.tasks.base import EVAL_STREAM, TRAIN_STREAM, Task, check_seed, make_example, rng
+from grpo_jax.tasks.registry import TASKS
+
+OPERATORS = ("+", "-", "*", "/")
+ENUMERATE_LIMIT = 200_000
+MAX_ATTEMPTS = 10_000
+DEFAULT_EVAL_SIZE = 200
+
+Problem = tuple[tuple[int, ...], tuple[str, ...]]  # operands, operators
+
+
+def value_of(problem: Problem) -> Fraction | None:
+    """Exact value with * and / before + and -, left to right; None on division by zero."""
+    operands, operators = problem
+    terms, sign, product = [], 1, Fraction(operands[0])
+    for op, x in zip(operators, operands[1:]):
+        if op == "*":
+            product *= x
+        elif op == "/":
+            if x == 0:
+                return None
+            product /= x
+        else:
+            terms.append(sign * product)
+            sign, product = (1 if op == "+" else -1), Fraction(x)
+    return sum(terms, sign * product)
+
+
+def expression(problem: Problem) -> str:
+    operands, operators = problem
+    return " ".join([str(operands[0])] + [f"{op} {x}" for op, x in zip(operators, operands[1:])])
+
+
+class ArithmeticTask(Task):
+    name = "arithmetic"
+    reward_names = ("arithmetic",)
+    accuracy_reward = "arithmetic"
+
+    def __init__(self, *, operators: Sequence[str], digits: int, num_operands: int, eval_size: int | None,
+                 split_seed: int):
+        self.operators = tuple(operators)
+        if not self.operators or any(op not in OPERATORS for op in self.operators):
+            raise ValueError(
+                f"arithmetic: operators must be a non-empty subset of {list(OPERATORS)}, got {operators!r}")
+        self.digits = integer(digits, "arithmetic digits")
+        self.num_operands = integer(num_operands, "arithmetic num_operands")
+        if not 1 <= self.digits <= 9 or not 2 <= self.num_operands <= 8:
+            raise ValueError(
+                f"arithmetic: need 1 <= digits <= 9 and 2 <= num_operands <= 8, got {digits}, {num_operands}")
+        split_seed = check_seed(split_seed, "split_seed")
+        space = (10**self.digits) ** self.num_operands * len(self.operators) ** (self.num_operands - 1)
+        self._pool: list[Problem] | None = None
+        if space <= ENUMERATE_LIMIT:
+            problems = [p for p in self._all_problems() if self._valid(p)]
+            eval_size = self._eval_size(eval_size, len(problems))
+            order = rng(split_seed, EVAL_STREAM).permutation(len(problems))
+            eval_problems = [problems[i] for i in order[:eval_size]]
+            self._pool = [problems[i] for i in order[eval_size:]]
+        else:
+            eval_size = self._eval_size(eval_size, None)
+            generator, seen, eval_problems = rng(split_seed, EVAL_STREAM), set(), []
+            while len(eval_problems) < eval_size:
+                problem = self._draw(generator)
+                if problem not in seen:
+                    seen.add(problem)
+                    eval_problems.append(problem)
+        self._eval_problems = frozenset(eval_problems)
+        self._eval = [self.to_example(p) for p in eval_problems]
+
+    def _eval_size(self, eval_size: int | None, available: int | None) -> int:
+        described = f"operators={list(self.operators)}, digits={self.digits}, num_operands={self.num_operands}"
+        if eval_size is None:  # default: 200, or half of a small problem space
+            return DEFAULT_EVAL_SIZE if available is None else min(DEFAULT_EVAL_SIZE, available // 2)
+        eval_size = integer(eval_size, "arithmetic eval_size")
+        if eval_size < 1:
+            raise ValueError(f"arithmetic: eval_size must be >= 1, got {eval_size}")
+        if available is not None and eval_size >= available:
+            raise ValueError(
+                f"arithmetic: {described} has only {available} distinct problems; eval_size={eval_size} would leave "
+                "none for training (eval and train never share a problem). Lower eval_size or widen the space."
+            )
+        return eval_size
+
+    def _all_problems(self):
+        numbers = range(10**self.digits)
+        for operands in itertools.product(numbers, repeat=self.num_operands):
+            for ops in itertools.product(self.operators, repeat=self.num_operands - 1):
+                yield operands, ops
+
+    @staticmethod
+    def _valid(problem: Problem) -> bool:
+        value = value_of(problem)
+        return value is not None and value.denominator == 1
+
+    def _draw(self, generator) -> Problem:
+        for _ in range(MAX_ATTEMPTS):
+            operands = tuple(int(x) for x in generator.integers(0, 10**self.digits, size=self.num_operands))
+            picks = generator.integers(len(self.operators), size=self.num_operands - 1)
+            ops = tuple(self.operators[int(i)] for i in picks)
+            if self._valid((operands, ops)):
+                return operands, ops
+        raise ValueError(f"arithmetic: could not draw a problem with an integer answer from operators {self.operators}")
+
+    def to_example(self, problem: Problem) -> dict[str, Any]:
+        text = expression(problem)
+        return make_example(f"What is {text}? Put the final answer in <answer> </answer> tags.",
+                            {"answer": int(value_of(problem))}, id=f"arithmetic:{text}")
+
+    def _eval_examples(self) -> list[dict[str, Any]]:
+        return self._eval
+
+    def train_example(self, seed: int, index: int) -> dict[str, Any]:
+        generator = rng(check_seed(seed), check_seed(index, "index"), TRAIN_STREAM)
+        if self._pool is not None:
+            return self.to_example(self._pool[int(generator.integers(len(self._pool)))])
+        for _ in range(MAX_ATTEMPTS):
+            problem = self._draw(generator)
+            if problem not in self._eval_problems:
+                return self.to_example(problem)
+        raise ValueError("arithmetic: could not draw a training problem outside the eval set; lower eval_size")
+
+
+@TASKS.register("arithmetic")
+def arithmetic(operators: Sequence[str] = ("+",), digits: int = 1, num_operands: int = 2,
+               eval_size: int | None = None, split_seed: int = 0) -> Task:
+    """Procedural arithmetic. eval_size None = 200, or half the problem space when that has fewer than 400 problems."""
+    return ArithmeticTask(operators=operators, digits=digits, num_operands=num_operands, eval_size=eval_size,
+                          split_seed=split_seed)
