@@ -138,3 +138,120 @@ def torch_logits(model, tokens: np.ndarray, attention_mask: np.ndarray | None = 
 def random_tokens(vocab_size: int, batch: int = 3, length: int = 12, seed: int = 0) -> np.ndarray:
     """int32 [batch, length] token ids drawn uniformly from the vocabulary."""
     return np.random.default_rng(seed).integers(0, vocab_size, size=(batch, length)).astype(np.int32)
+
+
+# GGUF block names of HF tensor names (inverse of llama.cpp's convert_hf_to_gguf renaming).
+_GGUF_BLOCK = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+_GGUF_TOP = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+
+
+def _gguf_name(hf: str) -> str:
+    stem, kind = hf.rsplit(".", 1)
+    if stem in _GGUF_TOP:
+        return f"{_GGUF_TOP[stem]}.{kind}"
+    _, _, layer, rest = stem.split(".", 3)  # model.layers.{i}.{rest}
+    return f"blk.{layer}.{_GGUF_BLOCK[rest]}.{kind}"
+
+
+def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp convert_hf_to_gguf `LlamaModel.permute`: rotate-half rows -> interleaved rope rows."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+                   "+ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                   "{% endif %}")
+_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ 1"]
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's byte -> printable unicode table (bytes_to_unicode), in byte order."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+def tiny_gguf_vocab() -> list[str]:
+    """The byte-level BPE vocabulary of `make_gguf(..., tokenizer=True)`: 3 specials, 256 bytes, 8 merges."""
+    return _SPECIALS + _byte_chars() + [m.replace(" ", "") for m in _MERGES]
+
+
+def _add_tokenizer(w) -> None:
+    import gguf
+
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    tokens = tiny_gguf_vocab()
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL] * len(_SPECIALS) + [gguf.TokenType.NORMAL] * (len(tokens) - 3))
+    w.add_token_merges(_MERGES)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHATML_TEMPLATE)
+
+
+def make_gguf(family: str, path, *, quant: str = "Q8_0", seed: int = 0, tokenizer: bool = False,
+              **overrides) -> str:
+    """Writes a tiny random `family` model ("llama", "smollm2", "qwen2", "qwen3") as a llama.cpp GGUF file, the
+    way llama.cpp's converter does (its names, q/k permutation for llama, metadata keys), and returns its path.
+
+    quant: storage type of the 2-D weights ("F32", "F16" or "Q8_0"); norms and biases stay F32.
+    tokenizer: also write a tiny byte-level BPE tokenizer with a ChatML template (vocab_size becomes 267).
+    The HF checkpoint it was made from is written next to it (path + ".hf") for reference.
+    """
+    import gguf
+
+    if family == "llama3":
+        raise ValueError("llama.cpp stores llama3 rope scaling as a rope_freqs tensor, which grpo_jax refuses")
+    if tokenizer:
+        overrides["vocab_size"] = len(tiny_gguf_vocab())
+    hf_dir = make_checkpoint(family, str(path) + ".hf", seed=seed, **overrides)
+    config = make_config(family, **overrides)
+    from safetensors.numpy import load_file
+    tensors = load_file(os.path.join(hf_dir, "model.safetensors"))
+    arch = "qwen3" if family == "qwen3" else "qwen2" if family == "qwen2" else "llama"
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(config.max_position_embeddings)
+    w.add_embedding_length(config.hidden_size)
+    w.add_block_count(config.num_hidden_layers)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(config.num_attention_heads)
+    w.add_head_count_kv(config.num_key_value_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+    w.add_vocab_size(config.vocab_size)
+    w.add_rope_dimension_count(head_dim)
+    if tokenizer:
+        _add_tokenizer(w)
+    else:
+        w.add_bos_token_id(config.bos_token_id)
+        w.add_eos_token_id(config.eos_token_id)
+        w.add_pad_token_id(config.pad_token_id)
+    qtype = getattr(gguf.GGMLQuantizationType, quant)
+    for name, x in tensors.items():
+        x = x.astype(np.float32)
+        if arch == "llama" and (".q_proj." in name or ".k_proj." in name):
+            x = _llama_cpp_permute(x, config.num_attention_heads if ".q_proj." in name
+                                   else config.num_key_value_heads)
+        if x.ndim == 2 and quant != "F32":
+            data = gguf.quants.quantize(x.astype(np.float16) if quant == "F16" else x, qtype)
+            w.add_tensor(_gguf_name(name), data, raw_dtype=qtype)
+        else:
+            w.add_tensor(_gguf_name(name), np.ascontiguousarray(x))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)

@@ -158,6 +158,7 @@ class GGUFCheckpoint:
             self.metadata["tokenizer.ggml.tokens"] = range(len(self.reader.fields["tokenizer.ggml.tokens"].data))
         self._tensors = {hf_name(t.name): t for t in self.reader.tensors}
         self.config = config_from_gguf_metadata(self.metadata, [t.name for t in self.reader.tensors], source=path)
+        self.reader_architecture = arch
 
     def names(self) -> Iterable[str]:
         return self._tensors.keys()
@@ -194,18 +195,40 @@ class GGUFCheckpoint:
         return "tokenizer.ggml.model" in self.metadata
 
 
-def load_gguf_tokenizer(path: str):
+def tokenizer_metadata(reader) -> dict[str, Any]:
+    """Every `tokenizer.*` GGUF field (vocabulary, merges, scores, special ids, chat template) as Python values."""
+    return {key: field.contents() for key, field in reader.fields.items() if key.startswith("tokenizer.")}
+
+
+def load_gguf_tokenizer(ckpt: "GGUFCheckpoint"):
     """The transformers fast tokenizer (vocab, merges, special tokens, chat template) from a GGUF's metadata.
 
-    Built by transformers' own GGUF tokenizer converter (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`),
-    which reads the metadata with the `gguf` package. It works without torch installed (where torch is installed,
-    transformers' tokenizer base classes import it, as they do for any transformers tokenizer).
+    The metadata is read with the `gguf` package and converted by transformers' own GGUF tokenizer converter
+    (`transformers.integrations.gguf.gguf_tokenizer_mapping`: the code behind
+    `AutoTokenizer.from_pretrained(dir, gguf_file=...)`, whose file reader needs torch, which this does not).
+    The grouping into tokenizer / tokenizer_config fields mirrors transformers' `get_gguf_tokenizer`.
     """
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (GGUF_TOKENIZER_MAPPING, _SPECIAL_TOKENS,
+                                                                       convert_gguf_tokenizer)
 
+    path = ckpt.path
     try:
-        return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                             gguf_file=os.path.basename(path))
+        meta = tokenizer_metadata(ckpt.reader)
+        if "tokenizer.chat_template" not in meta and ckpt.chat_template is not None:
+            meta["tokenizer.chat_template"] = ckpt.chat_template
+        grouped = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items()
+                           if f"tokenizer.{key}" in meta}
+                   for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+        tokenizer_dict, tokenizer_config = grouped["tokenizer"], grouped["tokenizer_config"]
+        if tokenizer_dict.get("tokenizer_type") == "llama":
+            tokenizer_config.setdefault("add_bos_token", True)  # llama.cpp adds BOS to sentencepiece vocabularies
+        tokens = tokenizer_dict["tokens"]
+        for name, key in _SPECIAL_TOKENS.items():
+            token_id = meta.get(f"tokenizer.ggml.{key}")
+            tokenizer_config[name] = tokens[token_id] if token_id is not None else None
+        backend, extra = convert_gguf_tokenizer(ckpt.reader_architecture, tokenizer_dict)
+        return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot build the tokenizer from the GGUF metadata "
                               f"({type(e).__name__}: {e})") from None

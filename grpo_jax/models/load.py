@@ -173,7 +173,7 @@ def load(source, dtype: str = "float32", compute_dtype: Optional[str] = None, *,
         ckpt = GGUFCheckpoint(path)
         config = ckpt.config
         params = hf_to_params(config, ckpt, dtype, config_source=f"{path} (GGUF metadata)")
-        tokenizer = load_gguf_tokenizer(path) if with_tokenizer and ckpt.has_tokenizer else None
+        tokenizer = load_gguf_tokenizer(ckpt) if with_tokenizer and ckpt.has_tokenizer else None
     else:
         config = load_dir_config(path)
         with SafetensorsCheckpoint(path) as ckpt:
