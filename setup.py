@@ -23,7 +23,10 @@ RUNTIME = [
 ]
 
 # torch (CPU) is a reference for tests and benchmarks only; the library never imports it.
-TEST = ["torch==2.13.0", "accelerate==1.15.0", "pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17"]
+# trl runs the tiny TRL side of the benchmarks in tests (tests/test_bench_grpo.py); with the pins above it adds only
+# itself (accelerate, datasets, pandas are already here).
+TEST = ["torch==2.13.0", "accelerate==1.15.0", "trl==1.16.0", "pytest==9.2.0", "pytest-xdist==3.8.0",
+        "hypothesis==6.170.17"]
 
 setup(
     name="grpo_jax",
@@ -35,7 +38,7 @@ setup(
     extras_require={
         "test": TEST,
         "math": ["math-verify==0.9.0"],
-        "bench": ["torch==2.13.0", "trl==1.16.0"],
+        "bench": ["torch==2.13.0", "accelerate==1.15.0", "trl==1.16.0"],
         "wandb": ["wandb"],
     },
 )

@@ -1,0 +1,382 @@
+"""`grpo_step`: the time and peak memory of ONE full GRPO step, grpo_jax beside TRL's GRPOTrainer, same machine.
+
+    python -m experiments.benchmark grpo_step --vs-trl        # via the dispatcher
+    python -m experiments.bench_grpo_step --vs-trl            # the same, directly
+    python -m experiments.bench_grpo_step                     # grpo_jax and the roofline only
+
+The step (issue 7): 8 prompts x 8 completions x 64 new tokens of the arithmetic task, the embedded
+SmolLM2-135M-Instruct in float32, full finetuning, kl_beta 0.04 (so a reference forward pass), loss 'grpo',
+temperature 1.0, lr 1e-6, the whole batch in one micro-batch. One step = sampling + rewards + advantages + the
+train step (reference pass, policy forward/backward, AdamW update). TRL's settings are mapped one to one in
+`experiments/trl_reference.py` (its docstring has the table).
+
+Each system runs in its OWN subprocess, so its peak memory is that process's VmHWM (model, optimizer, reference,
+activations, framework). In each: load, then `--warmup` steps (compilation for grpo_jax, lazy initialisation for
+TRL; reported separately as `warmup`), then `--steps` timed steady-state steps; `step_time_s` is their median.
+Steps use the task's training batches 0, 1, 2, ... in order on both sides (the same prompts).
+
+Roofline: matmul FLOPs of the step divided by the measured float32 matmul rate of this machine (a jitted
+2048 x 2048 matmul): sampling 2 N (P S + P G T) (each prompt prefilled once, then P G T decoded tokens) + policy
+forward/backward 6 N P G (S + T) + reference forward 2 N P G (S + T), with N the matmul parameters per token
+(every projection and the LM head; the embedding lookup is free), S the mean prompt length, T = max_new_tokens.
+Attention score FLOPs (~2% here) are left out, so the roofline is a lower bound.
+
+Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append):
+  {"benchmark": "grpo_step", "time", "machine", "settings",
+   "grpo_jax": {"step_time_s", "step_times_s", "phases_s" (median sampling / reward / advantages / train),
+                "warmup", "load_s", "tokens_per_s" (completion tokens generated per second of step time),
+                "mean_completion_length", "peak_rss_gb", "versions"},
+   "trl": {same keys; phases: sampling / reward / scoring (reference pass + advantages) / train},
+   "speedup" (TRL step time / grpo_jax step time), "memory_ratio" (TRL peak / grpo_jax peak),
+   "roofline": {"seconds", "flops", "matmul_flops_per_s", "matmul_params", "mean_prompt_tokens"}}
+
+Expected runtime on a quiet 2-core CPU (DESIGN.md's measurements): TRL ~100 s per step, so 1 warm-up + 3 steps +
+loading ~7-8 min; grpo_jax a few minutes (compilation ~1 min); about 12 minutes in all. Run it alone on the machine:
+other load changes the numbers. Tiny smoke run (what the test does, ~1 min):
+    python -m experiments.bench_grpo_step --vs-trl --model tiny.gguf --prompts 2 --group 2 --new-tokens 8 \
+        --steps 1 --warmup 1 --matmul-size 256 --results ''
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from experiments.trl_reference import Settings, peak_rss_bytes
+
+RESULTS = os.path.join("benchmarks", "results.jsonl")
+
+
+# ------------------------------------------------------------------------------------------------ grpo_jax side
+
+
+def grpo_jax_config(settings: Settings, total_steps: int):
+    """The grpo_jax ConfigDict equivalent to `settings` (the TRL mapping is in trl_reference's docstring)."""
+    from grpo_jax import config_base
+
+    c = config_base.base_config()
+    c.seed = settings.seed
+    c.total_steps = total_steps
+    c.model.path = settings.model
+    c.model.dtype = c.model.compute_dtype = "float32"
+    c.model.lora_rank = 0
+    c.model.remat = False
+    c.task.name = settings.task
+    for key, value in settings.task_options.items():
+        c.task[key] = value
+    c.rewards = dict(settings.rewards)
+    c.rollout.prompts_per_step = settings.prompts_per_step
+    c.rollout.group_size = settings.group_size
+    c.rollout.max_new_tokens = settings.max_new_tokens
+    c.rollout.temperature = settings.temperature
+    c.rollout.top_p, c.rollout.top_k = 1.0, 0
+    c.loss.variant = "grpo"
+    c.loss.clip_low = c.loss.clip_high = settings.clip
+    c.loss.kl_beta = settings.kl_beta
+    c.loss.kl_estimator = "k3"
+    c.loss.aggregation = "seq_mean_token_mean"
+    c.loss.advantage_scale = "group"
+    c.loss.advantage_baseline = "group_mean"
+    c.loss.num_iterations = 1
+    c.loss.mask_truncated = False
+    c.loss.entropy_coef = 0.0
+    c.optim.lr = settings.lr
+    c.optim.schedule = "constant"
+    c.optim.warmup_steps = 0
+    c.optim.weight_decay = 0.0
+    c.optim.b1, c.optim.b2 = 0.9, settings.adam_b2
+    c.optim.max_grad_norm = settings.max_grad_norm
+    c.optim.micro_batch_size = settings.micro_batch_size
+    config_base.validate(c)
+    return c
+
+
+class GrpoJaxStep:
+    """One GRPO step of grpo_jax from the library's parts: sample -> reward -> advantages -> train step.
+
+    `step(i)` runs step i on the task's training batch i and returns its phase times (seconds, each synchronised:
+    the sampler's output is decoded on the host, the train step is waited for)."""
+
+    def __init__(self, settings: Settings, total_steps: int):
+        import jax
+        from grpo_jax import rewards, sharding, tasks, train_step
+        from grpo_jax.evaluation import Sampler
+        from grpo_jax.models.load import load
+
+        self.settings = settings
+        self.config = grpo_jax_config(settings, total_steps)
+        policy = load(settings.model)
+        self.model_config = policy.config
+        self.mesh = sharding.make_mesh(self.config.mesh)
+        self.state, self.frozen = train_step.init_train_state(policy.config, policy.params, self.config, self.mesh)
+        self.ref_params = policy.params if settings.kl_beta > 0 else None
+        self.train = train_step.make_train_step(policy.config, self.config, self.mesh)
+        self.sampler = Sampler(policy.config, policy.tokenizer, self.mesh)
+        self.reward_fn = rewards.combine(dict(settings.rewards))
+        self.task = tasks.get(settings.task, **settings.task_options)
+        self.key = jax.random.PRNGKey(settings.seed)
+        self.metrics: list[dict] = []
+        self.completion_tokens: list[int] = []
+
+    def prompt_lengths(self, step: int) -> list[int]:
+        examples = self.task.train_batch(self.settings.seed, step, self.settings.prompts_per_step)
+        return [len(self.sampler.prompt_tokens(e)) for e in examples]
+
+    def step(self, i: int) -> dict:
+        import jax
+        import numpy as np
+        from grpo_jax import advantages, batching, train_step
+        from grpo_jax.evaluation import score
+
+        s = self.settings
+        t0 = time.perf_counter()
+        examples = self.task.train_batch(s.seed, i, s.prompts_per_step)
+        params = train_step.policy_params(self.model_config, self.state, self.frozen)
+        rollout, completions = self.sampler.sample(params, examples, jax.random.fold_in(self.key, i),
+                                                   group_size=s.group_size, max_new_tokens=s.max_new_tokens,
+                                                   temperature=s.temperature)
+        t1 = time.perf_counter()
+        total, _, _ = score(self.reward_fn, examples, completions, s.group_size)
+        t2 = time.perf_counter()
+        adv = np.asarray(advantages.group_advantages(np.asarray(total).reshape(-1, s.group_size),
+                                                     self.config.loss)).reshape(-1)
+        t3 = time.perf_counter()
+        prompt_tokens, prompt_mask = batching.left_pad([self.sampler.prompt_tokens(e) for e in examples],
+                                                       self.sampler.pad_id, self.sampler.bucket)
+        batch = dict(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, completions=rollout.tokens,
+                     completion_mask=rollout.mask, advantages=adv, old_logps=rollout.logps,
+                     truncated=rollout.truncated)
+        self.state, metrics = self.train(self.state, self.frozen, self.ref_params, batch)
+        jax.block_until_ready((self.state, metrics))
+        t4 = time.perf_counter()
+        self.metrics.append({k: float(v) for k, v in metrics.items()} | {"reward": float(np.mean(total))})
+        self.completion_tokens.append(int(np.sum(completions.lengths)))
+        return {"sampling": t1 - t0, "reward": t2 - t1, "advantages": t3 - t2, "train": t4 - t3, "total": t4 - t0}
+
+
+def run_grpo_jax(settings: Settings, steps: int, warmup: int) -> dict:
+    """Load, `warmup` steps, `steps` timed steps of grpo_jax in this process."""
+    import jax
+
+    t = time.perf_counter()
+    bench = GrpoJaxStep(settings, warmup + steps)
+    load_s = time.perf_counter() - t
+    warm = [bench.step(i) for i in range(warmup)]
+    timed = [bench.step(warmup + i) for i in range(steps)]
+    versions = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count()}
+    import flax
+    versions["flax"] = flax.__version__
+    prompt_lengths = [n for i in range(warmup + steps) for n in bench.prompt_lengths(i)]
+    return _summary(timed, warm, load_s, bench.completion_tokens[warmup:], settings, versions,
+                    extra={"mean_prompt_tokens": statistics.mean(prompt_lengths),
+                           "matmul_params": matmul_params(bench.model_config),
+                           "last_metrics": bench.metrics[-1] if bench.metrics else {}})
+
+
+# ------------------------------------------------------------------------------------------------ TRL side
+
+
+def run_trl(settings: Settings, steps: int, warmup: int, workdir: str) -> dict:
+    """Load, `warmup` + `steps` optimizer steps of TRL's GRPOTrainer in this process (timed by callbacks)."""
+    from experiments import trl_reference as ref
+
+    t = time.perf_counter()
+    trainer = ref.build_trainer(settings, warmup + steps, os.path.join(workdir or tempfile.mkdtemp(), "trl"))
+    timer = ref.StepTimer(trainer)
+    load_s = time.perf_counter() - t
+    trainer.train()
+    rows = [r for r in trainer.state.log_history if "completions/mean_length" in r]
+    lengths = [r["completions/mean_length"] * settings.sequences for r in rows]
+    phases = [dict(p, total=s) for p, s in zip(timer.phases, timer.step_times)]
+    return _summary(phases[warmup:], phases[:warmup], load_s, lengths[warmup:], settings, ref.versions(),
+                    extra={"last_metrics": {k: v for k, v in rows[-1].items()} if rows else {}})
+
+
+# ------------------------------------------------------------------------------------------------ shared
+
+
+def _summary(timed: list[dict], warm: list[dict], load_s: float, completion_tokens: list, settings: Settings,
+             versions: dict, extra: dict) -> dict:
+    if not timed:
+        raise ValueError("no timed steps (--steps must be >= 1)")
+    times = [p["total"] for p in timed]
+    median = statistics.median(times)
+    phases = {k: statistics.median(p[k] for p in timed) for k in timed[0] if k != "total"}
+    tokens = statistics.mean(completion_tokens) if completion_tokens else float("nan")
+    return {"step_time_s": median, "step_times_s": times, "phases_s": phases, "warmup": warm, "load_s": load_s,
+            "tokens_per_s": tokens / median, "mean_completion_length": tokens / settings.sequences,
+            "peak_rss_gb": peak_rss_bytes() / 1e9, "versions": versions, **extra}
+
+
+def matmul_params(model_config) -> int:
+    """Parameters in matmuls per token: attention and MLP projections of every layer, plus the LM head (tied or
+    not; the embedding lookup costs no FLOPs)."""
+    c = model_config
+    attention = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    mlp = 3 * c.hidden_size * c.intermediate_size
+    return c.num_layers * (attention + mlp) + c.vocab_size * c.hidden_size
+
+
+def step_flops(n_params: int, prompts: int, group: int, prompt_tokens: float, new_tokens: int,
+               with_reference: bool) -> dict:
+    """Matmul FLOPs of one GRPO step (see the module docstring): sampling, policy forward/backward, reference."""
+    sequences = prompts * group
+    sampling = 2 * n_params * (prompts * prompt_tokens + sequences * new_tokens)
+    trained = sequences * (prompt_tokens + new_tokens)
+    policy = 6 * n_params * trained
+    reference = 2 * n_params * trained if with_reference else 0
+    return {"sampling": sampling, "policy_fwd_bwd": policy, "reference_fwd": reference,
+            "total": sampling + policy + reference}
+
+
+def measure_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a jitted float32 [size, size] @ [size, size] matmul (median of `repeats` after a warm-up)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2.0 * size**3 / statistics.median(times)
+
+
+def roofline(settings: Settings, grpo_jax_result: dict, matmul_size: int) -> dict:
+    flops = step_flops(grpo_jax_result["matmul_params"], settings.prompts_per_step, settings.group_size,
+                       grpo_jax_result["mean_prompt_tokens"], settings.max_new_tokens, settings.kl_beta > 0)
+    rate = measure_matmul_flops(matmul_size)
+    return {"seconds": flops["total"] / rate, "flops": flops, "matmul_flops_per_s": rate,
+            "matmul_size": matmul_size, "matmul_params": grpo_jax_result["matmul_params"],
+            "mean_prompt_tokens": grpo_jax_result["mean_prompt_tokens"]}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    memory = None
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory, 1) if memory else None,
+            "python": platform.python_version(), "load_avg_at_start": os.getloadavg()}
+
+
+def append_result(line: dict, path: str) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def run_side(side: str, args, settings: Settings, workdir: str) -> dict:
+    """Run one system in a fresh subprocess; returns its summary (peak memory is that process's own)."""
+    out = os.path.join(workdir, f"{side}.json")
+    cmd = [sys.executable, "-m", "experiments.bench_grpo_step", "--side", side, "--out", out, "--workdir", workdir,
+           "--steps", str(args.steps), "--warmup", str(args.warmup), *settings_args(settings)]
+    env = dict(os.environ)
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(cmd, env=env, cwd=root, stdout=sys.stderr)  # stdout stays ONE JSON line
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {side} side of grpo_step failed (exit {proc.returncode}): {' '.join(cmd)}")
+    with open(out) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, defaults: Settings) -> None:
+    parser.add_argument("--model", default=defaults.model, help="models.load source (default: %(default)s)")
+    parser.add_argument("--prompts", type=int, default=defaults.prompts_per_step, help="prompts per step")
+    parser.add_argument("--group", type=int, default=defaults.group_size, help="completions per prompt")
+    parser.add_argument("--new-tokens", type=int, default=defaults.max_new_tokens, help="max new tokens")
+    parser.add_argument("--kl-beta", type=float, default=defaults.kl_beta)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--micro-batch", type=int, default=defaults.micro_batch_size,
+                        help="sequences per gradient-accumulation micro-batch (0 = the whole step)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+
+
+def settings_from_args(args) -> Settings:
+    return Settings(model=args.model, prompts_per_step=args.prompts, group_size=args.group,
+                    max_new_tokens=args.new_tokens, kl_beta=args.kl_beta, lr=args.lr, temperature=args.temperature,
+                    micro_batch_size=args.micro_batch, seed=args.seed)
+
+
+def settings_args(s: Settings) -> list[str]:
+    return ["--model", s.model, "--prompts", str(s.prompts_per_step), "--group", str(s.group_size),
+            "--new-tokens", str(s.max_new_tokens), "--kl-beta", repr(s.kl_beta), "--lr", repr(s.lr),
+            "--temperature", repr(s.temperature), "--micro-batch", str(s.micro_batch_size), "--seed", str(s.seed)]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.bench_grpo_step", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings_arguments(p, Settings())
+    p.add_argument("--vs-trl", action="store_true", help="also run TRL's GRPOTrainer (needs the bench extra)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per system (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed first steps (compile / lazy init)")
+    p.add_argument("--matmul-size", type=int, default=2048, help="matmul size of the FLOP/s measurement")
+    p.add_argument("--results", default=RESULTS, help="JSONL file to append to ('' = do not append)")
+    p.add_argument("--workdir", default="", help="scratch dir (default: a temporary dir)")
+    p.add_argument("--side", choices=("grpo_jax", "trl"), help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> dict | None:
+    args = parser().parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    try:
+        settings = settings_from_args(args)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if args.side:  # a child process: run one system and write its summary
+        if args.side == "grpo_jax":
+            result = run_grpo_jax(settings, args.steps, args.warmup)
+        else:
+            result = run_trl(settings, args.steps, args.warmup, args.workdir)
+        with open(args.out, "w") as f:
+            json.dump(result, f)
+        return None
+    with tempfile.TemporaryDirectory(dir=args.workdir or None) as workdir:
+        line = {"benchmark": "grpo_step", "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                "machine": machine(), "settings": dataclasses.asdict(settings),
+                "steps": args.steps, "warmup": args.warmup}
+        line["grpo_jax"] = run_side("grpo_jax", args, settings, workdir)
+        if args.vs_trl:
+            line["trl"] = run_side("trl", args, settings, workdir)
+            line["speedup"] = line["trl"]["step_time_s"] / line["grpo_jax"]["step_time_s"]
+            line["memory_ratio"] = line["trl"]["peak_rss_gb"] / line["grpo_jax"]["peak_rss_gb"]
+        line["roofline"] = roofline(settings, line["grpo_jax"], args.matmul_size)
+    print(json.dumps(line), flush=True)
+    append_result(line, args.results)
+    return line
+
+
+if __name__ == "__main__":
+    main()
