@@ -367,3 +367,15 @@ def test_runtime_path_works_without_torch(tmp_path, tiny_gguf_with_tokenizer):
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("family,change", [("llama", {"mlp_bias": True}), ("llama", {"attention_bias": True}),
+                                           ("qwen3", {"attention_bias": True}),
+                                           ("qwen2", {"use_sliding_window": True, "sliding_window": 4}),
+                                           ("llama", {"hidden_act": "gelu"}),
+                                           ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})])
+def test_unsupported_options_are_refused_not_silently_wrong(tmp_path, family, change):
+    path = make_checkpoint(family, tmp_path / "opt")
+    _edit_config(path, **change)
+    with pytest.raises(UnsupportedModelError, match=rf"config\.json: .*{next(iter(change))}|config\.json: .*yarn"):
+        load(path)

@@ -86,6 +86,14 @@ class ModelConfig:
             raise ValueError(f"{source}: missing required field {e.args[0]!r}") from None
         if d.get("hidden_act", "silu") not in ("silu", "swish"):
             raise UnsupportedModelError(f"{source}: hidden_act {d.get('hidden_act')!r} is not supported (only silu)")
+        if d.get("mlp_bias"):
+            raise UnsupportedModelError(f"{source}: mlp_bias=True is not supported (the MLP has no biases)")
+        if model_type != "qwen2" and d.get("attention_bias"):
+            # HF Llama/Qwen3 put this bias on q/k/v *and* o_proj; only Qwen2's q/k/v biases are implemented.
+            raise UnsupportedModelError(f"{source}: attention_bias=True for model_type {model_type!r} (biases on "
+                                        "q/k/v/o_proj) is not supported; only Qwen2-style q/k/v biases are")
+        if d.get("use_sliding_window"):
+            raise UnsupportedModelError(f"{source}: use_sliding_window=True is not supported (full attention only)")
         rope_scaling = d.get("rope_scaling") or None
         rope_theta = d.get("rope_theta")
         # transformers >= 5 may keep rope settings under `rope_parameters`.
