@@ -379,3 +379,21 @@ def test_unsupported_options_are_refused_not_silently_wrong(tmp_path, family, ch
     _edit_config(path, **change)
     with pytest.raises(UnsupportedModelError, match=rf"config\.json: .*{next(iter(change))}|config\.json: .*yarn"):
         load(path)
+
+
+def test_config_from_gguf_metadata_by_hand():
+    meta = {"general.architecture": "qwen3", "qwen3.embedding_length": 64, "qwen3.attention.head_count": 4,
+            "qwen3.attention.head_count_kv": 2, "qwen3.attention.key_length": 32, "qwen3.feed_forward_length": 128,
+            "qwen3.block_count": 2, "qwen3.vocab_size": 256, "qwen3.context_length": 4096,
+            "qwen3.attention.layer_norm_rms_epsilon": np.float32(1e-6), "qwen3.rope.freq_base": 1e6,
+            "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2}
+    c = ModelConfig.from_gguf_metadata(meta, ["token_embd.weight", "blk.0.attn_q_norm.weight"])
+    assert (c.model_type, c.head_dim, c.num_kv_heads, c.qk_norm, c.tie_word_embeddings) == ("qwen3", 32, 2, True, True)
+    assert (c.rms_norm_eps, c.rope_theta, c.attention_bias, c.eos_token_ids) == (1e-6, 1e6, False, (2,))
+    qwen2_meta = {k.replace("qwen3.", "qwen2."): v for k, v in meta.items()}
+    qwen2_meta.update({"general.architecture": "qwen2"})
+    del qwen2_meta["qwen2.attention.key_length"]
+    c2 = ModelConfig.from_gguf_metadata(qwen2_meta, ["output.weight", "blk.0.attn_q.bias"])
+    assert c2.attention_bias and not c2.tie_word_embeddings and not c2.qk_norm and c2.head_dim == 16
+    with pytest.raises(CheckpointError, match=r"x\.gguf: GGUF metadata has no 'qwen3\.block_count'"):
+        ModelConfig.from_gguf_metadata({k: v for k, v in meta.items() if k != "qwen3.block_count"}, [], "x.gguf")

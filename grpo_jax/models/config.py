@@ -130,6 +130,13 @@ class ModelConfig:
         )
 
     @classmethod
+    def from_gguf_metadata(cls, metadata: dict[str, Any], tensor_names, source: str = "model.gguf") -> "ModelConfig":
+        """Builds the config from llama.cpp GGUF metadata (e.g. "llama.embedding_length") and the file's tensor
+        names (they tell tied embeddings and q/k/v biases); see grpo_jax.models.gguf_io."""
+        from grpo_jax.models.gguf_io import config_from_gguf_metadata
+        return config_from_gguf_metadata(metadata, tensor_names, source)
+
+    @classmethod
     def from_hf_json(cls, path: str) -> "ModelConfig":
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such file (a checkpoint dir needs config.json)")
