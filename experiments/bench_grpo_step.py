@@ -7,7 +7,8 @@
 The step (issue 7): 8 prompts x 8 completions x 64 new tokens of the arithmetic task, the embedded
 SmolLM2-135M-Instruct in float32, full finetuning, kl_beta 0.04 (so a reference forward pass), loss 'grpo',
 temperature 1.0, lr 1e-6, the whole batch in one micro-batch. One step = sampling + rewards + advantages + the
-train step (reference pass, policy forward/backward, AdamW update). TRL's settings are mapped one to one in
+train step (reference pass, policy forward/backward, AdamW update): for grpo_jax exactly the runner's step
+(`runner._train_one`), for TRL one optimizer step of `GRPOTrainer.train()`. TRL's settings are mapped one to one in
 `experiments/trl_reference.py` (its docstring has the table).
 
 Each system runs in its OWN subprocess, so its peak memory is that process's VmHWM (model, optimizer, reference,
@@ -23,7 +24,7 @@ Attention score FLOPs (~2% here) are left out, so the roofline is a lower bound.
 
 Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append):
   {"benchmark": "grpo_step", "time", "machine", "settings",
-   "grpo_jax": {"step_time_s", "step_times_s", "phases_s" (median sampling / reward / advantages / train),
+   "grpo_jax": {"step_time_s", "step_times_s", "phases_s" (median sampling / reward_and_advantages / train),
                 "warmup", "load_s", "tokens_per_s" (completion tokens generated per second of step time),
                 "mean_completion_length", "peak_rss_gb", "versions"},
    "trl": {same keys; phases: sampling / reward / scoring (reference pass + advantages) / train},
@@ -101,85 +102,57 @@ def grpo_jax_config(settings: Settings, total_steps: int):
 
 
 class GrpoJaxStep:
-    """One GRPO step of grpo_jax from the library's parts: sample -> reward -> advantages -> train step.
+    """One GRPO step exactly as the runner does it (`runner._train_one`: sample -> reward -> advantages -> train
+    step -> metrics row), on the runner's experiment state built from `grpo_jax_config(settings)`.
 
-    `step(i)` runs step i on the task's training batch i and returns its phase times (seconds, each synchronised:
-    the sampler's output is decoded on the host, the train step is waited for)."""
+    `step(i)` runs step i (the task's training batch i) and returns its phase times in seconds: sampling
+    (`sampler/time`: generation + decoding), train (`train/time`: the jitted train step, waited for), and
+    reward_and_advantages (the rest: scoring, advantages, group statistics, the metrics row)."""
 
-    def __init__(self, settings: Settings, total_steps: int):
-        import jax
-        from grpo_jax import rewards, sharding, tasks, train_step
-        from grpo_jax.evaluation import Sampler
-        from grpo_jax.models.load import load
+    def __init__(self, settings: Settings, total_steps: int, workdir: str):
+        from grpo_jax import runner
 
         self.settings = settings
         self.config = grpo_jax_config(settings, total_steps)
-        policy = load(settings.model)
-        self.model_config = policy.config
-        self.mesh = sharding.make_mesh(self.config.mesh)
-        self.state, self.frozen = train_step.init_train_state(policy.config, policy.params, self.config, self.mesh)
-        self.ref_params = policy.params if settings.kl_beta > 0 else None
-        self.train = train_step.make_train_step(policy.config, self.config, self.mesh)
-        self.sampler = Sampler(policy.config, policy.tokenizer, self.mesh)
-        self.reward_fn = rewards.combine(dict(settings.rewards))
-        self.task = tasks.get(settings.task, **settings.task_options)
-        self.key = jax.random.PRNGKey(settings.seed)
-        self.metrics: list[dict] = []
-        self.completion_tokens: list[int] = []
+        self.config.eval.every = 0
+        self.config.checkpoint.every = 0
+        self.config.logging.progress = False
+        self.config.logging.tensorboard = False
+        self.config.logging.num_samples = 0
+        self.exp = runner._Experiment(self.config, workdir)
+        self.rows: list[dict] = []
 
     def prompt_lengths(self, step: int) -> list[int]:
-        examples = self.task.train_batch(self.settings.seed, step, self.settings.prompts_per_step)
-        return [len(self.sampler.prompt_tokens(e)) for e in examples]
+        examples = self.exp.task.train_batch(self.settings.seed, step, self.settings.prompts_per_step)
+        return [len(self.exp.sampler.prompt_tokens(e)) for e in examples]
 
     def step(self, i: int) -> dict:
-        import jax
-        import numpy as np
-        from grpo_jax import advantages, batching, train_step
-        from grpo_jax.evaluation import score
+        from grpo_jax import runner
 
-        s = self.settings
-        t0 = time.perf_counter()
-        examples = self.task.train_batch(s.seed, i, s.prompts_per_step)
-        params = train_step.policy_params(self.model_config, self.state, self.frozen)
-        rollout, completions = self.sampler.sample(params, examples, jax.random.fold_in(self.key, i),
-                                                   group_size=s.group_size, max_new_tokens=s.max_new_tokens,
-                                                   temperature=s.temperature)
-        t1 = time.perf_counter()
-        total, _, _ = score(self.reward_fn, examples, completions, s.group_size)
-        t2 = time.perf_counter()
-        adv = np.asarray(advantages.group_advantages(np.asarray(total).reshape(-1, s.group_size),
-                                                     self.config.loss)).reshape(-1)
-        t3 = time.perf_counter()
-        prompt_tokens, prompt_mask = batching.left_pad([self.sampler.prompt_tokens(e) for e in examples],
-                                                       self.sampler.pad_id, self.sampler.bucket)
-        batch = dict(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, completions=rollout.tokens,
-                     completion_mask=rollout.mask, advantages=adv, old_logps=rollout.logps,
-                     truncated=rollout.truncated)
-        self.state, metrics = self.train(self.state, self.frozen, self.ref_params, batch)
-        jax.block_until_ready((self.state, metrics))
-        t4 = time.perf_counter()
-        self.metrics.append({k: float(v) for k, v in metrics.items()} | {"reward": float(np.mean(total))})
-        self.completion_tokens.append(int(np.sum(completions.lengths)))
-        return {"sampling": t1 - t0, "reward": t2 - t1, "advantages": t3 - t2, "train": t4 - t3, "total": t4 - t0}
+        row, _ = runner._train_one(self.exp, i, self.settings.prompts_per_step, self.settings.group_size)
+        self.rows.append(row)
+        sampling, train, total = row["sampler/time"], row["train/time"], row["step_time"]
+        return {"sampling": sampling, "reward_and_advantages": max(total - sampling - train, 0.0), "train": train,
+                "total": total}
 
 
-def run_grpo_jax(settings: Settings, steps: int, warmup: int) -> dict:
+def run_grpo_jax(settings: Settings, steps: int, warmup: int, workdir: str) -> dict:
     """Load, `warmup` steps, `steps` timed steps of grpo_jax in this process."""
+    import flax
     import jax
 
     t = time.perf_counter()
-    bench = GrpoJaxStep(settings, warmup + steps)
+    bench = GrpoJaxStep(settings, warmup + steps, os.path.join(workdir or tempfile.mkdtemp(), "grpo_jax"))
     load_s = time.perf_counter() - t
     warm = [bench.step(i) for i in range(warmup)]
     timed = [bench.step(warmup + i) for i in range(steps)]
-    versions = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count()}
-    import flax
-    versions["flax"] = flax.__version__
+    versions = {"jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend(),
+                "devices": jax.device_count()}
     prompt_lengths = [n for i in range(warmup + steps) for n in bench.prompt_lengths(i)]
-    return _summary(timed, warm, load_s, bench.completion_tokens[warmup:], settings, versions,
+    tokens = [r["completions/mean_length"] * settings.sequences for r in bench.rows[warmup:]]
+    return _summary(timed, warm, load_s, tokens, settings, versions,
                     extra={"mean_prompt_tokens": statistics.mean(prompt_lengths),
-                           "matmul_params": matmul_params(bench.model_config),
-                           "last_metrics": bench.metrics[-1] if bench.metrics else {}})
+                           "matmul_params": matmul_params(bench.exp.model_config), "last_metrics": bench.rows[-1]})
 
 
 # ------------------------------------------------------------------------------------------------ TRL side
@@ -357,7 +330,7 @@ def main(argv=None) -> dict | None:
         raise SystemExit(str(e)) from None
     if args.side:  # a child process: run one system and write its summary
         if args.side == "grpo_jax":
-            result = run_grpo_jax(settings, args.steps, args.warmup)
+            result = run_grpo_jax(settings, args.steps, args.warmup, args.workdir)
         else:
             result = run_trl(settings, args.steps, args.warmup, args.workdir)
         with open(args.out, "w") as f:
