@@ -1,0 +1,62 @@
+"""The offline CPU demo: SmolLM2-135M-Instruct (embedded GGUF) learns arithmetic with GRPO on a laptop.
+
+    make demo                     # = python -m experiments.demo (trains this config into ./runs/demo)
+    python -m experiments.train --config configs/default.py --workdir runs/demo
+
+Expected: TUNING, on a 2-core CPU (no GPU, no network).
+`--config configs/default.py:tiny` is a 2-step smoke version (a few prompts, 8 held-out problems).
+"""
+
+from __future__ import annotations
+
+from grpo_jax import config_base
+
+ARGS = ("", "tiny")
+
+
+def get_config(arg: str | None = None):
+    arg = arg or ""
+    if arg not in ARGS:
+        raise ValueError(f"configs/default.py: unknown arg {arg!r}; valid: {ARGS}")
+    c = config_base.base_config()
+    c.seed = 0
+    c.total_steps = 40
+
+    c.model.path = "smollm2-135m-instruct"
+    c.model.dtype = c.model.compute_dtype = "float32"
+
+    c.task.name = "arithmetic"
+    c.task.operators = ("+",)
+    c.task.digits = 1
+    c.task.num_operands = 3
+    c.task.eval_size = 200
+    c.task.split_seed = 0
+    c.rewards = {"arithmetic": 1.0}
+
+    c.rollout.prompts_per_step = 4
+    c.rollout.group_size = 8
+    c.rollout.max_new_tokens = 24
+    c.rollout.temperature = 1.0
+
+    c.loss.kl_beta = 0.0
+    c.optim.lr = 1e-5
+    c.optim.warmup_steps = 0
+
+    c.eval.every = c.total_steps        # held-out accuracy at the start and at the end
+    c.eval.num_examples = 0             # the whole eval split (task.eval_size problems)
+    c.eval.batch_size = 100
+    c.eval.pass_k = 0
+
+    c.checkpoint.every = 10
+    c.checkpoint.keep = 1
+
+    if arg == "tiny":
+        c.total_steps = 2
+        c.rollout.prompts_per_step = 2
+        c.rollout.group_size = 2
+        c.rollout.max_new_tokens = 8
+        c.eval.every = 2
+        c.eval.num_examples = 8
+        c.eval.batch_size = 8
+        c.checkpoint.every = 0
+    return c

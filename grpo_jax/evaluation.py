@@ -1,0 +1,216 @@
+"""Completions of task examples, their scores, and the held-out evaluation.
+
+`Sampler` turns task examples into completions: chat template + assistant prefill -> left-padded tokens ->
+`sampling.generate` -> decoded text of the rows this process holds. The runner samples its training groups with
+it, and `evaluate` runs it over the WHOLE held-out set in batches:
+
+  eval/accuracy     greedy decoding, fraction of problems the task's accuracy reward marks solved (reward 1.0)
+  eval/pass@k       k = eval.pass_k: n = eval.num_samples samples per problem at eval.temperature, and the
+                    unbiased estimator of Chen et al. 2021 ("Evaluating Large Language Models Trained on Code",
+                    eq. 1): pass@k = E[1 - C(n - c, k) / C(n, k)], c = correct samples of a problem
+  eval/format_rate  fraction of greedy completions in the `<think>...</think> <answer>...</answer>` format
+  eval/answer_rate  fraction of greedy completions holding a complete `<answer>...</answer>` block
+  eval/mean_reward  mean of the config's weighted reward over the greedy completions
+  eval/mean_length  mean greedy completion length in tokens
+
+Multi-host: every process builds the same (small) prompt batch, the sampler splits its rows over the mesh, each
+process decodes and scores only the rows it holds, and the per-row scores are gathered (`distributed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from grpo_jax import batching, distributed, sampling
+from grpo_jax.rewards.extract import answer_block
+from grpo_jax.rewards.format import follows_format
+from grpo_jax.tasks import reward_columns
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, eq. 1 and its numerically stable
+    product form): 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n - c + 1}^{n} (1 - k / i)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def stop_ids(model_config, tokenizer) -> tuple[int, ...]:
+    """The model's eos ids plus the tokenizer's eos token (chat models end a turn with it)."""
+    ids = list(model_config.eos_token_ids)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(eos, int) and eos not in ids:
+        ids.append(eos)
+    return tuple(ids)
+
+
+def pad_id(model_config, tokenizer) -> int:
+    for candidate in (model_config.pad_token_id, getattr(tokenizer, "pad_token_id", None),
+                      *model_config.eos_token_ids):
+        if isinstance(candidate, int) and candidate >= 0:
+            return candidate
+    return 0
+
+
+@dataclasses.dataclass
+class Completions:
+    """The completions of the rows this process holds: global rows [start, start + len(texts))."""
+    start: int
+    texts: list[str]
+    lengths: np.ndarray     # int [n] tokens generated (stop token included)
+    truncated: np.ndarray   # bool [n]
+
+
+class Sampler:
+    """Examples -> completions with one model, tokenizer and mesh. Prompt tokens are cached by example id."""
+
+    def __init__(self, model_config, tokenizer, mesh, *, bucket: int = 16):
+        if tokenizer is None:
+            raise ValueError("the model has no tokenizer (a checkpoint dir without tokenizer files); training "
+                             "needs one to build prompts and read completions")
+        self.model_config, self.tokenizer, self.mesh, self.bucket = model_config, tokenizer, mesh, bucket
+        self.stop_ids = stop_ids(model_config, tokenizer)
+        self.pad_id = pad_id(model_config, tokenizer)
+        self._cache: dict[str, list[int]] = {}
+
+    def prompt_text(self, example: dict) -> str:
+        text = self.tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
+        return text + (example.get("prefill") or "")
+
+    def prompt_tokens(self, example: dict) -> list[int]:
+        key = example.get("id") or repr(example["prompt"]) + repr(example.get("prefill"))
+        if key not in self._cache:
+            self._cache[key] = list(self.tokenizer(self.prompt_text(example), add_special_tokens=False)["input_ids"])
+        return self._cache[key]
+
+    def encode(self, examples: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """Left-padded prompt tokens int32 [P, S] and mask bool [P, S] of the examples."""
+        return batching.left_pad([self.prompt_tokens(e) for e in examples], self.pad_id, self.bucket)
+
+    def sample(self, params, examples: Sequence[dict], key, *, group_size: int, max_new_tokens: int,
+               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False):
+        """((prompt tokens, mask), rollout of all P * G rows as global arrays, Completions of this process's rows)."""
+        tokens, mask = self.encode(examples)
+        rollout = sampling.generate(self.model_config, params, tokens, mask, key, group_size=group_size,
+                                    max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                    top_p=top_p, greedy=greedy, stop_ids=self.stop_ids, pad_id=self.pad_id,
+                                    mesh=self.mesh)
+        start, local_tokens = distributed.local_part(rollout.tokens)
+        _, lengths = distributed.local_part(rollout.lengths)
+        _, truncated = distributed.local_part(rollout.truncated)
+        texts = [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
+                 for row, n in zip(local_tokens, lengths)]
+        return (tokens, mask), rollout, Completions(start, texts, np.asarray(lengths), np.asarray(truncated))
+
+
+def score(reward_fn: Callable, examples: Sequence[dict], completions: Completions, group_size: int):
+    """Rewards of this process's rows: (total [n], {name: [n]}, {name: errors}); rows are p-major."""
+    if completions.start % group_size or len(completions.texts) % group_size:
+        raise ValueError(f"rows [{completions.start}, +{len(completions.texts)}) do not hold whole groups of "
+                         f"{group_size}; the batch must divide over the mesh")
+    first = completions.start // group_size
+    local = examples[first: first + len(completions.texts) // group_size]
+    columns = reward_columns(list(local), repeat=group_size)
+    columns["completion_lengths"] = [int(n) for n in completions.lengths]
+    return reward_fn(completions.texts, **columns)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+@dataclasses.dataclass
+class EvalResult:
+    metrics: dict
+    samples: list[dict]   # the first few problems: prompt, greedy completion, reward, correct
+
+
+def _batches(n: int, size: int):
+    for lo in range(0, n, size):
+        yield lo, min(lo + size, n)
+
+
+def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_fn: Callable, accuracy_fn: Callable,
+             config, num_samples_shown: int = 4) -> EvalResult:
+    """Greedy accuracy, pass@k, format rate and mean reward over every example of `examples`.
+
+    reward_fn: the config's combined reward; accuracy_fn: the task's accuracy reward, combined alone
+    (`rewards.combine({task.accuracy_reward: 1.0})`): 1.0 means solved.
+    config: the whole ConfigDict (eval.* and rollout.*)."""
+    shards = int(sampler.mesh.shape["data"]) * int(sampler.mesh.shape["fsdp"])
+    batch = max(shards, int(config.eval.batch_size) // shards * shards)
+    max_new = int(config.eval.max_new_tokens) or int(config.rollout.max_new_tokens)
+    k = int(config.eval.pass_k)
+    n = int(config.eval.num_samples) or k
+    rows = []  # per problem: reward, correct, format, answer, length, passes
+    shown = []
+    for b, (lo, hi) in enumerate(_batches(len(examples), batch)):
+        chunk = list(examples[lo:hi])
+        pad = -len(chunk) % shards
+        chunk += [chunk[-1]] * pad  # padded rows are scored and dropped
+        batch_key = jax.random.fold_in(key, b)
+        _, _, greedy = sampler.sample(params, chunk, batch_key, group_size=1, max_new_tokens=max_new, greedy=True)
+        total, _, _ = score(reward_fn, chunk, greedy, 1)
+        correct = np.asarray(score(accuracy_fn, chunk, greedy, 1)[0]) >= 1.0 - 1e-6
+        fmt = np.asarray([follows_format(t) for t in greedy.texts], np.float32)
+        has_answer = np.asarray([answer_block(t) is not None for t in greedy.texts], np.float32)
+        local = np.stack([np.asarray(total, np.float32), correct.astype(np.float32), fmt, has_answer,
+                          greedy.lengths.astype(np.float32)], axis=1)
+        passes = np.zeros((len(local), 1), np.float32)
+        if k:
+            _, _, sampled = sampler.sample(params, chunk, jax.random.fold_in(batch_key, 1), group_size=n,
+                                        max_new_tokens=max_new, temperature=float(config.eval.temperature),
+                                        top_p=float(config.rollout.top_p), top_k=int(config.rollout.top_k))
+            ok = (np.asarray(score(accuracy_fn, chunk, sampled, n)[0]) >= 1.0 - 1e-6).reshape(-1, n)
+            passes = np.asarray([[pass_at_k(n, int(c), k)] for c in ok.sum(axis=1)], np.float32)
+        gathered = distributed.allgather_rows(np.concatenate([local, passes], axis=1))
+        rows.append(gathered[: hi - lo])
+        if len(shown) < num_samples_shown and greedy.start == 0:
+            for i in range(min(num_samples_shown - len(shown), hi - lo, len(greedy.texts))):
+                shown.append({"prompt": chunk[i]["prompt"][-1]["content"], "completion": greedy.texts[i],
+                              "reward": float(total[i]), "correct": bool(correct[i])})
+    table = np.concatenate(rows, axis=0)
+    metrics = {
+        "eval/accuracy": float(table[:, 1].mean()),
+        "eval/format_rate": float(table[:, 2].mean()),
+        "eval/answer_rate": float(table[:, 3].mean()),
+        "eval/mean_reward": float(table[:, 0].mean()),
+        "eval/mean_length": float(table[:, 4].mean()),
+        "eval/num_examples": int(len(table)),
+    }
+    if k:
+        metrics[f"eval/pass@{k}"] = float(table[:, 5].mean())
+    return EvalResult(metrics, shown)
+
+
+# ------------------------------------------------------------------------------------------------ sample table
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_table(samples: Sequence[dict], columns: Sequence[str], width: int = 60) -> str:
+    """A plain-text table of sample completions (prompt, completion, reward, advantage / correct)."""
+    if not samples:
+        return "(no samples)"
+    widths = {c: (width if c in ("prompt", "completion") else 10) for c in columns}
+    def cell(c, v):
+        if isinstance(v, float):
+            v = f"{v:+.3f}"
+        return _clip(v, widths[c]).ljust(widths[c])
+    lines = [" | ".join(c.ljust(widths[c]) for c in columns), "-+-".join("-" * widths[c] for c in columns)]
+    lines += [" | ".join(cell(c, s.get(c, "")) for c in columns) for s in samples]
+    return "\n".join(lines)
+
+
+def mean_or_nan(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+

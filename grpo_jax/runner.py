@@ -1,0 +1,303 @@
+"""The experiment loop: sample -> reward -> advantages -> update -> log / eval / checkpoint.
+
+    result = runner.run(config, workdir)
+
+One step (DESIGN.md's data flow):
+  1. the step's P prompts: examples step*P ... step*P + P - 1 of the task's seeded stream (`task.train_batch`), so
+     the data position is a function of the step;
+  2. chat template + prefill -> left-padded tokens -> `sampling.generate`: G completions per prompt with key
+     fold_in(PRNGKey(seed), step);
+  3. decode the completions this process holds, score them with the config's rewards (TRL signature), gather
+     the rewards [P, G] of every process;
+  4. advantages (`advantages.group_advantages`) and reward statistics (`group_stats`);
+  5. the train step: loss.num_iterations updates over micro-batches, with the sampler's log-probs as old log-probs;
+  6. a metrics row (TRL's names), the progress bar, eval every eval.every steps (and at the start and the end),
+     a checkpoint every checkpoint.every steps (and at the end).
+
+Every random draw derives from (seed, step), and a checkpoint holds the train state, so running the same command
+again resumes from the last checkpoint and writes exactly the rows an uninterrupted run writes (bit-identical on
+CPU; only wall-clock fields differ). SIGTERM (e.g. TPU preemption) is caught: the loop saves a checkpoint at the
+next step boundary and returns with status "preempted" (the CLI exits 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from grpo_jax import advantages, config_base, distributed, evaluation, metrics as metrics_lib, sharding
+from grpo_jax.checkpoint import Checkpointer, check_workdir, export_policy
+
+SAMPLE_TAG, EVAL_TAG = 0, 1  # key = fold_in(fold_in(PRNGKey(seed), TAG), step)
+# Train-step metrics copied to the row under the same name (those present).
+TRAIN_METRICS = ("loss", "policy_loss", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
+                 "clip_ratio/region_mean", "ratio/mean", "ratio/max", "ratio/min", "dual_clip_ratio", "grad_norm",
+                 "learning_rate", "logp_mismatch/max", "logp_mismatch/mean")
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str                    # "completed" | "preempted"
+    step: int                      # GRPO steps done
+    workdir: str
+    first_eval: Optional[dict]     # eval metrics at step 0 (None when resumed past it or eval is off)
+    last_eval: Optional[dict]      # the latest eval metrics of this invocation
+    plots: list
+    export: Optional[str]
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop checks it at step boundaries."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _say(message: str, enabled: bool = True) -> None:
+    if enabled:
+        from tqdm import tqdm
+        tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()
+
+
+def _key(seed: int, tag: int, step: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), tag), step)
+
+
+def _task_options(config) -> dict:
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.task.to_dict().items() if k != "name"}
+
+
+class _Experiment:
+    """What the loop needs, built once: mesh, task, rewards, policy, sampler, train step."""
+
+    def __init__(self, config, workdir: str):
+        from grpo_jax import models, rewards, tasks
+        from grpo_jax.train_step import init_train_state, make_train_step
+
+        config_base.validate(config)
+        self.config, self.workdir = config, workdir
+        self.main = distributed.is_main()
+        self.mesh = sharding.make_mesh(config.mesh)
+        config_base.validate_for_mesh(config, self.mesh)
+        check_workdir(workdir, config, write=False)
+        self.task = tasks.get(config.task.name, **_task_options(config))
+        self.reward_fn = rewards.combine(config.rewards.to_dict(), config.reward_options.to_dict())
+        self.accuracy_fn = rewards.combine({self.task.accuracy_reward: 1.0})
+        self.eval_examples = self.task.eval_set(int(config.eval.num_examples) or None) if config.eval.every else []
+        policy = models.load(config.model.path, config.model.dtype, config.model.compute_dtype)
+        self.model_config, self.tokenizer = policy.config, policy.tokenizer
+        self.sampler = evaluation.Sampler(policy.config, policy.tokenizer, self.mesh)
+        self.state, self.frozen = init_train_state(policy.config, policy.params, config, self.mesh)
+        use_ref = float(config.loss.kl_beta) > 0 and int(config.model.lora_rank) == 0
+        self.ref = sharding.shard_params(policy.params, policy.config, self.mesh) if use_ref else None
+        del policy
+        self.train_step = make_train_step(self.model_config, config, self.mesh)
+        if self.main:
+            check_workdir(workdir, config, write=True)
+
+    def policy_params(self):
+        from grpo_jax.train_step import policy_params
+        return policy_params(self.model_config, self.state, self.frozen)
+
+
+def _gather_scores(total, per_reward: dict, completions: evaluation.Completions) -> np.ndarray:
+    """[N, 3 + R] over every process: total reward, length, truncated, then each reward."""
+    local = np.stack([np.asarray(total, np.float32), completions.lengths.astype(np.float32),
+                      completions.truncated.astype(np.float32)] +
+                     [np.asarray(v, np.float32) for v in per_reward.values()], axis=1)
+    return distributed.allgather_rows(local)
+
+
+def _train_samples(examples, completions, scores_local, adv, group_size, limit) -> list[dict]:
+    out = []
+    for i, text in enumerate(completions.texts[:limit]):
+        row = completions.start + i
+        out.append({"prompt": examples[row // group_size]["prompt"][-1]["content"], "completion": text,
+                    "reward": float(scores_local[i]), "advantage": float(adv[row])})
+    return out
+
+
+def _eval(exp: _Experiment, step: int, writer, state_params) -> dict:
+    config = exp.config
+    t0 = time.time()
+    result = evaluation.evaluate(exp.sampler, state_params, exp.eval_examples, _key(config.seed, EVAL_TAG, step),
+                                 reward_fn=exp.reward_fn, accuracy_fn=exp.accuracy_fn, config=config,
+                                 num_samples_shown=int(config.logging.num_samples))
+    row = {"step": step, **result.metrics, "eval/time": time.time() - t0}
+    writer.write(row)
+    shown = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in result.metrics.items()
+                      if isinstance(v, float))
+    _say(f"[eval step {step}] {len(exp.eval_examples)} held-out problems: {shown}", exp.main)
+    if result.samples and config.logging.num_samples:
+        table = evaluation.format_table(result.samples, ("prompt", "completion", "reward", "correct"))
+        _say(table, exp.main)
+        writer.write_text("eval/samples", table, step)
+    return result.metrics
+
+
+def run(config, workdir: str, *, preempt_after: Optional[int] = None,
+        on_step: Optional[Callable[[dict], None]] = None) -> RunResult:
+    """Train `config` in `workdir` (resuming from its last checkpoint). Returns when done or preempted.
+
+    preempt_after: testing hook, behave as if SIGTERM arrived after this many steps.
+    on_step: called with each training metrics row (after it is written)."""
+    workdir = os.path.abspath(workdir)
+    exp = _Experiment(config, workdir)
+    cfg, main = config, exp.main
+    P, G = int(cfg.rollout.prompts_per_step), int(cfg.rollout.group_size)
+    total_steps = int(cfg.total_steps)
+
+    ckpt = Checkpointer(workdir, keep=int(cfg.checkpoint.keep))
+    start = ckpt.latest_step() or 0
+    base_key = jax.random.PRNGKey(int(cfg.seed))
+    if start:
+        exp.state, base_key, meta = ckpt.restore(start, exp.state, base_key)
+        if meta.get("data_position") != start * P:
+            raise ValueError(f"checkpoint {start} in {workdir} holds data position {meta.get('data_position')}, "
+                             f"expected {start * P}; the workdir is inconsistent")
+        _say(f"resuming from the checkpoint of step {start} in {ckpt.directory}", main)
+    writer = metrics_lib.MetricsWriter(workdir, cfg, resume_step=start if start else None, enabled=main,
+                                       tensorboard=bool(cfg.logging.tensorboard), wandb_project=cfg.logging.wandb)
+    eval_every = int(cfg.eval.every)
+    first_eval = last_eval = None
+    status = "completed"
+    step = start
+    try:
+        with _Preemption() as preemption:
+            if eval_every and start == 0:
+                first_eval = last_eval = _eval(exp, 0, writer, exp.policy_params())
+            progress = _progress(start, total_steps, main and cfg.logging.progress)
+            for step in range(start, total_steps):
+                row, samples = _train_one(exp, step, P, G)
+                writer.write(row)
+                if on_step is not None:
+                    on_step(row)
+                progress.update(1)
+                progress.set_postfix(reward=f"{row['reward']:.3f}", step_time=f"{row['step_time']:.1f}s")
+                done = step + 1
+                if eval_every and (done % eval_every == 0 or done == total_steps):
+                    if samples and cfg.logging.num_samples:
+                        table = evaluation.format_table(samples, ("prompt", "completion", "reward", "advantage"))
+                        _say(f"[train step {done}] sample completions:\n{table}", main)
+                        writer.write_text("train/samples", table, done)
+                    last_eval = _eval(exp, done, writer, exp.policy_params())
+                stop = distributed.any_process(preemption.requested or preempt_after == done)
+                every = int(cfg.checkpoint.every)
+                if stop or done == total_steps or (every and done % every == 0):
+                    ckpt.save(done, exp.state, base_key, data_position=done * P)
+                if stop and done < total_steps:
+                    status = "preempted"
+                    _say(f"preempted: saved the checkpoint of step {done}; run the same command to resume", main)
+                    break
+            else:
+                step = total_steps
+            progress.close()
+        if status == "completed":
+            step = total_steps
+            if ckpt.latest_step() != total_steps and total_steps > 0:
+                ckpt.save(total_steps, exp.state, base_key, data_position=total_steps * P)
+    finally:
+        ckpt.close()
+        writer.close()
+    export_path = plots = None
+    if status == "completed":
+        export_path = _export(exp, workdir)
+        plots = _plots(workdir, main and cfg.logging.plots)
+    return RunResult(status, step if status == "preempted" else total_steps, workdir, first_eval, last_eval,
+                     plots or [], export_path)
+
+
+def _progress(start: int, total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, disable=not enabled, desc="GRPO", unit="step", dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def _train_one(exp: _Experiment, step: int, P: int, G: int):
+    """One GRPO step: returns (metrics row, a few sample completions of this process)."""
+    cfg = exp.config
+    t0 = time.time()
+    examples = exp.task.train_batch(int(cfg.seed), step, P)
+    (prompt_tokens, prompt_mask), rollout, completions = exp.sampler.sample(
+        exp.policy_params(), examples, _key(int(cfg.seed), SAMPLE_TAG, step), group_size=G,
+        max_new_tokens=int(cfg.rollout.max_new_tokens), temperature=float(cfg.rollout.temperature),
+        top_p=float(cfg.rollout.top_p), top_k=int(cfg.rollout.top_k))
+    t_sample = time.time() - t0
+    total, per_reward, num_errors = evaluation.score(exp.reward_fn, examples, completions, G)
+    scores = _gather_scores(total, per_reward, completions)
+    rewards_pg = scores[:, 0].reshape(P, G)
+    adv = np.asarray(advantages.group_advantages(rewards_pg, cfg.loss), np.float32).reshape(-1)
+    stats = advantages.group_stats(rewards_pg, cfg.loss)
+    batch = dict(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, completions=rollout.tokens,
+                 completion_mask=rollout.mask, old_logps=rollout.logps, advantages=adv, truncated=rollout.truncated,
+                 keep=np.repeat(np.asarray(stats["keep_mask"]), G))
+    t1 = time.time()
+    exp.state, train_metrics = exp.train_step(exp.state, exp.frozen, exp.ref, batch)
+    train_metrics = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
+    t_train = time.time() - t1
+
+    lengths, truncated = scores[:, 1], scores[:, 2]
+    errors = np.asarray([num_errors[k] for k in per_reward], np.float32)
+    errors = distributed.allgather_rows(errors[None]).sum(axis=0)
+    row = {"step": step + 1, "reward": float(stats["reward"]), "reward_std": float(stats["reward_std"])}
+    for i, name in enumerate(per_reward):
+        row[f"rewards/{name}/mean"] = float(scores[:, 3 + i].mean())
+        row[f"rewards/{name}/std"] = float(scores[:, 3 + i].std())
+        if errors[i]:
+            row[f"rewards/{name}/errors"] = int(errors[i])
+    row.update({
+        "frac_reward_zero_std": float(stats["frac_reward_zero_std"]),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/min_length": float(lengths.min()),
+        "completions/max_length": float(lengths.max()),
+        "completions/clipped_ratio": float(truncated.mean()),
+    })
+    row.update({k: train_metrics[k] for k in TRAIN_METRICS if k in train_metrics})
+    if "logp_mismatch/max" in train_metrics:
+        row["logp_mismatch"] = train_metrics["logp_mismatch/max"]
+    row["step_time"] = time.time() - t0
+    row["sampler/time"], row["train/time"] = t_sample, t_train
+    row["sampler/tokens_per_s"] = float(lengths.sum()) / max(t_sample, 1e-9)
+    samples = _train_samples(examples, completions, total, adv, G, int(cfg.logging.num_samples))
+    return row, samples
+
+
+def _export(exp: _Experiment, workdir: str) -> Optional[str]:
+    if not exp.config.checkpoint.export_hf:
+        return None
+    params = distributed.to_host(exp.policy_params())
+    path = os.path.join(workdir, "export")
+    if exp.main:
+        export_policy(path, exp.model_config, params, exp.tokenizer)
+        _say(f"exported the final policy (HF checkpoint dir) to {path}")
+    distributed.barrier("export")
+    return path
+
+
+def _plots(workdir: str, enabled: bool) -> list:
+    if not enabled:
+        return []
+    from grpo_jax.plotting import plot_workdir
+    return plot_workdir(workdir)
