@@ -70,7 +70,7 @@ def test_left_padded_batch_matches_transformers(tmp_path):
     model = load_torch_model(path)
     with torch.no_grad():
         ref = model(torch.as_tensor(tokens, dtype=torch.long), attention_mask=torch.as_tensor(mask),
-                    position_ids=torch.as_tensor(np.asarray(padded_positions(mask)), dtype=torch.long)).logits
+                    position_ids=torch.tensor(np.array(padded_positions(mask)), dtype=torch.long)).logits
     real = mask.astype(bool)
     np.testing.assert_allclose(ours[real], ref.numpy()[real], atol=1e-4, rtol=0)
 
