@@ -1,0 +1,82 @@
+"""The optimizer: global-norm clipping then AdamW (Loshchilov & Hutter 2019) on a warmup + constant/cosine schedule.
+
+`optim` ConfigDict fields (defaults are GRPO-typical, as TRL's GRPOConfig / DeepSeekMath):
+
+  lr               peak learning rate                        (1e-6; DeepSeekMath sec. 4.2 uses 1e-6)
+  warmup_steps     linear warmup from 0 over this many updates (0; HF's convention: lr 0 at update 0)
+  schedule         'constant' | 'cosine' after warmup        ('constant'; cosine decays to 0 at the last update)
+  weight_decay     decoupled weight decay, not on norm scales or biases (0.0, TRL's default)
+  max_grad_norm    clip the global gradient norm to this      (1.0, TRL's default; 0 = no clipping)
+  b1, b2           Adam moments                               (0.9, 0.99)
+  micro_batch_size sequences per gradient-accumulation micro-batch, a multiple of the group size; 0 = whole batch
+
+The schedule counts optimizer *updates*: a train step with `loss.num_iterations = mu` makes mu of them, so the
+train step passes `total_steps * mu`.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+SCHEDULES = ("constant", "cosine")
+
+
+def optim_config() -> ml_collections.ConfigDict:
+    """The `optim` ConfigDict with its defaults."""
+    return ml_collections.ConfigDict({
+        "lr": 1e-6,
+        "warmup_steps": 0,
+        "schedule": "constant",
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "b1": 0.9,
+        "b2": 0.99,
+        "micro_batch_size": 0,
+    })
+
+
+def _nonneg(cfg, name, integer=False):
+    value = cfg[name]
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or value < 0:
+        raise ValueError(f"optim.{name} must be a non-negative {'integer' if integer else 'number'}, got {value!r}")
+    return value
+
+
+def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
+    """Learning rate as a function of the update count: linear warmup 0 -> lr, then constant or cosine to 0."""
+    lr = float(_nonneg(optim_cfg, "lr"))
+    warmup = int(_nonneg(optim_cfg, "warmup_steps", integer=True))
+    kind = optim_cfg.schedule
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown optim.schedule {kind!r}; valid: {', '.join(map(repr, SCHEDULES))}")
+    if kind == "cosine":
+        if total_steps <= warmup:
+            raise ValueError(f"cosine schedule needs total updates ({total_steps}) > optim.warmup_steps ({warmup})")
+        decay = optax.cosine_decay_schedule(lr, total_steps - warmup, alpha=0.0)
+    else:
+        decay = optax.constant_schedule(lr)
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def _decay_mask(params):
+    """Weight decay on matrices only: not on norm scales or biases (as HF Trainer / TRL)."""
+    def keep(path, _):
+        name = getattr(path[-1], "key", str(path[-1]))
+        return name not in ("scale", "bias")
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+    """optax.chain(clip_by_global_norm(max_grad_norm), adamw(schedule, b1, b2, weight_decay))."""
+    max_norm = float(_nonneg(optim_cfg, "max_grad_norm"))
+    wd = float(_nonneg(optim_cfg, "weight_decay"))
+    clip = optax.clip_by_global_norm(max_norm) if max_norm > 0 else optax.identity()
+    adam = optax.adamw(make_schedule(optim_cfg, total_steps), b1=float(optim_cfg.get("b1", 0.9)),
+                       b2=float(optim_cfg.get("b2", 0.99)), weight_decay=wd, mask=_decay_mask if wd else None)
+    return optax.chain(clip, adam)

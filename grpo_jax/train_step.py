@@ -1,0 +1,422 @@
+"""The sharded GRPO train step: mu optimizer updates on one rollout, each accumulated over micro-batches.
+
+    state, frozen = init_train_state(model_config, params, config, mesh)
+    step = make_train_step(model_config, config, mesh)
+    state, metrics = step(state, frozen, ref_params, batch)     # ref_params: see below
+
+One call is one jitted program (buffers of `state` donated), for a rollout of P prompts x G completions:
+
+  1. denominators of the loss over the WHOLE batch (`losses.batch_denominators`), once;
+  2. reference log-probs, once, only when loss.kl_beta > 0 (with LoRA the reference is the frozen base with the
+     adapters off; in full finetuning it is `ref_params`, the caller's untouched initial params);
+  3. mu = loss.num_iterations times: the gradient summed over micro-batches of whole prompt groups (`lax.scan`),
+     each micro-batch's loss a local sum over the global denominators, so the accumulated gradient is the
+     full-batch gradient for every aggregation mode (Tunix's (sum, denominator)); then clip + AdamW.
+     The old log-probs are the sampler's (`batch['old_logps']`), exact at the first iteration and, as GRPO
+     defines (Shao et al. 2024, Alg. 1), the same for every one of the mu iterations.
+
+Log-probs come from `logprobs.completion_logprobs`: each prompt's keys/values once per group, logits only at
+completion positions and in chunks (never [N, T, V] float32). Sharding: params and optimizer state by the
+logical-axis rules (`sharding.py`), every batch array's rows over ('data', 'fsdp'); XLA inserts the collectives.
+
+batch = dict(prompt_tokens int32 [P, S] (left-padded), prompt_mask bool [P, S], completions int32 [N, T],
+             completion_mask float32 [N, T], advantages float32 [N], old_logps float32 [N, T],
+             truncated bool [N] (optional; used by loss.mask_truncated), keep bool [N] (optional; rows in the
+             update, e.g. DAPO's zero-std filter)), N = P * G, rows p-major (row = p * G + g).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from grpo_jax import logprobs, losses, sharding
+from grpo_jax.config_defaults import validate_loss_config
+from grpo_jax.models import lora
+from grpo_jax.models.config import ModelConfig
+from grpo_jax.models.transformer import init_params, param_logical_axes
+from grpo_jax.optim import make_optimizer, make_schedule
+
+PROMPT_KEYS = ("prompt_tokens", "prompt_mask")
+ROW_KEYS = ("completions", "completion_mask", "advantages", "old_logps", "truncated", "keep")
+# How metrics of micro-batches / iterations combine: max/min here, a sum (micro-batches) or mean (iterations) else.
+_MAX_METRICS = ("ratio/max", "logp_mismatch/max")
+_MIN_METRICS = ("ratio/min",)
+_DTYPES = {"prompt_tokens": jnp.int32, "prompt_mask": jnp.bool_, "completions": jnp.int32,
+           "completion_mask": jnp.float32, "advantages": jnp.float32, "old_logps": jnp.float32,
+           "truncated": jnp.bool_, "keep": jnp.bool_}
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What the optimizer updates. `params` is the trainable tree: the full params, or the LoRA adapters."""
+    params: Any
+    opt_state: Any
+    step: jax.Array                     # int32 scalar: optimizer updates done so far
+    lora_alpha: float = flax.struct.field(pytree_node=False, default=0.0)  # 0.0 = full finetuning
+
+
+class _Settings(NamedTuple):
+    group_size: int
+    temperature: float
+    norm_length: int
+    num_iterations: int
+    micro_batch_size: int
+    lora_rank: int
+    lora_alpha: float
+    lora_targets: tuple
+    kl_beta: float
+    use_kl: bool
+    total_updates: int
+    remat: bool
+    seed: int
+
+
+def _settings(config) -> _Settings:
+    validate_loss_config(config.loss)
+    model = config.model
+    rank = int(model.get("lora_rank", 0))
+    if rank < 0:
+        raise ValueError(f"model.lora_rank must be >= 0 (0 = full finetuning), got {rank}")
+    micro = config.optim.get("micro_batch_size", 0)
+    if isinstance(micro, bool) or not isinstance(micro, (int, np.integer)) or micro < 0:
+        raise ValueError(f"optim.micro_batch_size must be an integer >= 0 (0 = whole batch), got {micro!r}")
+    group = int(config.rollout.group_size)
+    if micro and micro % group:
+        raise ValueError(f"optim.micro_batch_size = {micro} is not a multiple of rollout.group_size = {group}: "
+                         "a micro-batch holds whole prompt groups")
+    mu = int(config.loss.num_iterations)
+    return _Settings(
+        group_size=group,
+        temperature=float(config.rollout.get("temperature", 1.0)),
+        norm_length=int(config.rollout.max_new_tokens),
+        num_iterations=mu,
+        micro_batch_size=int(micro),
+        lora_rank=rank,
+        lora_alpha=float(model.get("lora_alpha", None) or 2.0 * rank),
+        lora_targets=tuple(model.get("lora_targets", lora.DEFAULT_TARGETS)),
+        kl_beta=float(config.loss.kl_beta),
+        use_kl=float(config.loss.kl_beta) > 0.0,
+        total_updates=max(1, int(config.total_steps)) * mu,
+        remat=bool(model.get("remat", False)),
+        seed=int(config.get("seed", 0)),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ state
+
+
+def _trainable_shapes(model_config: ModelConfig, s: _Settings):
+    base = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
+    if not s.lora_rank:
+        return base, base
+    return jax.eval_shape(lambda: lora.init_lora(base, s.lora_rank, jax.random.PRNGKey(0), s.lora_targets)), base
+
+
+def _trainable_shardings(model_config: ModelConfig, s: _Settings, mesh: Mesh, trainable_like, base_like):
+    if not s.lora_rank:
+        return sharding.param_shardings(model_config, mesh, trainable_like)
+    logical = lora.lora_logical_axes(param_logical_axes(model_config), trainable_like)
+    return sharding.shardings_from_logical(logical, trainable_like, mesh)
+
+
+def state_shardings(model_config: ModelConfig, config, mesh: Mesh):
+    """TrainState of NamedShardings (optimizer moments sharded like their params; counters replicated), derived
+    from `jax.eval_shape` of the init, as lmpo does."""
+    s = _settings(config)
+    tx = make_optimizer(config.optim, s.total_updates)
+    trainable, base = _trainable_shapes(model_config, s)
+    t_shard = _trainable_shardings(model_config, s, mesh, trainable, base)
+    opt_shapes = jax.eval_shape(tx.init, trainable)
+    rep = sharding.replicated(mesh)
+    opt_shard = optax.tree_map_params(tx, lambda _, sh: sh, opt_shapes, t_shard,
+                                      transform_non_params=lambda _: rep)
+    return TrainState(t_shard, opt_shard, rep, s.lora_alpha if s.lora_rank else 0.0)
+
+
+def init_train_state(model_config: ModelConfig, params, config, mesh: Mesh):
+    """(TrainState, frozen), placed on `mesh`.
+
+    Full finetuning: the state holds a *copy* of `params` (its buffers are donated at every step); `frozen` is
+    None and the caller's `params` stay untouched, so they can serve as the reference (pass them as `ref_params`
+    when loss.kl_beta > 0; drop them otherwise). LoRA (model.lora_rank > 0): the state holds only the adapters
+    (A random, B zero: the policy starts as the base) and their optimizer moments; `frozen` is the base, which is
+    also the reference (adapters off): no second copy of the weights."""
+    s = _settings(config)
+    tx = make_optimizer(config.optim, s.total_updates)
+    shardings = state_shardings(model_config, config, mesh)
+    base = sharding.shard_params(params, model_config, mesh)
+    if s.lora_rank:
+        key = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x10A)
+        trainable = jax.device_put(lora.init_lora(base, s.lora_rank, key, s.lora_targets), shardings.params)
+        frozen = base
+    else:
+        trainable = jax.tree.map(jnp.copy, base)  # a fresh buffer: the step donates it
+        frozen = None
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
+    step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
+    return TrainState(trainable, opt_state, step, shardings.lora_alpha), frozen
+
+
+def policy_params(model_config: ModelConfig, state: TrainState, frozen):
+    """The policy's full params (LoRA merged into the base) for the sampler, evaluation or export."""
+    del model_config
+    if frozen is None:
+        return state.params
+    return lora.merge(frozen, state.params, state.lora_alpha, lora.lora_rank(state.params))
+
+
+# ------------------------------------------------------------------------------------------------ batch
+
+
+def _row_constraint(x, mesh: Mesh, axis: int):
+    """Keep dim `axis` (rows) split over ('data', 'fsdp') when it divides; otherwise let XLA choose."""
+    if x.shape[axis] % sharding.batch_shards(mesh):
+        return x
+    spec = [None] * x.ndim
+    spec[axis] = sharding.BATCH_AXES
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def _split(x, num_micro: int, group: int, mesh: Mesh):
+    """[P * group, ...] p-major -> [M, P / M * group, ...]; micro-batch m holds prompts m, M + m, 2M + m, ...
+
+    Strided so that, with rows held in contiguous blocks per device, every micro-batch is spread evenly over the
+    devices without moving data."""
+    prompts = x.shape[0] // group
+    y = x.reshape((prompts // num_micro, num_micro, group) + x.shape[1:])
+    y = jnp.swapaxes(y, 0, 1).reshape((num_micro, (prompts // num_micro) * group) + x.shape[1:])
+    return _row_constraint(y, mesh, 1)
+
+
+def _check_batch(batch: dict, s: _Settings, mesh: Mesh) -> dict:
+    missing = [k for k in PROMPT_KEYS + ROW_KEYS[:4] if k not in batch]
+    if missing:
+        raise ValueError(f"train step batch lacks {missing}; it needs {list(PROMPT_KEYS + ROW_KEYS[:4])} "
+                         "(+ optional 'truncated', 'keep')")
+    p, s_len = np.shape(batch["prompt_tokens"])
+    n, t = np.shape(batch["completions"])
+    if n != p * s.group_size:
+        raise ValueError(f"batch has {n} completions for {p} prompts; expected prompts x rollout.group_size = "
+                         f"{p} x {s.group_size} = {p * s.group_size}")
+    want = {"prompt_mask": (p, s_len), "completion_mask": (n, t), "old_logps": (n, t), "advantages": (n,),
+            "truncated": (n,), "keep": (n,)}
+    for k, shape in want.items():
+        if k in batch and tuple(np.shape(batch[k])) != shape:
+            raise ValueError(f"batch['{k}'] has shape {tuple(np.shape(batch[k]))}, expected {shape}")
+    micro = s.micro_batch_size or n
+    if n % micro:
+        raise ValueError(f"optim.micro_batch_size = {micro} does not divide the step's {n} sequences "
+                         f"({p} prompts x {s.group_size})")
+    sharding.check_batch_divisible(p, mesh, "batch size (prompts in the step)")
+    sharding.check_batch_divisible(micro, mesh, "micro-batch size (optim.micro_batch_size, sequences)")
+    out = {k: batch[k] for k in PROMPT_KEYS + ROW_KEYS[:4]}
+    out["truncated"] = batch.get("truncated", np.zeros((n,), bool))
+    out["keep"] = batch.get("keep", np.ones((n,), bool))
+    return {k: (v.astype(_DTYPES[k]) if isinstance(v, jax.Array) else np.asarray(v, _DTYPES[k]))
+            for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------------------ the step
+
+
+def reference_logprobs(model_config: ModelConfig, ref_params, micro_batches: dict, group_size: int,
+                       temperature: float):
+    """Reference log-probs [M, rows, T] of every micro-batch (no gradient, no entropy). Module-level so that a test
+    can count its calls."""
+    def one(mb):
+        lp, _ = logprobs.completion_logprobs(model_config, ref_params, mb["prompt_tokens"], mb["prompt_mask"],
+                                             mb["completions"], group_size, temperature, with_entropy=False)
+        return lp
+    return jax.lax.stop_gradient(jax.lax.map(one, micro_batches))
+
+
+def _combine(total: dict, new: dict) -> dict:
+    def one(k):
+        if k in _MAX_METRICS:
+            return jnp.maximum(total[k], new[k])
+        if k in _MIN_METRICS:
+            return jnp.minimum(total[k], new[k])
+        return total[k] + new[k]
+    return {k: one(k) for k in total}
+
+
+def _identity(k: str, like):
+    fill = -jnp.inf if k in _MAX_METRICS else (jnp.inf if k in _MIN_METRICS else 0.0)
+    return jnp.full(like.shape, fill, like.dtype)
+
+
+def _build(model_config: ModelConfig, config, mesh: Mesh):
+    """(step_fn(state, frozen, ref, batch), grad_fn(trainable, frozen, ref, batch), settings, tx) — unjitted."""
+    s = _settings(config)
+    model_config = model_config.replace(remat=s.remat)
+    loss_cfg = config.loss
+    tx = make_optimizer(config.optim, s.total_updates)
+    schedule = make_schedule(config.optim, s.total_updates)
+
+    def full_params(trainable, frozen):
+        return lora.merge(frozen, trainable, s.lora_alpha, s.lora_rank) if s.lora_rank else trainable
+
+    def micro_loss(trainable, frozen, mb, ref_lp, dens, num_valid):
+        params = full_params(trainable, frozen)
+        logps, entropy = logprobs.completion_logprobs(model_config, params, mb["prompt_tokens"], mb["prompt_mask"],
+                                                      mb["completions"], s.group_size, s.temperature)
+        loss, metrics = losses.policy_loss(logps, mb["old_logps"], ref_lp, mb["advantages"], mb["completion_mask"],
+                                           loss_cfg, norm_length=s.norm_length, truncated=mb["truncated"],
+                                           entropy=entropy, denominators=dens, keep=mb["keep"])
+        # Sampler-vs-trainer mismatch (Tunix logs it every step): exact sampling gives 0 at the first iteration.
+        valid = mb["completion_mask"] > 0
+        gap = jnp.where(valid, jnp.abs(mb["old_logps"] - jax.lax.stop_gradient(logps)), 0.0)
+        metrics["logp_mismatch/max"] = jnp.max(gap)
+        metrics["logp_mismatch/mean"] = jnp.sum(gap) / jnp.maximum(num_valid, 1.0)
+        return loss, metrics
+
+    grad_of = jax.grad(micro_loss, has_aux=True)
+
+    def prepare(batch, frozen, ref_params):
+        """Split into micro-batches, global denominators, reference log-probs (once)."""
+        n = batch["completions"].shape[0]
+        num_micro = n // (s.micro_batch_size or n)
+        dens = losses.batch_denominators(batch["completion_mask"], loss_cfg, s.norm_length, batch["truncated"],
+                                         batch["keep"])
+        num_valid = jnp.sum((batch["completion_mask"] > 0).astype(jnp.float32))
+        mbs = {k: _split(v, num_micro, 1 if k in PROMPT_KEYS else s.group_size, mesh) for k, v in batch.items()}
+        ref = None
+        if s.use_kl:
+            ref_source = frozen if s.lora_rank else ref_params  # LoRA: the base with the adapters off
+            ref = reference_logprobs(model_config, ref_source, {k: mbs[k] for k in PROMPT_KEYS + ("completions",)},
+                                     s.group_size, s.temperature)
+        return mbs, ref, dens, num_valid
+
+    def accumulate(trainable, frozen, mbs, ref, dens, num_valid):
+        """Sum of the micro-batch gradients (= the full-batch gradient) and combined metrics."""
+        first = jax.tree.map(lambda x: x[0], (mbs, ref))
+        metric_shapes = jax.eval_shape(lambda: grad_of(trainable, frozen, first[0], first[1], dens, num_valid))[1]
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
+        init = (zeros, {k: _identity(k, v) for k, v in metric_shapes.items()})
+
+        def body(carry, xs):
+            g_sum, m_sum = carry
+            mb, ref_lp = xs
+            g, m = grad_of(trainable, frozen, mb, ref_lp, dens, num_valid)
+            g_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)
+            return (g_sum, _combine(m_sum, m)), None
+
+        if jax.tree.leaves(mbs)[0].shape[0] == 1:  # one micro-batch: no loop
+            (grads, metrics), _ = body(init, jax.tree.map(lambda x: x[0], (mbs, ref)))
+        else:
+            (grads, metrics), _ = jax.lax.scan(body, init, (mbs, ref))
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+        return grads, metrics
+
+    def grad_fn(trainable, frozen, ref_params, batch):
+        mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params)
+        return accumulate(trainable, frozen, mbs, ref, dens, num_valid)
+
+    def step_fn(state: TrainState, frozen, ref_params, batch):
+        mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params)
+
+        def update(carry, _):
+            params, opt_state, step = carry
+            grads, metrics = accumulate(params, frozen, mbs, ref, dens, num_valid)
+            metrics["grad_norm"] = optax.tree.norm(grads)
+            metrics["learning_rate"] = jnp.asarray(schedule(step), jnp.float32)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state, step + 1), metrics
+
+        carry = (state.params, state.opt_state, state.step)
+        if s.num_iterations == 1:
+            (params, opt_state, step), metrics = update(carry, None)
+            per_iter = jax.tree.map(lambda x: x[None], metrics)
+        else:
+            (params, opt_state, step), per_iter = jax.lax.scan(update, carry, None, length=s.num_iterations)
+        metrics = {}
+        for k, v in per_iter.items():
+            if k.startswith("logp_mismatch/"):
+                metrics[k] = v[0]  # the first iteration: params = the sampler's
+            elif k in _MAX_METRICS:
+                metrics[k] = jnp.max(v)
+            elif k in _MIN_METRICS:
+                metrics[k] = jnp.min(v)
+            else:
+                metrics[k] = jnp.mean(v)
+        return state.replace(params=params, opt_state=opt_state, step=step), metrics
+
+    return step_fn, grad_fn, s, tx
+
+
+def _arg_shardings(model_config: ModelConfig, config, mesh: Mesh, s: _Settings):
+    base_like = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
+    params_sh = sharding.param_shardings(model_config, mesh, base_like)
+    frozen_sh = params_sh if s.lora_rank else None
+    ref_sh = params_sh if (s.use_kl and not s.lora_rank) else None
+    rows = sharding.batch_sharding(mesh)
+    batch_sh = {k: rows for k in PROMPT_KEYS + ROW_KEYS}
+    return frozen_sh, ref_sh, batch_sh
+
+
+def _check_ref(s: _Settings, ref_params):
+    if not s.use_kl:
+        return None  # kl_beta = 0: the reference is never read (and never computed)
+    if s.lora_rank:
+        if ref_params is not None:
+            raise ValueError("with LoRA (model.lora_rank > 0) the reference is the frozen base with the adapters "
+                             "off; pass ref_params=None (no second copy of the weights)")
+        return None
+    if ref_params is None:
+        raise ValueError(f"loss.kl_beta = {s.kl_beta} > 0 needs the reference params: pass the initial "
+                         "params as ref_params (or set loss.kl_beta = 0)")
+    return ref_params
+
+
+def _place(tree, shardings):
+    return None if tree is None else jax.device_put(tree, shardings)
+
+
+def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_options=None):
+    """fn(state, frozen, ref_params, batch) -> (state, metrics): one jitted call = loss.num_iterations updates.
+
+    `frozen`: None (full finetuning) or the LoRA base from `init_train_state`. `ref_params`: the reference policy's
+    params in full finetuning with loss.kl_beta > 0, else None (ignored when kl_beta = 0). `state` is donated.
+    Metrics (scalars): those of `losses.policy_loss` (loss, policy_loss, kl, entropy, clip_ratio/*, ratio/*),
+    averaged over the mu iterations (max / min for ratio/max / ratio/min), plus grad_norm (before clipping),
+    learning_rate, and logp_mismatch/max, logp_mismatch/mean = max / mean |old_logps - trainer log-probs| over
+    valid tokens at the first iteration. `compiler_options` go to `jax.jit` (tests pass
+    {'xla_backend_optimization_level': 0}: half the compile time of a tiny model)."""
+    step_fn, _, s, _ = _build(model_config, config, mesh)
+    st_sh = state_shardings(model_config, config, mesh)
+    frozen_sh, ref_sh, batch_sh = _arg_shardings(model_config, config, mesh, s)
+    jitted = jax.jit(step_fn, in_shardings=(st_sh, frozen_sh, ref_sh, batch_sh), out_shardings=(st_sh, None),
+                     donate_argnums=(0,), compiler_options=compiler_options)
+
+    def train_step(state: TrainState, frozen, ref_params, batch: dict):
+        ref_params = _check_ref(s, ref_params)
+        if (frozen is None) != (not s.lora_rank):
+            raise ValueError(f"frozen must be {'the LoRA base params' if s.lora_rank else 'None'} for "
+                             f"model.lora_rank = {s.lora_rank} (use what init_train_state returned)")
+        b = jax.device_put(_check_batch(batch, s, mesh), batch_sh)
+        return jitted(state, _place(frozen, frozen_sh), _place(ref_params, ref_sh), b)
+
+    train_step.jitted = jitted
+    return train_step
+
+
+def make_grad_fn(model_config: ModelConfig, config, mesh: Mesh, compiler_options=None):
+    """fn(trainable, frozen, ref_params, batch) -> (gradient, metrics) of one iteration, accumulated over
+    micro-batches exactly as the train step does (for tests and inspection; not donated)."""
+    _, grad_fn, s, _ = _build(model_config, config, mesh)
+    frozen_sh, ref_sh, batch_sh = _arg_shardings(model_config, config, mesh, s)
+    jitted = jax.jit(grad_fn, compiler_options=compiler_options)
+
+    def fn(trainable, frozen, ref_params, batch):
+        ref_params = _check_ref(s, ref_params)
+        b = jax.device_put(_check_batch(batch, s, mesh), batch_sh)
+        return jitted(trainable, _place(frozen, frozen_sh), _place(ref_params, ref_sh), b)
+
+    return fn
