@@ -342,6 +342,8 @@ def main(argv=None) -> dict | None:
                 "steps": args.steps, "warmup": args.warmup}
         line["grpo_jax"] = run_side("grpo_jax", args, settings, workdir)
         if args.vs_trl:
+            from experiments.trl_reference import hf_checkpoint
+            hf_checkpoint(settings.model)  # convert a GGUF here, so the TRL process's peak memory is TRL's own
             line["trl"] = run_side("trl", args, settings, workdir)
             line["speedup"] = line["trl"]["step_time_s"] / line["grpo_jax"]["step_time_s"]
             line["memory_ratio"] = line["trl"]["peak_rss_gb"] / line["grpo_jax"]["peak_rss_gb"]

@@ -36,10 +36,17 @@ def tiny_gguf(tmp_path_factory):
     return make_gguf("smollm2", tmp_path_factory.mktemp("bench") / "tiny.gguf", tokenizer=True, quant="F32")
 
 
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    return tmp_path_factory.mktemp("caches")
+
+
 @pytest.fixture()
-def cache_env(tmp_path, monkeypatch):
-    """Keep trl_reference's GGUF -> HF cache (and the subprocesses') out of the home directory."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+def cache_env(tmp_path, monkeypatch, caches):
+    """Keep trl_reference's GGUF -> HF cache out of the home directory, and let the benchmarks' subprocesses share
+    a JAX compilation cache (the tests compile the same tiny programs in several processes)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(caches / "xdg"))
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(caches / "jax"))
     return tmp_path
 
 
@@ -98,7 +105,7 @@ def test_learning_config_file_is_the_trl_settings():
 def test_trl_trains_the_same_model_on_the_same_prompts(tiny_gguf, cache_env):
     policy = load(tiny_gguf)
     checkpoint = ref.hf_checkpoint(tiny_gguf)
-    assert checkpoint.startswith(str(cache_env / "cache")) and ref.hf_checkpoint(tiny_gguf) == checkpoint
+    assert checkpoint.startswith(os.environ["XDG_CACHE_HOME"]) and ref.hf_checkpoint(tiny_gguf) == checkpoint
 
     # the HF copy TRL loads has grpo_jax's weights (independent dequantisation: transformers' GGUF reader)
     import torch
@@ -142,7 +149,7 @@ def test_trl_trains_the_same_model_on_the_same_prompts(tiny_gguf, cache_env):
 
 def test_grpo_step_cli_runs_both_systems(tiny_gguf, cache_env):
     results = cache_env / "results.jsonl"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)  # with cache_env's XDG / JAX cache dirs
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.bench_grpo_step", "--vs-trl", "--model", tiny_gguf, "--prompts", "2",
          "--group", "2", "--new-tokens", "8", "--steps", "1", "--warmup", "1", "--matmul-size", "128",
@@ -184,17 +191,22 @@ def test_learning_summary_by_hand():
     assert summary["wall_time_ratio"] == pytest.approx(0.2)
 
 
-def test_learning_cli_trl_piece(tiny_gguf, cache_env):
+def test_learning_cli_runs_both_systems_piecewise(tiny_gguf, cache_env):
     out = cache_env / "learning"
-    args = ["--config-arg", "tiny", "--model", tiny_gguf, "--systems", "trl", "--seeds", "0", "--out", str(out),
-            "--results", ""]
-    line = bench_learning.main(args)
-    curve = [json.loads(x) for x in (out / "curves.jsonl").read_text().splitlines()]
-    assert [(r["system"], r["seed"], r["step"]) for r in curve] == [("trl", 0, 1), ("trl", 0, 2)]
-    ev = json.loads((out / "evals.jsonl").read_text())
-    assert ev["before"]["eval/num_examples"] == ev["after"]["eval/num_examples"] == 4
-    assert (out / "learning.png").stat().st_size > 0
-    assert line["trl"]["seeds"] == [0] and "grpo_jax" not in line
+    args = ["--config-arg", "tiny", "--model", tiny_gguf, "--seeds", "0", "--out", str(out), "--results", ""]
+    line = bench_learning.main(args + ["--systems", "trl"])
+    assert line["trl"]["seeds"] == [0] and "grpo_jax" not in line and "within_trl_spread" not in line
     done = (out / "runs" / "trl-seed0" / "run.json").read_text()
-    bench_learning.main(args)  # a finished piece is not run again
+
+    line = bench_learning.main(args)  # both systems: the finished TRL piece is not run again
     assert (out / "runs" / "trl-seed0" / "run.json").read_text() == done
+    curve = [json.loads(x) for x in (out / "curves.jsonl").read_text().splitlines()]
+    assert sorted((r["system"], r["seed"], r["step"]) for r in curve) == [
+        ("grpo_jax", 0, 1), ("grpo_jax", 0, 2), ("trl", 0, 1), ("trl", 0, 2)]
+    evals = {e["system"]: e for e in map(json.loads, (out / "evals.jsonl").read_text().splitlines())}
+    for system in ("grpo_jax", "trl"):  # the whole (tiny) eval split, before and after, greedy
+        assert evals[system]["before"]["eval/num_examples"] == evals[system]["after"]["eval/num_examples"] == 4
+    # the same initial model, greedy, same problems: the two evaluators agree before training
+    assert evals["grpo_jax"]["before"]["eval/accuracy"] == evals["trl"]["before"]["eval/accuracy"]
+    assert line["steps_compared"] == 2 and 0.0 <= line["within_trl_spread"] <= 1.0
+    assert (out / "learning.png").stat().st_size > 0
