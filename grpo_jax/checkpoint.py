@@ -97,7 +97,8 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, key: jax.Array, data_position: int, extra: Optional[dict] = None) -> None:
         """Write checkpoint `step` (blocking; atomic). All processes call this; orbax coordinates the writes."""
-        tree = {"train_state": state, "key": jax.random.key_data(key) if _is_typed_key(key) else key}
+        raw = jax.random.key_data(key) if _is_typed_key(key) else key
+        tree = {"train_state": state, "key": np.asarray(raw)}  # a host array: the same on every process
         meta = {"step": int(step), "data_position": int(data_position), **(extra or {})}
         self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                              meta=ocp.args.JsonSave(meta)), force=True)
@@ -105,11 +106,15 @@ class Checkpointer:
 
     def restore(self, step: int, target_state: Any, target_key: jax.Array) -> tuple[Any, jax.Array, dict]:
         """(state, key, meta) of checkpoint `step`, with the shapes, dtypes and shardings of the targets."""
-        tree = {"train_state": target_state, "key": target_key}
+        raw = jax.random.key_data(target_key) if _is_typed_key(target_key) else target_key
+        tree = {"train_state": target_state, "key": np.asarray(raw)}
         restored = self.manager.restore(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(tree)), meta=ocp.args.JsonRestore()))
         state = restored["state"]
-        return state["train_state"], state["key"], dict(restored["meta"])
+        key = jax.numpy.asarray(state["key"])
+        if _is_typed_key(target_key):
+            key = jax.random.wrap_key_data(key, impl=jax.random.key_impl(target_key))
+        return state["train_state"], key, dict(restored["meta"])
 
     def close(self) -> None:
         self.manager.wait_until_finished()

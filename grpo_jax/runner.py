@@ -86,7 +86,11 @@ def _key(seed: int, tag: int, step: int) -> jax.Array:
 
 
 def _task_options(config) -> dict:
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.task.to_dict().items() if k != "name"}
+    """task.* without `name`, as keyword options of tasks.get; '' stands for None (a ConfigDict field keeps its
+    type, so optional paths are strings), lists become tuples."""
+    def value(v):
+        return None if v == "" else (tuple(v) if isinstance(v, list) else v)
+    return {k: value(v) for k, v in config.task.to_dict().items() if k != "name"}
 
 
 class _Experiment:
@@ -94,7 +98,7 @@ class _Experiment:
 
     def __init__(self, config, workdir: str):
         from grpo_jax import models, rewards, tasks
-        from grpo_jax.train_step import init_train_state, make_train_step
+        from grpo_jax.train_step import init_train_state
 
         config_base.validate(config)
         self.config, self.workdir = config, workdir
@@ -113,13 +117,29 @@ class _Experiment:
         use_ref = float(config.loss.kl_beta) > 0 and int(config.model.lora_rank) == 0
         self.ref = sharding.shard_params(policy.params, policy.config, self.mesh) if use_ref else None
         del policy
-        self.train_step = make_train_step(self.model_config, config, self.mesh)
+        self.train_step = _cached_train_step(self.model_config, config, self.mesh)
         if self.main:
             check_workdir(workdir, config, write=True)
 
     def policy_params(self):
         from grpo_jax.train_step import policy_params
         return policy_params(self.model_config, self.state, self.frozen)
+
+
+_TRAIN_STEPS: dict = {}
+
+
+def _cached_train_step(model_config, config, mesh):
+    """The jitted train step, reused when the same experiment runs again in this process (a notebook, a resumed
+    run in tests): a new `make_train_step` would compile again."""
+    from grpo_jax.train_step import make_train_step
+
+    key = (model_config, config_base.fingerprint(config), mesh)
+    if key not in _TRAIN_STEPS:
+        if len(_TRAIN_STEPS) >= 4:
+            _TRAIN_STEPS.pop(next(iter(_TRAIN_STEPS)))
+        _TRAIN_STEPS[key] = make_train_step(model_config, config, mesh)
+    return _TRAIN_STEPS[key]
 
 
 def _gather_scores(total, per_reward: dict, completions: evaluation.Completions) -> np.ndarray:
@@ -183,7 +203,7 @@ def run(config, workdir: str, *, preempt_after: Optional[int] = None,
     eval_every = int(cfg.eval.every)
     first_eval = last_eval = None
     status = "completed"
-    step = start
+    done = start  # GRPO steps done
     try:
         with _Preemption() as preemption:
             if eval_every and start == 0:
@@ -211,22 +231,17 @@ def run(config, workdir: str, *, preempt_after: Optional[int] = None,
                     status = "preempted"
                     _say(f"preempted: saved the checkpoint of step {done}; run the same command to resume", main)
                     break
-            else:
-                step = total_steps
             progress.close()
-        if status == "completed":
-            step = total_steps
-            if ckpt.latest_step() != total_steps and total_steps > 0:
-                ckpt.save(total_steps, exp.state, base_key, data_position=total_steps * P)
+        if status == "completed" and total_steps > 0 and ckpt.latest_step() != total_steps:
+            ckpt.save(total_steps, exp.state, base_key, data_position=total_steps * P)
     finally:
         ckpt.close()
         writer.close()
-    export_path = plots = None
+    export_path, plots = None, []
     if status == "completed":
         export_path = _export(exp, workdir)
         plots = _plots(workdir, main and cfg.logging.plots)
-    return RunResult(status, step if status == "preempted" else total_steps, workdir, first_eval, last_eval,
-                     plots or [], export_path)
+    return RunResult(status, done, workdir, first_eval, last_eval, plots, export_path)
 
 
 def _progress(start: int, total: int, enabled: bool):

@@ -1,9 +1,13 @@
 """A tiny character-level tokenizer with a chat template, for runner tests on tiny random checkpoints.
 
 Tiny random checkpoints (tests/tiny_checkpoints.py) have no tokenizer files, but the runner needs one to build
-prompts and read completions. `save_tokenizer(path)` writes a `PreTrainedTokenizerFast` (one token per printable
-ASCII character, ids 0/1/2 = <pad>/<s>/</s> as the tiny checkpoints' pad/bos/eos) into a checkpoint dir, so
-`models.load(path)` picks it up. `make_run_checkpoint(path)` builds both, with vocab_size = the tokenizer's size.
+prompts and read completions. `save_tokenizer(path)` writes a `PreTrainedTokenizerFast` into a checkpoint dir, so
+`models.load(path)` picks it up; `make_run_checkpoint(path)` builds both, with vocab_size = the tokenizer's size.
+
+The vocabulary is small on purpose: ids 0/1/2 = <pad>/<s>/</s> (the tiny checkpoints' pad/bos/eos), the digits, a
+few symbols, and <unk> for everything else (letters of the prompts). A random model then stops (emits </s>) often
+enough that completion lengths vary within a group, and writes digits, so length and number rewards differ
+between completions and the advantages are not all zero.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import string
 
 SPECIALS = ("<pad>", "<s>", "</s>")
-CHARS = sorted(set(string.printable) - set("\t\r\x0b\x0c"))  # printable ASCII + space + newline
+CHARS = list(string.digits + " +-*/=?<>\n")
 VOCAB_SIZE = len(SPECIALS) + len(CHARS) + 1  # + <unk>
 
 CHAT_TEMPLATE = (
