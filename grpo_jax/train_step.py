@@ -154,7 +154,8 @@ def init_train_state(model_config: ModelConfig, params, config, mesh: Mesh):
     base = sharding.shard_params(params, model_config, mesh)
     if s.lora_rank:
         key = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x10A)
-        trainable = jax.device_put(lora.init_lora(base, s.lora_rank, key, s.lora_targets), shardings.params)
+        init = jax.jit(lora.init_lora, static_argnums=(1, 3), out_shardings=shardings.params)
+        trainable = init(base, s.lora_rank, key, s.lora_targets)
         frozen = base
     else:
         trainable = jax.tree.map(jnp.copy, base)  # a fresh buffer: the step donates it
@@ -395,15 +396,21 @@ def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_opti
     jitted = jax.jit(step_fn, in_shardings=(st_sh, frozen_sh, ref_sh, batch_sh), out_shardings=(st_sh, None),
                      donate_argnums=(0,), compiler_options=compiler_options)
 
-    def train_step(state: TrainState, frozen, ref_params, batch: dict):
+    def prepare(state: TrainState, frozen, ref_params, batch: dict) -> tuple:
+        """Checks the arguments (clear ValueErrors) and places them on the mesh: the jitted program's inputs."""
         ref_params = _check_ref(s, ref_params)
         if (frozen is None) != (not s.lora_rank):
             raise ValueError(f"frozen must be {'the LoRA base params' if s.lora_rank else 'None'} for "
                              f"model.lora_rank = {s.lora_rank} (use what init_train_state returned)")
         b = jax.device_put(_check_batch(batch, s, mesh), batch_sh)
-        return jitted(state, _place(frozen, frozen_sh), _place(ref_params, ref_sh), b)
+        return state, _place(frozen, frozen_sh), _place(ref_params, ref_sh), b
 
+    def train_step(state: TrainState, frozen, ref_params, batch: dict):
+        return jitted(*prepare(state, frozen, ref_params, batch))
+
+    # For ahead-of-time compilation (benchmarks): train_step.jitted.lower(*train_step.prepare(...)).compile()
     train_step.jitted = jitted
+    train_step.prepare = prepare
     return train_step
 
 

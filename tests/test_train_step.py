@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from grpo_jax import logprobs, losses, optim, sharding, train_step
-from train_fixtures import CFG, batch, config, max_abs_diff, params
+from train_fixtures import CFG, batch, config, max_abs_diff, model_logprobs, params
 
 MESH = sharding.make_mesh(sharding.mesh_config())
 
@@ -126,8 +126,7 @@ def test_kl_beta_zero_never_computes_the_reference(monkeypatch):
     assert float(metrics["learning_rate"]) == 0.0  # warmup starts at 0 (HF's convention)
     assert float(metrics["grad_norm"]) > 1e-3  # logged before clipping
     # old log-probs = the trainer's own: the sampler/trainer mismatch metric reads 0; a shifted token shows up
-    exact, _ = logprobs.completion_logprobs(CFG, state.params, b["prompt_tokens"], b["prompt_mask"],
-                                            b["completions"], 2, 0.9)
+    exact, _ = model_logprobs(state.params, b["prompt_tokens"], b["prompt_mask"], b["completions"], 2, 0.9)
     b["old_logps"] = np.asarray(exact).copy()
     b["old_logps"][1, 0] += 0.25
     b["old_logps"][2, -1] += 7.0  # masked position (row 2 ends early): never read
@@ -195,3 +194,22 @@ def test_bad_batches_name_the_value():
         step(state, None, p0, dict(b, old_logps=b["old_logps"][:, :4]))
     with pytest.raises(ValueError, match="lacks \\['advantages'\\]"):
         step(state, None, p0, {k: v for k, v in b.items() if k != "advantages"})
+
+
+def test_benchmark_runs_on_a_tiny_model():
+    """The `train_step` benchmark's code path (AOT compile, timed steps, roofline) on a random 2-layer model."""
+    from experiments import bench_train_step
+
+    out = bench_train_step.main(["--lora-rank", "2", "--model", bench_train_step.TINY, "--prompts", "2", "--group",
+                                 "2", "--prompt-tokens", "4", "--new-tokens", "3", "--steps", "1",
+                                 "--matmul-size", "32"])
+    assert out["mode"] == "lora_r2" and out["settings"]["sequences"] == 4
+    assert out["step_time_s"] > 0 and out["tokens_per_s"] > 0 and out["peak_rss_gb"] > 0
+    assert out["metrics"]["logp_mismatch/max"] < 1e-5  # old log-probs were the policy's own
+    flops = bench_train_step.step_flops(CFG, 2, 2, 4, 3, True)
+    # nominal: (6 + 2) * params * 4 sequences * 7 tokens; params = layers + untied head + embedding
+    layer = 2 * (16 * 4 * (2 * 4 + 2 * 2) + 3 * 16 * 32)
+    assert flops["params"] == layer + 2 * 64 * 16 and flops["nominal"] == 8 * flops["params"] * 28
+    # executed forward: layers on 2*4 prompt + 4*2 completion tokens, head on 4*3 positions, attention scores
+    want = 2 * layer * 16 + 2 * 64 * 16 * 12 + 4 * 2 * 4 * 4 * (2 * 4 * 4 + 4 * 2 * 6)
+    assert flops["executed_forward"] == want and flops["executed"] == 4 * want

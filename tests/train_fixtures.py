@@ -3,6 +3,8 @@ multi-device subprocess check). Dimensions divide by 2 and 4 so that every mesh 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -27,8 +29,20 @@ def config(group_size=2, max_new_tokens=5, lr=1e-3, kl_beta=0.04, micro_batch_si
     return c
 
 
+_init = jax.jit(init_params, static_argnums=0)  # eager Flax init dispatches op by op: seconds on a busy CPU
+
+
+@functools.lru_cache(maxsize=None)
 def params(seed=0):
-    return init_params(CFG, jax.random.PRNGKey(seed))
+    """Random params of CFG (cached; arrays are immutable and the train step never donates the caller's)."""
+    return _init(CFG, jax.random.PRNGKey(seed))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def model_logprobs(model_params, prompt_tokens, prompt_mask, completions, group_size, temperature):
+    """Jitted `logprobs.completion_logprobs` of CFG: (logps, entropy) [N, T]."""
+    return logprobs.completion_logprobs(CFG, model_params, prompt_tokens, prompt_mask, completions, group_size,
+                                        temperature)
 
 
 def batch(p=4, g=2, s=5, t=5, seed=0, model_params=None, temperature=0.9):
@@ -54,8 +68,7 @@ def batch(p=4, g=2, s=5, t=5, seed=0, model_params=None, temperature=0.9):
     if model_params is None:
         old = rng.randn(n, t).astype(np.float32) * 0.1 - 4.0
     else:
-        old, _ = logprobs.completion_logprobs(CFG, model_params, prompt_tokens, prompt_mask, completions, g,
-                                              temperature)
+        old, _ = model_logprobs(model_params, prompt_tokens, prompt_mask, completions, g, temperature)
         old = np.asarray(old) + rng.randn(n, t).astype(np.float32) * 0.05
     return dict(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, completions=completions,
                 completion_mask=completion_mask, advantages=advantages, old_logps=old.astype(np.float32),

@@ -1,0 +1,223 @@
+"""`train_step`: speed and peak memory of ONE jitted GRPO train step, beside this machine's FLOP roofline.
+
+    python -m experiments.benchmark train_step                  # full finetuning and LoRA r=16, each in its own process
+    python -m experiments.benchmark train_step --lora-rank 0    # one of them, in this process
+    python -m experiments.bench_train_step --lora-rank 16       # the same, directly
+
+What is measured (defaults): the embedded SmolLM2-135M-Instruct in float32, a rollout of 8 prompts x 8
+completions = 64 sequences of 64 prompt tokens + 64 completion tokens (128 tokens each; no padding, every
+completion token valid; random token ids), loss 'grpo' with kl_beta 0.04 (so a reference forward pass: the initial
+params in full finetuning, the base with the adapters off under LoRA), num_iterations 1, the whole batch in one
+micro-batch, no remat, one device (mesh 1 x 1 x 1 on CPU). The old log-probs are the policy's own (computed once
+before timing, as the sampler would), so `logp_mismatch/max` should read ~0. One step = reference log-probs +
+policy forward/backward (shared prompt: each prompt's keys/values computed once per group) + AdamW update.
+
+Compilation is timed separately (`jitted.lower(...).compile()`); then `--steps` steps are timed and the median is
+`step_time_s`. `tokens_per_s` = 64 x 128 sequence tokens / step time (`completion_tokens_per_s`: the 64 x 64
+trained tokens). `peak_rss_gb` is the process's maximum resident set size (getrusage ru_maxrss), which includes
+the model, optimizer state, reference, activations and compilation.
+
+Roofline (the time this machine needs for the FLOPs at its measured float32 matmul rate, jitted 2048^2 matmul):
+  nominal:  6 * params * tokens (forward + backward) + 2 * params * tokens (reference forward) with params = all
+            134.5M parameters (the tied embedding is the LM head's matmul) and tokens = 64 x 128 = 8192;
+  executed: the matmul FLOPs this step really performs: layer matmuls on P*S prompt + N*(T-1) completion tokens
+            (the prompt once per group), the LM head on the N*T completion positions only, attention scores,
+            x3 for forward + backward, + one forward for the reference.
+`vs_roofline` = step time / roofline time (1.0 = at the roofline; the goal is <= 1.5 against the nominal one).
+Under LoRA the adapted kernels' weight gradients are still formed (the adapters are merged functionally), so the
+same FLOP formulas apply.
+
+Prints one JSON line. Takes ~3-5 minutes per mode on a quiet 2-core CPU (compile ~1 min, then the steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+TINY = "tiny-random"  # a random 2-layer model: the smoke test of this benchmark's code path
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark train_step", description=__doc__.split("\n")[0])
+    p.add_argument("--lora-rank", type=int, default=None,
+                   help="0 = full finetuning, r > 0 = LoRA; omitted: both 0 and 16, each in its own process")
+    p.add_argument("--model", default="smollm2-135m-instruct", help=f"models.load source, or '{TINY}'")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--kl-beta", type=float, default=0.04)
+    p.add_argument("--micro-batch-size", type=int, default=0, help="sequences per micro-batch (0 = whole batch)")
+    p.add_argument("--remat", action="store_true", help="rematerialise decoder layers in the backward pass")
+    p.add_argument("--steps", type=int, default=2, help="timed steps after compilation")
+    p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul that measures FLOP/s")
+    return p
+
+
+def matmul_flops_per_s(size: int) -> float:
+    """This machine's float32 matmul rate: a jitted [size, size] @ [size, size] (median of 5 after a warm-up)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, a).block_until_ready()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2.0 * size ** 3 / statistics.median(times)
+
+
+def step_flops(c, prompts: int, group: int, prompt_len: int, new_tokens: int, with_reference: bool) -> dict:
+    """Nominal (6 N D + 2 N D) and executed matmul FLOPs of one train step for ModelConfig `c`."""
+    n = prompts * group
+    attn_proj = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    layer_params = c.num_layers * (attn_proj + 3 * c.hidden_size * c.intermediate_size)
+    head_params = c.vocab_size * c.hidden_size
+    all_params = layer_params + head_params + (0 if c.tie_word_embeddings else head_params)
+    tokens = n * (prompt_len + new_tokens)
+    nominal = (6 + (2 if with_reference else 0)) * all_params * tokens
+    layer_tokens = prompts * prompt_len + n * (new_tokens - 1)
+    keys = prompts * prompt_len * prompt_len + n * (new_tokens - 1) * (prompt_len + new_tokens - 1)
+    forward = (2 * layer_params * layer_tokens + 2 * head_params * n * new_tokens
+               + 4 * c.num_layers * c.num_heads * c.head_dim * keys)
+    executed = (3 + (1 if with_reference else 0)) * forward
+    return {"params": all_params, "tokens": tokens, "nominal": nominal, "executed": executed,
+            "executed_forward": forward}
+
+
+def _policy(model: str):
+    import jax
+
+    from grpo_jax import models
+    if model == TINY:
+        config = models.ModelConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                                    num_kv_heads=2, head_dim=8, tie_word_embeddings=True)
+        return config, jax.jit(models.init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
+    policy = models.load(model, dtype="float32")
+    return policy.config, policy.params
+
+
+def run_one(args) -> dict:
+    """One mode (args.lora_rank) in this process."""
+    import jax
+    import numpy as np
+
+    from grpo_jax import config_base, logprobs, sharding, train_step
+
+    rate = matmul_flops_per_s(args.matmul_size)
+    t = time.perf_counter()
+    model_config, params = _policy(args.model)
+    load_s = time.perf_counter() - t
+
+    c = config_base.base_config()
+    c.model.path = args.model
+    c.model.lora_rank = args.lora_rank
+    c.model.remat = args.remat
+    c.rollout.prompts_per_step, c.rollout.group_size = args.prompts, args.group
+    c.rollout.max_new_tokens = args.new_tokens
+    c.loss.kl_beta = args.kl_beta
+    c.optim.micro_batch_size = args.micro_batch_size
+    c.mesh.data = c.mesh.fsdp = c.mesh.tensor = 1
+    mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
+
+    p, g, s, t_new = args.prompts, args.group, args.prompt_tokens, args.new_tokens
+    rng = np.random.RandomState(0)
+    vocab = model_config.vocab_size
+    batch = {"prompt_tokens": rng.randint(3, vocab, (p, s)).astype(np.int32),
+             "prompt_mask": np.ones((p, s), bool),
+             "completions": rng.randint(3, vocab, (p * g, t_new)).astype(np.int32),
+             "completion_mask": np.ones((p * g, t_new), np.float32),
+             "advantages": rng.randn(p * g).astype(np.float32)}
+    old = jax.jit(lambda pr, b: logprobs.completion_logprobs(model_config, pr, b["prompt_tokens"], b["prompt_mask"],
+                                                             b["completions"], g, 1.0, with_entropy=False)[0])
+    batch["old_logps"] = np.asarray(old(params, batch))
+
+    state, frozen = train_step.init_train_state(model_config, params, c, mesh)
+    use_ref = args.kl_beta > 0 and not args.lora_rank
+    ref = sharding.shard_params(params, model_config, mesh) if use_ref else None
+    del params  # full finetuning keeps it only as the reference
+    step = train_step.make_train_step(model_config, c, mesh)
+    inputs = step.prepare(state, frozen, ref, batch)
+    t = time.perf_counter()
+    compiled = step.jitted.lower(*inputs).compile()
+    compile_s = time.perf_counter() - t
+
+    times, state = [], inputs[0]
+    for _ in range(max(1, args.steps)):
+        t = time.perf_counter()
+        state, metrics = compiled(state, *inputs[1:])
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
+
+    flops = step_flops(model_config, p, g, s, t_new, args.kl_beta > 0)
+    trainable = sum(x.size for x in jax.tree.leaves(state.params))
+    return {
+        "mode": f"lora_r{args.lora_rank}" if args.lora_rank else "full",
+        "settings": {"model": args.model, "prompts": p, "group": g, "sequences": p * g, "prompt_tokens": s,
+                     "new_tokens": t_new, "tokens_per_sequence": s + t_new, "kl_beta": args.kl_beta,
+                     "lora_rank": args.lora_rank, "micro_batch_size": args.micro_batch_size, "remat": args.remat,
+                     "dtype": "float32", "devices": 1, "backend": jax.default_backend()},
+        "trainable_params": int(trainable),
+        "load_s": round(load_s, 2),
+        "compile_s": round(compile_s, 2),
+        "step_times_s": [round(x, 3) for x in times],
+        "step_time_s": round(step_s, 3),
+        "tokens_per_s": round(p * g * (s + t_new) / step_s, 1),
+        "completion_tokens_per_s": round(p * g * t_new / step_s, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
+        "roofline": {
+            "matmul_flops_per_s": round(rate / 1e9, 1) * 1e9,
+            "matmul_size": args.matmul_size,
+            "params": flops["params"],
+            "nominal_flops": flops["nominal"],
+            "nominal_s": round(flops["nominal"] / rate, 2),
+            "executed_flops": flops["executed"],
+            "executed_s": round(flops["executed"] / rate, 2),
+            "vs_nominal_roofline": round(step_s / (flops["nominal"] / rate), 3),
+            "vs_executed_roofline": round(step_s / (flops["executed"] / rate), 3),
+            "achieved_flops_per_s": round(flops["executed"] / step_s / 1e9, 1) * 1e9,
+        },
+        "metrics": {k: float(v) for k, v in metrics.items() if k in ("loss", "kl", "grad_norm", "logp_mismatch/max")},
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _child_args(args, rank: int) -> list[str]:
+    out = ["--lora-rank", str(rank), "--model", args.model, "--prompts", str(args.prompts), "--group",
+           str(args.group), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+           "--kl-beta", str(args.kl_beta), "--micro-batch-size", str(args.micro_batch_size), "--steps",
+           str(args.steps), "--matmul-size", str(args.matmul_size)]
+    return out + (["--remat"] if args.remat else [])
+
+
+def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
+    if args.lora_rank is not None:
+        result = {"benchmark": "train_step", **run_one(args)}
+    else:  # each mode in its own process, so that each peak RSS is its own
+        result = {"benchmark": "train_step"}
+        for rank in (0, 16):
+            proc = subprocess.run([sys.executable, "-m", "experiments.bench_train_step", *_child_args(args, rank)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"train_step benchmark (lora_rank={rank}) failed:\n{proc.stderr[-3000:]}")
+            child = json.loads(proc.stdout.strip().splitlines()[-1])
+            child.pop("benchmark")
+            result[child["mode"]] = child
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
