@@ -211,27 +211,12 @@ def step_flops(n_params: int, prompts: int, group: int, prompt_tokens: float, ne
             "total": sampling + policy + reference}
 
 
-def measure_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a jitted float32 [size, size] @ [size, size] matmul (median of `repeats` after a warm-up)."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
-    f = jax.jit(jnp.matmul)
-    f(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2.0 * size**3 / statistics.median(times)
-
-
 def roofline(settings: Settings, grpo_jax_result: dict, matmul_size: int) -> dict:
     flops = step_flops(grpo_jax_result["matmul_params"], settings.prompts_per_step, settings.group_size,
                        grpo_jax_result["mean_prompt_tokens"], settings.max_new_tokens, settings.kl_beta > 0)
-    rate = measure_matmul_flops(matmul_size)
+    from experiments.bench_train_step import matmul_flops_per_s  # the same measurement as train_step's roofline
+
+    rate = matmul_flops_per_s(matmul_size)
     return {"seconds": flops["total"] / rate, "flops": flops, "matmul_flops_per_s": rate,
             "matmul_size": matmul_size, "matmul_params": grpo_jax_result["matmul_params"],
             "mean_prompt_tokens": grpo_jax_result["mean_prompt_tokens"]}
