@@ -292,6 +292,7 @@ def plot(curves: list[dict], path: str, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for system, color in zip(SYSTEMS, ("tab:blue", "tab:orange")):
@@ -307,6 +308,7 @@ def plot(curves: list[dict], path: str, title: str) -> None:
                         alpha=0.15)
         ax.plot(steps, [statistics.mean(by_step[s]) for s in steps], color=color, linewidth=2,
                 label=f"{system} (mean of {n} seed{'s' if n > 1 else ''}, band = min-max)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward of the step's completions")
     ax.set_title(title, fontsize=9)
