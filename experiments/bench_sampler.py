@@ -1,0 +1,215 @@
+"""`sampler`: grpo_jax's group sampler beside transformers' `generate`, same model, prompts and batch.
+
+    python -m experiments.benchmark sampler                       # SmolLM2-135M-Instruct, 8 prompts x 8, 64 tokens
+    python -m experiments.benchmark sampler --torch-threads 1,2   # transformers at 1 and at 2 threads (best counts)
+    python -m experiments.bench_sampler --model tiny-random --prompts 2 --group 2 --new-tokens 4 --repeats 1 \
+        --matmul-size 128 --results ''                            # the smoke run of tests/test_bench_sampler.py
+
+What is measured (defaults): the embedded SmolLM2-135M-Instruct in float32; 8 prompts (the chat template applied
+to "What is a + b?" questions, left-padded to a multiple of 16 tokens) x 8 completions x 64 new tokens, sampled at
+temperature 1 over the full vocabulary, every sequence forced to the full 64 tokens:
+  * grpo_jax: `sampling.generate(..., group_size=8, max_new_tokens=64, stop_ids=())` (no stop token). The first
+    call compiles; `--repeats` further calls (new keys) are timed and the fastest is the steady-state time.
+    `compile_s` = first call - steady-state call.
+  * transformers: `model.generate(prompts, attention_mask, do_sample=True, temperature=1, top_k=0, top_p=1,
+    num_return_sequences=8, max_new_tokens=64, min_new_tokens=64)` (min_new_tokens suppresses eos) in
+    torch.inference_mode, after a short warm-up, on the same weights (our params exported to a transformers model
+    in memory) and the same left-padded prompts; timed `--repeats` times per thread count, fastest counts.
+The two sides alternate call by call, so a change in machine load hits both. tokens/s = 8 x 8 x 64 / seconds.
+
+Roofline: the FLOPs this batch needs -- each prompt prefilled once (2 N_layers P S), the 64 x 64 decoded tokens
+(2 (N_layers + N_head) P G T, N = matmul parameters, the LM head included), attention scores and values
+(4 L H hd per query and key) -- divided by this machine's float32 matmul rate (a jitted 2048^2 matmul):
+`best_tokens_per_s` is the fastest this machine could go, `fraction` our share of it, `vs_roofline` our time over the
+roofline time (the goal: <= 1.5).
+
+Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append). Takes ~2-4 minutes
+on a quiet 2-core CPU (loading ~10 s, compile ~30 s, transformers ~25 s per call). Run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from experiments import bench_common
+
+TINY = "tiny-random"  # a random 2-layer model: the smoke test of this benchmark's code path
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark sampler", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help=f"models.load source, or '{TINY}'")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--group", type=int, default=8, help="completions per prompt")
+    p.add_argument("--new-tokens", type=int, default=64, help="every completion is forced to this length")
+    p.add_argument("--bucket", type=int, default=16, help="prompt length padding multiple")
+    p.add_argument("--repeats", type=int, default=2, help="timed steady-state calls per side")
+    p.add_argument("--torch-threads", default=str(bench_common.usable_cores()),
+                   help="comma-separated torch thread counts to time transformers with (fastest counts)")
+    p.add_argument("--no-transformers", action="store_true", help="time grpo_jax and the roofline only")
+    p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul that measures FLOP/s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", "--out", dest="results", default=bench_common.RESULTS,
+                   help="JSONL file the result line is appended to ('' = none)")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model and prompts.
+# ----------------------------------------------------------------------------------------------------------------
+def load_policy(model: str):
+    """(config, params, tokenizer or None)."""
+    import jax
+
+    from grpo_jax import models
+    if model == TINY:
+        config = models.ModelConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                                    num_kv_heads=2, head_dim=8, tie_word_embeddings=True, max_position_embeddings=512,
+                                    eos_token_ids=(2,), pad_token_id=0)
+        return config, jax.jit(models.init_params, static_argnums=0)(config, jax.random.PRNGKey(0)), None
+    policy = models.load(model, dtype="float32")
+    return policy.config, policy.params, policy.tokenizer
+
+
+def prompt_token_lists(tokenizer, count: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """The chat template applied to "What is a + b?" questions; random token ids when there is no tokenizer."""
+    rng = np.random.default_rng(seed)
+    if tokenizer is None:
+        return [list(rng.integers(3, vocab_size, int(rng.integers(8, 24)))) for _ in range(count)]
+    out = []
+    for _ in range(count):
+        a, b = (int(x) for x in rng.integers(1, 100, 2))
+        chat = [{"role": "user", "content": f"What is {a} + {b}? Think step by step."}]
+        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return out
+
+
+def torch_model(config, params):
+    """The transformers model with exactly our weights (exported in memory: no second checkpoint read)."""
+    import torch
+    import transformers
+
+    from grpo_jax.models.export import hf_config_dict
+    from grpo_jax.models.hf_params import params_to_hf
+
+    d = hf_config_dict(config)
+    hf_config = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in params_to_hf(config, params).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    allowed = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - allowed or unexpected:
+        raise RuntimeError(f"exporting to transformers: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FLOPs.
+# ----------------------------------------------------------------------------------------------------------------
+def sampler_flops(c, prompts: int, group: int, prompt_tokens: float, new_tokens: int) -> dict:
+    """FLOPs the batch needs: prompts prefilled once, P*G*T decoded tokens, attention."""
+    layer = c.num_layers * (c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+                            + 3 * c.hidden_size * c.intermediate_size)
+    head = c.vocab_size * c.hidden_size
+    n = prompts * group
+    per_key = 4 * c.num_layers * c.num_heads * c.head_dim
+    prefill = 2 * layer * prompts * prompt_tokens + 2 * head * prompts + per_key * prompts * prompt_tokens ** 2 / 2
+    contexts = sum(prompt_tokens + t for t in range(1, new_tokens))
+    decode = 2 * (layer + head) * n * (new_tokens - 1) + per_key * n * contexts
+    return {"matmul_params": layer + head, "prefill": prefill, "decode": decode, "total": prefill + decode}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The two sides.
+# ----------------------------------------------------------------------------------------------------------------
+def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
+    import jax
+
+    from grpo_jax import batching, sampling
+
+    t_load, (config, params, tokenizer) = bench_common.timed(lambda: load_policy(args.model))
+    ids = prompt_token_lists(tokenizer, args.prompts, config.vocab_size, args.seed)
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    tokens, mask = batching.left_pad(ids, pad_id=pad, bucket=args.bucket)
+    p, g, t = args.prompts, args.group, args.new_tokens
+    n_tokens = p * g * t
+
+    def ours(i: int) -> float:
+        def call():
+            out = sampling.generate(config, params, tokens, mask, jax.random.PRNGKey(args.seed + i), group_size=g,
+                                    max_new_tokens=t, temperature=1.0, stop_ids=(), pad_id=pad)
+            return jax.block_until_ready(out)
+        seconds, out = bench_common.timed(call)
+        if not bool(np.all(np.asarray(out.lengths) == t)):
+            raise RuntimeError("grpo_jax: a completion ended before --new-tokens (stop ids are off)")
+        return seconds
+
+    thread_counts = [int(x) for x in str(args.torch_threads).split(",") if x.strip()]
+    hf = None
+    if not args.no_transformers:
+        import torch
+
+        model = torch_model(config, params)
+        prompt_t = torch.as_tensor(tokens, dtype=torch.long)
+        mask_t = torch.as_tensor(mask, dtype=torch.long)
+
+        def theirs(threads: int, new: int = t) -> float:
+            torch.set_num_threads(threads)
+            torch.manual_seed(args.seed)
+            with torch.inference_mode():
+                start = time.perf_counter()
+                seq = model.generate(prompt_t, attention_mask=mask_t, do_sample=True, temperature=1.0, top_k=0,
+                                     top_p=1.0, num_return_sequences=g, max_new_tokens=new, min_new_tokens=new,
+                                     pad_token_id=pad)
+                seconds = time.perf_counter() - start
+            if tuple(seq.shape) != (p * g, tokens.shape[1] + new):
+                raise RuntimeError(f"transformers returned {tuple(seq.shape)}, expected {(p * g, tokens.shape[1] + new)}")
+            return seconds
+        for threads in thread_counts:  # warm-up: lazy initialisation, allocator
+            theirs(threads, new=2)
+        hf = {threads: [] for threads in thread_counts}
+
+    first = ours(0)
+    steady = []
+    for i in range(args.repeats):  # alternate the sides, so that load changes hit both
+        steady.append(ours(i + 1))
+        if hf is not None:
+            for threads in thread_counts:
+                hf[threads].append(theirs(threads))
+
+    best = min(steady)
+    line = {"benchmark": "sampler", "time": bench_common.now(), "commit": bench_common.git_commit(),
+            "settings": {"model": args.model, "prompts": p, "group": g, "new_tokens": t,
+                         "prompt_tokens_padded": int(tokens.shape[1]), "prompt_tokens_mean": float(mask.sum(1).mean()),
+                         "temperature": 1.0, "top_k": 0, "top_p": 1.0, "forced_full_length": True},
+            "grpo_jax": {"tokens_per_s": round(n_tokens / best, 1), "time_s": round(best, 3),
+                         "times_s": [round(x, 3) for x in steady], "first_call_s": round(first, 3),
+                         "compile_s": round(max(first - best, 0.0), 3), "load_s": round(t_load, 2)}}
+    if hf is not None:
+        per_threads = {str(k): {"tokens_per_s": round(n_tokens / min(v), 1), "time_s": round(min(v), 3),
+                                "times_s": [round(x, 3) for x in v]} for k, v in hf.items()}
+        fastest = min(hf, key=lambda k: min(hf[k]))
+        line["transformers"] = {**per_threads[str(fastest)], "threads": fastest, "by_threads": per_threads}
+        line["speedup"] = round(line["grpo_jax"]["tokens_per_s"] / line["transformers"]["tokens_per_s"], 2)
+    rate = bench_common.matmul_flops_per_s(args.matmul_size)
+    flops = sampler_flops(config, p, g, float(mask.sum(1).mean()), t)
+    roofline_s = flops["total"] / rate
+    line["roofline"] = {"matmul_flops_per_s": round(rate), "matmul_size": args.matmul_size,
+                        "flops": {k: round(v) for k, v in flops.items()}, "seconds": round(roofline_s, 6),
+                        "best_tokens_per_s": round(n_tokens / roofline_s, 1),
+                        "fraction": round(roofline_s / best, 3), "vs_roofline": round(best / roofline_s, 3)}
+    line["machine"] = bench_common.machine()
+    line["threads"] = bench_common.threads(torch_threads=None)
+    if hf is not None:
+        line["threads"]["torch"] = thread_counts
+    return bench_common.emit(line, args.results)
+
+
+if __name__ == "__main__":
+    main()
