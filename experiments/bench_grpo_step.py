@@ -42,19 +42,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from experiments import bench_common
 from experiments.trl_reference import Settings, peak_rss_bytes
 
-RESULTS = os.path.join("benchmarks", "results.jsonl")
 
 
 # ------------------------------------------------------------------------------------------------ grpo_jax side
@@ -214,36 +212,10 @@ def step_flops(n_params: int, prompts: int, group: int, prompt_tokens: float, ne
 def roofline(settings: Settings, grpo_jax_result: dict, matmul_size: int) -> dict:
     flops = step_flops(grpo_jax_result["matmul_params"], settings.prompts_per_step, settings.group_size,
                        grpo_jax_result["mean_prompt_tokens"], settings.max_new_tokens, settings.kl_beta > 0)
-    from experiments.bench_train_step import matmul_flops_per_s  # the same measurement as train_step's roofline
-
-    rate = matmul_flops_per_s(matmul_size)
+    rate = bench_common.matmul_flops_per_s(matmul_size)
     return {"seconds": flops["total"] / rate, "flops": flops, "matmul_flops_per_s": rate,
             "matmul_size": matmul_size, "matmul_params": grpo_jax_result["matmul_params"],
             "mean_prompt_tokens": grpo_jax_result["mean_prompt_tokens"]}
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    memory = None
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory, 1) if memory else None,
-            "python": platform.python_version(), "load_avg_at_start": os.getloadavg()}
-
-
-def append_result(line: dict, path: str) -> None:
-    if not path:
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(line) + "\n")
 
 
 def run_side(side: str, args, settings: Settings, workdir: str) -> dict:
@@ -298,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="timed steps per system (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps (compile / lazy init)")
     p.add_argument("--matmul-size", type=int, default=2048, help="matmul size of the FLOP/s measurement")
-    p.add_argument("--results", default=RESULTS, help="JSONL file to append to ('' = do not append)")
+    p.add_argument("--results", default=bench_common.RESULTS, help="JSONL file to append to ('' = do not append)")
     p.add_argument("--workdir", default="", help="scratch dir (default: a temporary dir)")
     p.add_argument("--side", choices=("grpo_jax", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -322,8 +294,8 @@ def main(argv=None) -> dict | None:
             json.dump(result, f)
         return None
     with tempfile.TemporaryDirectory(dir=args.workdir or None) as workdir:
-        line = {"benchmark": "grpo_step", "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                "machine": machine(), "settings": dataclasses.asdict(settings),
+        line = {"benchmark": "grpo_step", "time": bench_common.now(), "commit": bench_common.git_commit(),
+                "machine": bench_common.machine(), "settings": dataclasses.asdict(settings),
                 "steps": args.steps, "warmup": args.warmup}
         line["grpo_jax"] = run_side("grpo_jax", args, settings, workdir)
         if args.vs_trl:
@@ -333,9 +305,7 @@ def main(argv=None) -> dict | None:
             line["speedup"] = line["trl"]["step_time_s"] / line["grpo_jax"]["step_time_s"]
             line["memory_ratio"] = line["trl"]["peak_rss_gb"] / line["grpo_jax"]["peak_rss_gb"]
         line["roofline"] = roofline(settings, line["grpo_jax"], args.matmul_size)
-    print(json.dumps(line), flush=True)
-    append_result(line, args.results)
-    return line
+    return bench_common.emit(line, args.results)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ run ~15 min (20 steps x ~35 s + evals): the better part of an hour for all six. 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
 import os
@@ -41,10 +40,11 @@ import subprocess
 import sys
 import time
 
+from experiments import bench_common
+
 SYSTEMS = ("grpo_jax", "trl")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(ROOT, "configs", "bench_learning.py")
-RESULTS = os.path.join("benchmarks", "results.jsonl")
 CURVE_KEYS = ("reward", "reward_std", "kl", "completions/mean_length", "step_time")
 LAST = 5  # "final reward" = mean over the last LAST steps
 
@@ -329,9 +329,9 @@ def report(args) -> dict:
     title = (f"GRPO on {s.task}: {s.prompts_per_step} prompts x {s.group_size} completions x {s.max_new_tokens} "
              f"tokens, loss grpo, kl_beta {s.kl_beta}, lr {s.lr:g}")
     plot(curves, os.path.join(args.out, "learning.png"), title)
-    from experiments.bench_grpo_step import machine
-    line = {"benchmark": "learning", "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "machine": machine(), "config": CONFIG_FILE + (f":{args.config_arg}" if args.config_arg else ""),
+    line = {"benchmark": "learning", "time": bench_common.now(), "commit": bench_common.git_commit(),
+            "machine": bench_common.machine(),
+            "config": CONFIG_FILE + (f":{args.config_arg}" if args.config_arg else ""),
             "out": args.out, "plot": os.path.join(args.out, "learning.png"), **summarize(curves, evals)}
     return line
 
@@ -345,7 +345,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config-arg", default="", help="argument of configs/bench_learning.py ('' or 'tiny')")
     p.add_argument("--model", default=None, help="override the model source of both systems")
     p.add_argument("--out", default=os.path.join("benchmarks", "learning"), help="output dir (default: %(default)s)")
-    p.add_argument("--results", default=RESULTS, help="JSONL file to append the summary to ('' = do not append)")
+    p.add_argument("--results", default=bench_common.RESULTS,
+                   help="JSONL file to append the summary to ('' = do not append)")
     p.add_argument("--force", action="store_true", help="rerun runs that are already done")
     p.add_argument("--report", action="store_true", help="only summarise and plot the finished runs")
     p.add_argument("--internal-trl", action="store_true", help=argparse.SUPPRESS)
@@ -382,12 +383,7 @@ def main(argv=None) -> dict | None:
         for seed in seeds:
             for system in systems:
                 run_one(system, args, seed, env)
-    line = report(args)
-    print(json.dumps(line), flush=True)
-    if args.results:
-        from experiments.bench_grpo_step import append_result
-        append_result(line, args.results)
-    return line
+    return bench_common.emit(report(args), args.results)
 
 
 if __name__ == "__main__":
