@@ -27,19 +27,25 @@ Roofline (the time this machine needs for the FLOPs at its measured float32 matm
 Under LoRA the adapted kernels' weight gradients are still formed (the adapters are merged functionally), so the
 same FLOP formulas apply.
 
-Prints one JSON line. Takes ~3-5 minutes per mode on a quiet 2-core CPU (compile ~1 min, then the steps).
+Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append). Takes several
+minutes per mode on a 2-core CPU (compile ~1-2 min, then the steps); run it alone: other load changes the numbers.
+Smoke run (what tests/test_train_step.py does):
+    python -m experiments.benchmark train_step --lora-rank 0 --kl-beta 0 --model tiny-random --prompts 2 --group 2 \
+        --prompt-tokens 4 --new-tokens 3 --steps 1 --matmul-size 32 --fast-compile --results ''
+
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from experiments import bench_common
 
 TINY = "tiny-random"  # a random 2-layer model: the smoke test of this benchmark's code path
 
@@ -58,23 +64,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--remat", action="store_true", help="rematerialise decoder layers in the backward pass")
     p.add_argument("--steps", type=int, default=2, help="timed steps after compilation")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul that measures FLOP/s")
+    p.add_argument("--results", default=bench_common.RESULTS, help="append the JSON line here ('' = do not)")
+    p.add_argument("--fast-compile", action="store_true",
+                   help="XLA backend optimisation level 0: quicker compile, slower steps (smoke tests only)")
     return p
-
-
-def matmul_flops_per_s(size: int) -> float:
-    """This machine's float32 matmul rate: a jitted [size, size] @ [size, size] (median of 5 after a warm-up)."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-    f = jax.jit(jnp.matmul)
-    f(a, a).block_until_ready()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2.0 * size ** 3 / statistics.median(times)
 
 
 def step_flops(c, prompts: int, group: int, prompt_len: int, new_tokens: int, with_reference: bool) -> dict:
@@ -114,7 +107,7 @@ def run_one(args) -> dict:
 
     from grpo_jax import config_base, logprobs, sharding, train_step
 
-    rate = matmul_flops_per_s(args.matmul_size)
+    rate = bench_common.matmul_flops_per_s(args.matmul_size)
     t = time.perf_counter()
     model_config, params = _policy(args.model)
     load_s = time.perf_counter() - t
@@ -146,7 +139,8 @@ def run_one(args) -> dict:
     use_ref = args.kl_beta > 0 and not args.lora_rank
     ref = sharding.shard_params(params, model_config, mesh) if use_ref else None
     del params  # full finetuning keeps it only as the reference
-    step = train_step.make_train_step(model_config, c, mesh)
+    options = {"xla_backend_optimization_level": 0} if args.fast_compile else None
+    step = train_step.make_train_step(model_config, c, mesh, compiler_options=options)
     inputs = step.prepare(state, frozen, ref, batch)
     t = time.perf_counter()
     compiled = step.jitted.lower(*inputs).compile()
@@ -167,7 +161,8 @@ def run_one(args) -> dict:
         "settings": {"model": args.model, "prompts": p, "group": g, "sequences": p * g, "prompt_tokens": s,
                      "new_tokens": t_new, "tokens_per_sequence": s + t_new, "kl_beta": args.kl_beta,
                      "lora_rank": args.lora_rank, "micro_batch_size": args.micro_batch_size, "remat": args.remat,
-                     "dtype": "float32", "devices": 1, "backend": jax.default_backend()},
+                     "dtype": "float32", "devices": 1, "backend": jax.default_backend(),
+                     "fast_compile": args.fast_compile},
         "trainable_params": int(trainable),
         "load_s": round(load_s, 2),
         "compile_s": round(compile_s, 2),
@@ -189,7 +184,6 @@ def run_one(args) -> dict:
             "achieved_flops_per_s": round(flops["executed"] / step_s / 1e9, 1) * 1e9,
         },
         "metrics": {k: float(v) for k, v in metrics.items() if k in ("loss", "kl", "grad_norm", "logp_mismatch/max")},
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -198,25 +192,26 @@ def _child_args(args, rank: int) -> list[str]:
            str(args.group), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
            "--kl-beta", str(args.kl_beta), "--micro-batch-size", str(args.micro_batch_size), "--steps",
            str(args.steps), "--matmul-size", str(args.matmul_size)]
-    return out + (["--remat"] if args.remat else [])
+    return out + (["--remat"] if args.remat else []) + (["--fast-compile"] if args.fast_compile else [])
 
 
 def main(argv=None) -> dict:
     args = parser().parse_args(argv)
+    line = {"benchmark": "train_step", "time": bench_common.now(), "commit": bench_common.git_commit()}
     if args.lora_rank is not None:
-        result = {"benchmark": "train_step", **run_one(args)}
+        line.update(run_one(args))
     else:  # each mode in its own process, so that each peak RSS is its own
-        result = {"benchmark": "train_step"}
         for rank in (0, 16):
-            proc = subprocess.run([sys.executable, "-m", "experiments.bench_train_step", *_child_args(args, rank)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-m", "experiments.bench_train_step", *_child_args(args, rank),
+                                   "--results", ""], capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"train_step benchmark (lora_rank={rank}) failed:\n{proc.stderr[-3000:]}")
             child = json.loads(proc.stdout.strip().splitlines()[-1])
-            child.pop("benchmark")
-            result[child["mode"]] = child
-    print(json.dumps(result))
-    return result
+            line[child["mode"]] = {k: v for k, v in child.items() if k not in ("benchmark", "time", "commit",
+                                                                            "machine", "threads")}
+    line["machine"] = bench_common.machine()
+    line["threads"] = bench_common.threads()
+    return bench_common.emit(line, args.results)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,20 @@ def _nonneg(cfg, name, integer=False):
     return value
 
 
+def validate_optim_config(optim_cfg) -> None:
+    """ValueError naming the bad `optim.*` field and value."""
+    for name in ("lr", "weight_decay", "max_grad_norm"):
+        _nonneg(optim_cfg, name)
+    for name in ("warmup_steps", "micro_batch_size"):
+        _nonneg(optim_cfg, name, integer=True)
+    if optim_cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown optim.schedule {optim_cfg.schedule!r}; valid: {', '.join(map(repr, SCHEDULES))}")
+    for name in ("b1", "b2"):
+        value = optim_cfg.get(name, 0.9)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"optim.{name} must be in [0, 1), got {value!r}")
+
+
 def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     """Learning rate as a function of the update count: linear warmup 0 -> lr, then constant or cosine to 0."""
     lr = float(_nonneg(optim_cfg, "lr"))
@@ -74,6 +88,7 @@ def _decay_mask(params):
 
 def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
     """optax.chain(clip_by_global_norm(max_grad_norm), adamw(schedule, b1, b2, weight_decay))."""
+    validate_optim_config(optim_cfg)
     max_norm = float(_nonneg(optim_cfg, "max_grad_norm"))
     wd = float(_nonneg(optim_cfg, "weight_decay"))
     clip = optax.clip_by_global_norm(max_norm) if max_norm > 0 else optax.identity()

@@ -119,7 +119,7 @@ def _trainable_shapes(model_config: ModelConfig, s: _Settings):
     return jax.eval_shape(lambda: lora.init_lora(base, s.lora_rank, jax.random.PRNGKey(0), s.lora_targets)), base
 
 
-def _trainable_shardings(model_config: ModelConfig, s: _Settings, mesh: Mesh, trainable_like, base_like):
+def _trainable_shardings(model_config: ModelConfig, s: _Settings, mesh: Mesh, trainable_like):
     if not s.lora_rank:
         return sharding.param_shardings(model_config, mesh, trainable_like)
     logical = lora.lora_logical_axes(param_logical_axes(model_config), trainable_like)
@@ -131,8 +131,8 @@ def state_shardings(model_config: ModelConfig, config, mesh: Mesh):
     from `jax.eval_shape` of the init, as lmpo does."""
     s = _settings(config)
     tx = make_optimizer(config.optim, s.total_updates)
-    trainable, base = _trainable_shapes(model_config, s)
-    t_shard = _trainable_shardings(model_config, s, mesh, trainable, base)
+    trainable, _ = _trainable_shapes(model_config, s)
+    t_shard = _trainable_shardings(model_config, s, mesh, trainable)
     opt_shapes = jax.eval_shape(tx.init, trainable)
     rep = sharding.replicated(mesh)
     opt_shard = optax.tree_map_params(tx, lambda _, sh: sh, opt_shapes, t_shard,

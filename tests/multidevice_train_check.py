@@ -1,8 +1,8 @@
 """Run as a subprocess by tests/test_sharding.py, with XLA_FLAGS=--xla_force_host_platform_device_count=8 set
 before jax is imported (pytest-xdist workers import every test module in one process, so this cannot run there).
 
-One train step (full finetuning with a KL reference, 2 micro-batches, mu = 2; then LoRA, mu = 2) on a single device and on
-meshes (data, fsdp, tensor) = (8,1,1), (2,4,1), (2,2,2) of 8 virtual CPU devices (LoRA: (2,2,2)). Prints one JSON object: the max
+One train step (full finetuning with a KL reference, 2 micro-batches, mu = 2) on a single device and on
+meshes (data, fsdp, tensor) = (8,1,1), (2,4,1), (2,2,2) of 8 virtual CPU devices. Prints one JSON object: the max
 differences of loss and updated params against the single device, the shardings actually used, and the errors
 raised for a bad mesh and a batch that does not divide over the mesh.
 """
@@ -42,13 +42,9 @@ def _run(shape, cfg, b, p0, ref):
     state, metrics = train_step.make_train_step(CFG, cfg, mesh, FAST)(state, frozen, ref_on_mesh, b)
     out = {"loss": float(metrics["loss"]), "kl": float(metrics.get("kl", 0.0)),
            "params": jax.tree.map(np.asarray, state.params)}
-    if cfg.model.lora_rank:
-        out["spec_lora_a_q"] = _spec(state.params["layers"]["attn"]["q_proj"]["a"])
-        out["spec_frozen_q"] = _spec(frozen["layers"]["attn"]["q_proj"]["kernel"])
-    else:
-        out["spec_q"] = _spec(state.params["layers"]["attn"]["q_proj"]["kernel"])
-        out["spec_lm_head"] = _spec(state.params["lm_head"]["kernel"])
-        out["spec_adam_mu_q"] = _spec(state.opt_state[1][0].mu["layers"]["attn"]["q_proj"]["kernel"])
+    out["spec_q"] = _spec(state.params["layers"]["attn"]["q_proj"]["kernel"])
+    out["spec_lm_head"] = _spec(state.params["lm_head"]["kernel"])
+    out["spec_adam_mu_q"] = _spec(state.opt_state[1][0].mu["layers"]["attn"]["q_proj"]["kernel"])
     return out
 
 
@@ -56,20 +52,17 @@ def main() -> None:
     assert len(jax.devices()) == 8, f"expected 8 virtual devices, got {len(jax.devices())} (set XLA_FLAGS)"
     p0, ref = params(0), params(1)
     b = batch(p=8, g=2, seed=7, model_params=p0)
-    report = {"full": {}, "lora": {}}
+    report = {"full": {}}
     full_cfg = config(micro_batch_size=8, num_iterations=2, lr=1e-3)
     runs = {name: _run(shape, full_cfg, b, p0, ref) for name, shape in MESHES.items()}
-    lora_cfg = config(micro_batch_size=8, num_iterations=2, lr=1e-2)
-    lora_cfg.model.lora_rank = 2
-    lora_runs = {name: _run(MESHES[name], lora_cfg, b, p0, None) for name in ("single", "2,2,2")}
-    for kind, results in (("full", runs), ("lora", lora_runs)):
+    for kind, results in (("full", runs),):
         base = results["single"]
         for name, r in results.items():
             report[kind][name] = {
                 "loss": r["loss"], "kl": r["kl"],
                 "loss_diff": abs(r["loss"] - base["loss"]),
                 "params_diff": max_abs_diff(r["params"], base["params"]),
-                "moved": max_abs_diff(r["params"], p0) if kind == "full" else None,
+                "moved": max_abs_diff(r["params"], p0),
                 **{k: v for k, v in r.items() if k.startswith("spec_")},
             }
     errors = {}

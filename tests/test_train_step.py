@@ -114,7 +114,7 @@ def test_adamw_steps_micro_batches_and_mu_iterations(monkeypatch):
 def test_kl_beta_zero_never_computes_the_reference(monkeypatch):
     counter = _RefCounter(monkeypatch)
     p0 = params(0)
-    b = batch(p=2, g=2, seed=4)
+    b = batch(p=4, g=2, seed=4)
     cfg = config(kl_beta=0.0, lr=1e-2)
     cfg.optim.warmup_steps = 4
     cfg.optim.max_grad_norm = 1e-3
@@ -129,8 +129,8 @@ def test_kl_beta_zero_never_computes_the_reference(monkeypatch):
     exact, _ = model_logprobs(state.params, b["prompt_tokens"], b["prompt_mask"], b["completions"], 2, 0.9)
     b["old_logps"] = np.asarray(exact).copy()
     b["old_logps"][1, 0] += 0.25
-    b["old_logps"][2, -1] += 7.0  # masked position (row 2 ends early): never read
-    assert b["completion_mask"][2, -1] == 0
+    ended = int(np.flatnonzero(b["completion_mask"][:, -1] == 0)[0])
+    b["old_logps"][ended, -1] += 7.0  # a masked position (that row ended early): never read
     state, metrics = step(state, None, None, b)
     np.testing.assert_allclose(metrics["logp_mismatch/max"], 0.25, atol=1e-5)
     np.testing.assert_allclose(metrics["ratio/min"], np.exp(-0.25), atol=1e-5)
@@ -167,6 +167,7 @@ def test_optimizer_clips_then_adamw():
     ("schedule", "linear", "unknown optim.schedule 'linear'"),
     ("lr", -1.0, "optim.lr must be a non-negative number, got -1.0"),
     ("warmup_steps", -2, "optim.warmup_steps must be a non-negative integer, got -2"),
+    ("b2", 1.0, r"optim.b2 must be in \[0, 1\), got 1.0"),
 ])
 def test_bad_optim_config(field, value, match):
     cfg = optim.optim_config()
@@ -198,12 +199,12 @@ def test_bad_batches_name_the_value():
 
 def test_benchmark_runs_on_a_tiny_model():
     """The `train_step` benchmark's code path (AOT compile, timed steps, roofline) on a random 2-layer model."""
-    from experiments import bench_train_step
+    from experiments import bench_train_step, benchmark
 
-    out = bench_train_step.main(["--lora-rank", "2", "--model", bench_train_step.TINY, "--prompts", "2", "--group",
-                                 "2", "--prompt-tokens", "4", "--new-tokens", "3", "--steps", "1",
-                                 "--matmul-size", "32"])
-    assert out["mode"] == "lora_r2" and out["settings"]["sequences"] == 4
+    out = benchmark.main(["train_step", "--results", "", "--lora-rank", "0", "--kl-beta", "0", "--model", bench_train_step.TINY, "--prompts",
+                                 "2", "--group", "2", "--prompt-tokens", "4", "--new-tokens", "3", "--steps", "1",
+                                 "--matmul-size", "32", "--fast-compile"])
+    assert out["benchmark"] == "train_step" and out["mode"] == "full" and out["settings"]["sequences"] == 4
     assert out["step_time_s"] > 0 and out["tokens_per_s"] > 0 and out["peak_rss_gb"] > 0
     assert out["metrics"]["logp_mismatch/max"] < 1e-5  # old log-probs were the policy's own
     flops = bench_train_step.step_flops(CFG, 2, 2, 4, 3, True)
