@@ -26,9 +26,9 @@ def get_config(arg: str | None = None):
     c.model.dtype = c.model.compute_dtype = "float32"
 
     c.task.name = "arithmetic"
-    c.task.operators = ("+",)
+    c.task.operators = ("+", "-", "*", "/")
     c.task.digits = 1
-    c.task.num_operands = 3
+    c.task.num_operands = 2
     c.task.eval_size = 200
     c.task.split_seed = 0
     c.rewards = {"arithmetic": 1.0}

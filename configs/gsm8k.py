@@ -3,7 +3,8 @@
     python -m experiments.train --config configs/gsm8k.py --workdir runs/gsm8k-0.5b          # Qwen2.5-0.5B
     python -m experiments.train --config configs/gsm8k.py:1.5b --workdir runs/gsm8k-1.5b     # Qwen2.5-1.5B
     python -m experiments.train --config configs/gsm8k.py:cpu --workdir runs/gsm8k-cpu \\
-        --config.task.train_file=tests/fixtures/gsm8k_train.jsonl --config.task.test_file=tests/fixtures/gsm8k_test.jsonl
+        --config.task.train_file=tests/fixtures/gsm8k_train.jsonl \\
+        --config.task.test_file=tests/fixtures/gsm8k_test.jsonl
 
 Data: the hub's openai/gsm8k (train split for training, test split for the held-out eval), or local jsonl/parquet
 files via task.train_file / task.test_file. The prompt asks for <think> ... </think> <answer> ... </answer>, prefilled

@@ -20,10 +20,11 @@ sections are defined here:
   model.lora_rank           0 = full finetuning, else the LoRA rank (lora_alpha scales it, lora_targets: which
                             projections get adapters)
   model.remat               rematerialise each decoder layer in the backward pass
-  task.name                 'countdown' | 'arithmetic' | 'gsm8k' (tasks.get(name, **other task.* keys))
+  task.name                 'countdown' | 'arithmetic' | 'gsm8k'; the other task.* keys are the task's options
+                            (tasks.get(name, **options)); '' stands for None (e.g. task.source = '')
   rewards                   reward name -> weight; reward_options: reward name -> dict of its options
   rollout.*                 prompts_per_step (P), group_size (G), max_new_tokens, temperature, top_p, top_k
-  eval.every                eval every N steps (0 = only at start and end... see `eval.at_start_and_end`)
+  eval.every                held-out eval at the start, every N steps and at the end (0 = no eval)
   eval.num_examples         held-out problems evaluated (0 = the whole eval split)
   eval.pass_k               k of pass@k (0 = off); eval.num_samples samples per problem (>= pass_k)
   checkpoint.every / keep   save every N steps (0 = only at the end / on SIGTERM); keep the last `keep`
@@ -170,7 +171,7 @@ def validate(config) -> None:
     _choice(config, "task.name", _task_names())
     weights = _get(config, "rewards")
     if not len(weights):
-        raise ValueError("rewards is empty: give at least one reward name -> weight (e.g. rewards = {'arithmetic': 1.0})")
+        raise ValueError("rewards is empty: give at least one reward name -> weight, e.g. {'arithmetic': 1.0}")
     known = _reward_names()
     for name in weights:
         if known is not None and name not in known:

@@ -4,12 +4,14 @@
 id), or by the usual cluster environment (a multi-host TPU slice, SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS).
 On CPU the cross-process collectives go through gloo.
 
-The batch axis of every step array is sharded over the mesh's (data, fsdp) axes; each process holds a contiguous
-block of rows, so each process builds only its own prompts (`local_rows`), hands them to `to_global`, reads back
-its own completions with `local_part`, scores them, and `allgather_rows` assembles the few small per-row numbers
-(rewards, lengths) that every process needs to compute advantages and metrics. Metrics, plots and the export are
-written by process 0 only (`is_main`); orbax checkpoints are written cooperatively (each process its shards).
-With one process every function here is the identity or nearly so.
+The batch axis of every step array is sharded over the mesh's (data, fsdp) axes, so each process holds a
+contiguous block of rows. The sampler takes the step's (small) prompt batch as host arrays, identical on every
+process; each process then reads back only the completions it holds (`local_part`), decodes and scores them, and
+`allgather_rows` assembles the few per-row numbers (rewards, lengths) that every process needs for the
+advantages and the metrics. The big per-token arrays (completions, masks, log-probs) stay sharded on the devices
+and go to the train step as they are. Metrics, plots and the export are written by process 0 only (`is_main`);
+orbax checkpoints are written cooperatively (each process its shards). With one process every function here is
+the identity or nearly so.
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ from typing import Optional
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 
 logger = logging.getLogger(__name__)
 
-BATCH_AXES = ("data", "fsdp")
 _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
 
 
@@ -54,10 +54,9 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
         return False
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"process_id {process_id} is not in [0, num_processes = {num_processes})")
-    platforms = os.environ.get("JAX_PLATFORMS", "") or str(jax.config.jax_platforms or "")
-    if "cpu" in platforms.split(","):
-        # The CPU client needs a cross-process collectives backend before the backend starts.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU devices need a cross-process collectives backend, chosen before the backend starts (harmless on GPU/TPU,
+    # whose collectives do not go through the CPU client).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
     logger.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
@@ -68,31 +67,6 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
 def is_main() -> bool:
     """Process 0 writes metrics, plots, the run record and the HF export."""
     return jax.process_index() == 0
-
-
-def batch_sharding(mesh) -> NamedSharding:
-    """The leading (batch) axis over the mesh's data x fsdp axes, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-
-
-def local_rows(mesh, global_rows: int) -> slice:
-    """The contiguous block of batch rows this process holds when `global_rows` rows are sharded over the mesh."""
-    index_map = batch_sharding(mesh).addressable_devices_indices_map((global_rows,))
-    starts = sorted({(idx[0].start or 0, idx[0].stop if idx[0].stop is not None else global_rows)
-                     for idx in index_map.values()})
-    lo, hi = starts[0][0], starts[-1][1]
-    covered = sum(stop - start for start, stop in starts)
-    if covered != hi - lo:
-        raise ValueError(f"this process's devices hold non-contiguous batch rows {starts}; order the mesh's "
-                         "devices by process (sharding.make_mesh does)")
-    return slice(lo, hi)
-
-
-def to_global(local: np.ndarray, mesh, global_rows: int) -> jax.Array:
-    """This process's rows -> the global batch array sharded over (data, fsdp)."""
-    local = np.asarray(local)
-    shape = (global_rows,) + local.shape[1:]
-    return jax.make_array_from_process_local_data(batch_sharding(mesh), local, shape)
 
 
 def local_part(array) -> tuple[int, np.ndarray]:
@@ -122,13 +96,6 @@ def to_host(tree):
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, tree)
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
-
-
-def global_max(value: int) -> int:
-    """The largest `value` over all processes (e.g. the longest local prompt, so every process pads alike)."""
-    if jax.process_count() == 1:
-        return int(value)
-    return int(np.max(multihost_utils.process_allgather(np.asarray([value], np.int64))))
 
 
 def any_process(flag: bool) -> bool:

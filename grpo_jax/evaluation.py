@@ -20,7 +20,6 @@ process decodes and scores only the rows it holds, and the per-row scores are ga
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Sequence
 
 import jax
@@ -209,8 +208,4 @@ def format_table(samples: Sequence[dict], columns: Sequence[str], width: int = 6
     lines = [" | ".join(c.ljust(widths[c]) for c in columns), "-+-".join("-" * widths[c] for c in columns)]
     lines += [" | ".join(cell(c, s.get(c, "")) for c in columns) for s in samples]
     return "\n".join(lines)
-
-
-def mean_or_nan(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if len(values) else math.nan
 

@@ -140,7 +140,10 @@ def _start_wandb(project: str, workdir: str, config):
         raise ValueError(f"logging.wandb = {project!r} but wandb is not installed; `pip install wandb` "
                          "(or set --config.logging.wandb='')") from None
     run_id_path = os.path.join(workdir, "wandb_run_id")
-    run_id = open(run_id_path).read().strip() if os.path.exists(run_id_path) else wandb.util.generate_id()
+    run_id = wandb.util.generate_id()
+    if os.path.exists(run_id_path):  # resume the same wandb run
+        with open(run_id_path) as f:
+            run_id = f.read().strip() or run_id
     with open(run_id_path, "w") as f:
         f.write(run_id)
     return wandb.init(project=project, id=run_id, resume="allow", dir=workdir,

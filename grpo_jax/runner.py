@@ -36,7 +36,7 @@ import numpy as np
 from grpo_jax import advantages, config_base, distributed, evaluation, metrics as metrics_lib, sharding
 from grpo_jax.checkpoint import Checkpointer, check_workdir, export_policy
 
-SAMPLE_TAG, EVAL_TAG = 0, 1  # key = fold_in(fold_in(PRNGKey(seed), TAG), step)
+SAMPLE_TAG, EVAL_TAG = 0, 1  # key of a step = fold_in(fold_in(base key = PRNGKey(seed), TAG), step)
 # Train-step metrics copied to the row under the same name (those present).
 TRAIN_METRICS = ("loss", "policy_loss", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
                  "clip_ratio/region_mean", "ratio/mean", "ratio/max", "ratio/min", "dual_clip_ratio", "grad_norm",
@@ -81,8 +81,8 @@ def _say(message: str, enabled: bool = True) -> None:
         sys.stdout.flush()
 
 
-def _key(seed: int, tag: int, step: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), tag), step)
+def _key(base_key: jax.Array, tag: int, step: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(base_key, tag), step)
 
 
 def _task_options(config) -> dict:
@@ -159,10 +159,10 @@ def _train_samples(examples, completions, scores_local, adv, group_size, limit) 
     return out
 
 
-def _eval(exp: _Experiment, step: int, writer, state_params) -> dict:
+def _eval(exp: _Experiment, step: int, writer, base_key) -> dict:
     config = exp.config
     t0 = time.time()
-    result = evaluation.evaluate(exp.sampler, state_params, exp.eval_examples, _key(config.seed, EVAL_TAG, step),
+    result = evaluation.evaluate(exp.sampler, exp.policy_params(), exp.eval_examples, _key(base_key, EVAL_TAG, step),
                                  reward_fn=exp.reward_fn, accuracy_fn=exp.accuracy_fn, config=config,
                                  num_samples_shown=int(config.logging.num_samples))
     row = {"step": step, **result.metrics, "eval/time": time.time() - t0}
@@ -207,10 +207,10 @@ def run(config, workdir: str, *, preempt_after: Optional[int] = None,
     try:
         with _Preemption() as preemption:
             if eval_every and start == 0:
-                first_eval = last_eval = _eval(exp, 0, writer, exp.policy_params())
+                first_eval = last_eval = _eval(exp, 0, writer, base_key)
             progress = _progress(start, total_steps, main and cfg.logging.progress)
             for step in range(start, total_steps):
-                row, samples = _train_one(exp, step, P, G)
+                row, samples = _train_one(exp, step, P, G, base_key)
                 writer.write(row)
                 if on_step is not None:
                     on_step(row)
@@ -222,7 +222,7 @@ def run(config, workdir: str, *, preempt_after: Optional[int] = None,
                         table = evaluation.format_table(samples, ("prompt", "completion", "reward", "advantage"))
                         _say(f"[train step {done}] sample completions:\n{table}", main)
                         writer.write_text("train/samples", table, done)
-                    last_eval = _eval(exp, done, writer, exp.policy_params())
+                    last_eval = _eval(exp, done, writer, base_key)
                 stop = distributed.any_process(preemption.requested or preempt_after == done)
                 every = int(cfg.checkpoint.every)
                 if stop or done == total_steps or (every and done % every == 0):
@@ -250,13 +250,15 @@ def _progress(start: int, total: int, enabled: bool):
                 file=sys.stderr)
 
 
-def _train_one(exp: _Experiment, step: int, P: int, G: int):
+def _train_one(exp: _Experiment, step: int, P: int, G: int, base_key: Optional[jax.Array] = None):
     """One GRPO step: returns (metrics row, a few sample completions of this process)."""
     cfg = exp.config
     t0 = time.time()
+    if base_key is None:
+        base_key = jax.random.PRNGKey(int(cfg.seed))
     examples = exp.task.train_batch(int(cfg.seed), step, P)
     (prompt_tokens, prompt_mask), rollout, completions = exp.sampler.sample(
-        exp.policy_params(), examples, _key(int(cfg.seed), SAMPLE_TAG, step), group_size=G,
+        exp.policy_params(), examples, _key(base_key, SAMPLE_TAG, step), group_size=G,
         max_new_tokens=int(cfg.rollout.max_new_tokens), temperature=float(cfg.rollout.temperature),
         top_p=float(cfg.rollout.top_p), top_k=int(cfg.rollout.top_k))
     t_sample = time.time() - t0

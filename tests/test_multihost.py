@@ -17,7 +17,8 @@ from test_train_cli import checkpoint, cache, cli_env, train_command  # noqa: F4
 from grpo_jax.metrics import read_metrics, without_timing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = ["--config.mesh.data=2", "--config.total_steps=3", "--config.eval.every=3", "--config.checkpoint.every=2"]
+OVERRIDES = ["--config.mesh.data=2", "--config.total_steps=3", "--config.eval.every=3", "--config.eval.pass_k=0",
+             "--config.eval.num_samples=0", "--config.checkpoint.every=2"]
 
 
 def _free_port() -> int:
@@ -30,15 +31,14 @@ def test_two_processes_equal_one_process_with_two_devices(checkpoint, cache, tmp
     one_dir, two_dir = str(tmp_path / "one"), str(tmp_path / "two")
     one = subprocess.Popen(train_command(checkpoint, one_dir, *OVERRIDES), cwd=REPO, env=cli_env(cache, devices=2),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = one.communicate(timeout=600)
-    assert one.returncode == 0, err[-3000:]
-
     port = _free_port()
     procs = [subprocess.Popen(train_command(checkpoint, two_dir, *OVERRIDES, "--coordinator_address",
                                             f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)),
                               cwd=REPO, env=cli_env(cache, devices=1), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
+    out, err = one.communicate(timeout=600)
+    assert one.returncode == 0, err[-3000:]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     assert "done: 3 steps" in outputs[0][0] and "done:" not in outputs[1][0]  # process 0 reports

@@ -1,13 +1,12 @@
 """The experiment loop on a tiny random checkpoint, in-process: outputs of a run, exact resume, refusal of a
 workdir that holds another config's run.
 
-One 4-step run (module fixture) is the reference; the resumed run uses the same config, so the jitted train step
-is compiled once for the module (runner._cached_train_step) and the tests stay fast.
+One 4-step run is the reference; the resumed run uses the same config, so the jitted train step is compiled once
+(runner._cached_train_step) and the test stays fast.
 """
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
@@ -17,7 +16,7 @@ import tiny_run_config
 from tiny_tokenizer import make_run_checkpoint
 
 from grpo_jax import models, runner
-from grpo_jax.checkpoint import WorkdirMismatchError
+from grpo_jax.checkpoint import WorkdirMismatchError, check_workdir
 from grpo_jax.metrics import read_metrics, without_timing
 
 TRL_KEYS = ("reward", "reward_std", "rewards/arithmetic/mean", "rewards/overlong/mean", "frac_reward_zero_std",
@@ -37,15 +36,31 @@ def _config(checkpoint):
     return c
 
 
-@pytest.fixture(scope="module")
-def straight(checkpoint, tmp_path_factory):
-    """An uninterrupted 4-step run: (workdir, result)."""
-    workdir = str(tmp_path_factory.mktemp("straight"))
-    return workdir, runner.run(_config(checkpoint), workdir)
+def test_a_run_writes_everything_and_a_preempted_run_resumes_bit_identically(checkpoint, tmp_path):
+    # One test, so that pytest-xdist does not run the reference run once per worker.
+    straight_dir, workdir = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    result = runner.run(_config(checkpoint), straight_dir)
+    _check_outputs(straight_dir, result, checkpoint)
+
+    first = runner.run(_config(checkpoint), workdir, preempt_after=2)  # as if SIGTERM came during step 2
+    assert first.status == "preempted" and first.step == 2
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
+    assert not os.path.exists(os.path.join(workdir, "export"))
+    # A killed run may have logged rows after its last checkpoint: the resumed run recomputes them.
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 3, "reward": 123.0}) + "\n")
+    second = runner.run(_config(checkpoint), workdir)
+    assert second.status == "completed" and second.step == 4 and second.first_eval is None
+    expected = without_timing(read_metrics(straight_dir))
+    assert without_timing(read_metrics(workdir)) == expected  # bit-identical, not approximately
+    # Running a finished run again changes nothing; a cadence change (checkpoint.every) is accepted.
+    again = _config(checkpoint)
+    again.checkpoint.every = 2
+    assert runner.run(again, workdir).status == "completed"
+    assert without_timing(read_metrics(workdir)) == expected
 
 
-def test_a_run_writes_metrics_evals_checkpoints_export_and_plots(straight, checkpoint):
-    workdir, result = straight
+def _check_outputs(workdir, result, checkpoint):
     assert result.status == "completed" and result.step == 4
     rows = read_metrics(workdir)
     train = [r for r in rows if "reward" in r]
@@ -64,7 +79,8 @@ def test_a_run_writes_metrics_evals_checkpoints_export_and_plots(straight, check
     assert result.first_eval == {k: v for k, v in evals[0].items() if k not in ("step", "eval/time")}
 
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "4"]  # every step, keep 2
-    assert json.load(open(os.path.join(workdir, "run.json")))["config"]["rollout"]["group_size"] == 4
+    with open(os.path.join(workdir, "run.json")) as f:
+        assert json.load(f)["config"]["rollout"]["group_size"] == 4
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     for name in ("reward", "eval_accuracy", "kl", "completion_length", "summary"):
         assert os.path.getsize(os.path.join(workdir, "plots", f"{name}.png")) > 1000
@@ -78,31 +94,12 @@ def test_a_run_writes_metrics_evals_checkpoints_export_and_plots(straight, check
     assert max(moved) > 0  # trained weights, not the initial ones
 
 
-def test_resume_after_preemption_equals_the_uninterrupted_run(straight, checkpoint, tmp_path):
-    workdir = str(tmp_path / "resumed")
-    first = runner.run(_config(checkpoint), workdir, preempt_after=2)
-    assert first.status == "preempted" and first.step == 2
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
-    assert not os.path.exists(os.path.join(workdir, "export"))
-    # A killed run may have logged rows after its last checkpoint: the resumed run recomputes them.
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps({"step": 3, "reward": 123.0}) + "\n")
-    second = runner.run(_config(checkpoint), workdir)
-    assert second.status == "completed" and second.first_eval is None
-    expected = without_timing(read_metrics(straight[0]))
-    assert without_timing(read_metrics(workdir)) == expected  # bit-identical, not approximately
-    # Running a finished run again changes nothing.
-    runner.run(_config(checkpoint), workdir)
-    assert without_timing(read_metrics(workdir)) == expected
-
-
-def test_a_workdir_of_another_config_is_refused(straight, checkpoint, tmp_path):
-    workdir = str(tmp_path / "copy")
-    shutil.copytree(straight[0], workdir)
+def test_a_workdir_of_another_config_is_refused_before_loading_anything(checkpoint, tmp_path):
+    workdir = str(tmp_path / "taken")
+    check_workdir(workdir, _config(checkpoint))
     other = _config(checkpoint)
     other.optim.lr = 0.5
+    other.model.path = str(tmp_path / "not-loaded")  # the refusal comes first
     with pytest.raises(WorkdirMismatchError, match=r"optim.lr: 0.01 -> 0.5"):
         runner.run(other, workdir)
-    cadence = _config(checkpoint)
-    cadence.checkpoint.every = 2  # cadence may change between invocations: the finished run is accepted
-    assert runner.run(cadence, workdir).status == "completed"
+    assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))

@@ -91,8 +91,10 @@ def test_bad_inputs_are_one_line_errors(checkpoint, cache, tmp_path):
 def _wait_for_row(path: str, proc, timeout: float = 300.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if os.path.exists(path) and any('"reward"' in line for line in open(path)):
-            return
+        if os.path.exists(path):
+            with open(path) as f:
+                if '"reward"' in f.read():
+                    return
         if proc.poll() is not None:
             raise AssertionError(f"the run ended before its first step was logged: {proc.communicate()}")
         time.sleep(0.02)

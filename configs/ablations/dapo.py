@@ -18,7 +18,8 @@ def get_config(arg=None):
     c.loss.clip_low, c.loss.clip_high = 0.2, 0.28
     c.loss.drop_zero_std_groups = True
     c.loss.kl_beta = 0.0
-    max_new = c.rollout.max_new_tokens
     c.rewards = {**c.rewards.to_dict(), "overlong": 1.0}
-    c.reward_options = {"overlong": {"max_length": max_new, "buffer_length": max(1, max_new // 4)}}
+    # References: --config.rollout.max_new_tokens=N moves the penalty's window with it.
+    max_new = c.rollout.get_ref("max_new_tokens")
+    c.reward_options = {"overlong": {"max_length": max_new, "buffer_length": max_new // 4}}
     return c
