@@ -80,13 +80,13 @@ def _draw_index(p: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.minimum(i, last)
 
 
-def _inverse_cdf(z: jax.Array, u: jax.Array) -> jax.Array:
-    """Index drawn from softmax(z) [N, M] (entries at -inf never drawn) with one uniform u [N] per row.
+def _inverse_cdf(p: jax.Array, u: jax.Array) -> jax.Array:
+    """Index drawn with probability proportional to p [N, M] (non-negative, unnormalised; entries 0 never drawn)
+    with one uniform u [N] per row.
 
-    Two-level inverse CDF: pick a block of _BLOCK entries by its probability mass, then an entry inside it; exact
-    up to float32 rounding, one uniform per row (no [N, V] Gumbel noise), and no [N, V] cumulative sum."""
-    n, m = z.shape
-    p = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
+    Two-level inverse CDF: pick a block of _BLOCK entries by its mass, then an entry inside it; exact up to float32
+    rounding, one uniform per row (no [N, V] Gumbel noise), and no [N, V] cumulative sum."""
+    n, m = p.shape
     if m <= 2 * _BLOCK:
         return _draw_index(p, u * jnp.sum(p, axis=-1))
     nb = -(-m // _BLOCK)
@@ -117,12 +117,12 @@ def _ordered_bits(z: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(i, jnp.uint32) ^ jnp.uint32(0x80000000)
 
 
-def _nucleus_unsorted(z: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Top-p on unsorted logits [N, V], the same set as `_nucleus_sorted` without sorting the vocabulary: token i
-    is kept iff the mass of tokens with strictly larger logits is < top_p. That predicate is monotone in the logit,
-    so the smallest kept key is found by bisection on the 32-bit order-preserving key (32 masked sums)."""
+def _nucleus_unsorted(z: jax.Array, p: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Top-p on unsorted logits z [N, V] with p = exp(z - max z): True on the tokens `_nucleus_sorted` keeps,
+    without sorting the vocabulary. Token i is kept iff the mass of tokens with strictly larger logits is
+    < top_p; that predicate is monotone in the logit, so the smallest kept key is found by bisection on the 32-bit
+    order-preserving key (32 masked sums)."""
     key = _ordered_bits(z)
-    p = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
     budget = top_p * jnp.sum(p, axis=-1)
 
     def step(_, lohi):
@@ -133,7 +133,7 @@ def _nucleus_unsorted(z: jax.Array, top_p: jax.Array) -> jax.Array:
 
     n = z.shape[0]
     lo, _ = jax.lax.fori_loop(0, 32, step, (jnp.zeros((n,), jnp.uint32), jnp.full((n,), 0xFFFFFFFF, jnp.uint32)))
-    return jnp.where(key >= lo[:, None], z, -jnp.inf)
+    return key >= lo[:, None]
 
 
 def sample_logits(logits: jax.Array, u: jax.Array, temperature, top_p, *, top_k: int = 0, use_top_p: bool = False,
@@ -147,15 +147,20 @@ def sample_logits(logits: jax.Array, u: jax.Array, temperature, top_p, *, top_k:
         lse = jax.nn.logsumexp(logits, axis=-1)
         return tok, jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - lse
     scaled = logits / temperature
-    lse = jax.nn.logsumexp(scaled, axis=-1)
     if 0 < top_k < scaled.shape[-1]:
+        lse = jax.nn.logsumexp(scaled, axis=-1)
         cand, idx = jax.lax.top_k(scaled, top_k)          # sorted, descending
         if use_top_p:
             cand = _nucleus_sorted(cand, top_p)
-        choice = _inverse_cdf(cand, u)
+        choice = _inverse_cdf(jnp.exp(cand - cand[:, :1]), u)
         tok = jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0]
-    else:
-        tok = _inverse_cdf(_nucleus_unsorted(scaled, top_p) if use_top_p else scaled, u)
+    else:  # one exp pass serves the normaliser (as jax.nn.logsumexp computes it) and the draw
+        top = jnp.max(scaled, axis=-1, keepdims=True)
+        p = jnp.exp(scaled - top)
+        lse = top[:, 0] + jnp.log(jnp.sum(p, axis=-1))
+        if use_top_p:
+            p = jnp.where(_nucleus_unsorted(scaled, p, top_p), p, 0.0)
+        tok = _inverse_cdf(p, u)
     return tok, jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - lse
 
 
