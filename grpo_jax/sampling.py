@@ -5,16 +5,20 @@
 
 One call is one jitted program (compiled once per shapes and static settings):
 
-  1. prefill: each prompt is run once (`logprobs.encode_prompt`); its keys/values (`PrefixKV`) are read by all G
-     completions of the group -- no G copies of the prompt cache;
-  2. completion token 0 is drawn from the prompt's last hidden state;
-  3. a `lax.while_loop` decodes one token per step for all N = P * G rows, writing each row's own keys/values into
-     a `KVCache` [L, N, T, Hkv, hd] carried (and updated in place) by the loop, and stops as soon as every row has
-     emitted a stop token (or after `max_new_tokens`). No host round-trip per token.
+  1. prefill: each prompt is run once (`logprobs.encode_prompt`, the trainer's function); its keys/values are read
+     by all G completions of the group -- no G copies of the prompt cache;
+  2. completion token 0 is drawn from the prompt's last hidden state (`unembed`);
+  3. a `lax.while_loop` decodes one token per step for all N = P * G rows and stops as soon as every row has
+     emitted a stop token (or after `max_new_tokens`); no host round-trip per token. The rows' own keys/values live
+     in the loop carry, one [N, Hkv, T, hd] buffer per layer, each updated in place at one slot per step.
 
-Each step runs `transformer.hidden_states(..., prefix=prompt.prefix, cache=...)` and `unembed` -- the code path of
-the trainer's `logprobs.completion_logprobs` -- so the returned log-probs are the trainer's log-probs of the same
-tokens (GRPO's importance ratio is exactly 1 at the first iteration; no sampler/trainer mismatch correction).
+The decode step (`decode_step`) is `transformer.hidden_states(..., prefix=prompt.prefix, cache=...)` -- the
+computation of the trainer's `logprobs.completion_logprobs` -- laid out for one token per row: the same modules
+for norms and MLP, the same rope, the same float32 softmax over [prompt keys ++ own keys], with layers unrolled over
+weights sliced once per call (XLA:CPU copies each layer's weights when a scan slices them, every step) and
+attention as multiply-reduce fusions that read the caches where they lie. The sampler's log-probs therefore equal
+the trainer's (|difference| <= 1e-5 in float32, tested): GRPO's ratio is 1 at the first iteration and needs no
+sampler/trainer mismatch correction.
 
 Log-probs are log softmax(logits / temperature) of the chosen token over the FULL vocabulary, even when top-k/top-p
 truncate the distribution the token is drawn from; that is what the trainer computes. Greedy decoding reports
@@ -258,6 +262,7 @@ def decode_step(config: ModelConfig, params, state: DecodeState, cache: tuple, t
         pre = _scores(q.reshape(p, g, hkv, r, hd), pk, pre_mask).reshape(n, hkv, r, s)
         own = _scores(q, ck, own_mask)
         w = jax.nn.softmax(jnp.concatenate([pre, own], axis=-1), axis=-1)
+        w = w.astype(dt).astype(jnp.float32)  # as the trainer, which casts the weights to the values' dtype
         w_pre = w[..., :s].reshape(p, g, hkv, r, s)
         out = jnp.sum(w_pre[..., None] * pv[:, :, :, None].astype(jnp.float32), axis=-2).reshape(n, hkv, r, hd)
         out = out + jnp.sum(w[..., s:, None] * cv[:, :, None].astype(jnp.float32), axis=-2)
@@ -409,6 +414,11 @@ def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, gr
     tokens = np.asarray(prompt_tokens).astype(np.int32)
     if tokens.shape != mask.shape:
         raise ValueError(f"generate: prompt_tokens {tokens.shape} and prompt_mask {mask.shape} differ in shape")
+    bad = mask & ((tokens < 0) | (tokens >= config.vocab_size))
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"generate: prompt {i} holds token id {tokens[i, j]} outside the vocabulary "
+                         f"[0, {config.vocab_size})")
     top_k = int(min(top_k, config.vocab_size))
     fn = _compiled(config, int(group_size), int(max_new_tokens), top_k, float(top_p) < 1.0, bool(greedy), stop_ids,
                    int(pad_id), mesh)

@@ -1,7 +1,6 @@
 """The group sampler: exact log-probs, the right distribution, greedy parity with transformers, stops, bad input."""
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -333,11 +332,13 @@ QUESTIONS = ["What is 7 + 5?", "What is 12 times 3?", "Compute 100 - 37.", "What
 
 
 def test_greedy_equals_transformers_generate_on_smollm2():
+    """8 prompts x 32 tokens, token for token. The reference is transformers' LlamaForCausalLM holding the
+    weights `models.load` read from the embedded GGUF (exported in memory; tests/test_parity.py checks them
+    against transformers' own GGUF loading), generating greedily from the same left-padded batch."""
     import torch
-    import transformers
 
+    from experiments.bench_sampler import torch_model
     from grpo_jax import models
-    from grpo_jax.models.load import resolve_source
 
     new = 32
     policy = models.load("smollm2-135m-instruct")
@@ -345,25 +346,26 @@ def test_greedy_equals_transformers_generate_on_smollm2():
                                                   tokenize=False) for q in QUESTIONS]
     ids = [policy.tokenizer(c, add_special_tokens=False)["input_ids"] for c in chats]
     tokens, mask = batching.left_pad(ids, pad_id=policy.config.pad_token_id or 0, bucket=16)
+    assert len(set(mask.sum(1))) > 1  # prompts of different lengths: the padding matters
     # every sequence runs the full 32 tokens (no stop ids), so 8 x 32 tokens are compared
     out = sampling.generate(policy.config, policy.params, tokens, mask, jax.random.PRNGKey(0), group_size=1,
                             max_new_tokens=new, greedy=True)
     ours = np.asarray(out.tokens)
 
-    _, path = resolve_source("smollm2-135m-instruct")
-    ref = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+    ref = torch_model(policy.config, policy.params)
     # No eos: transformers neither stops at it nor (as min_new_tokens would) suppresses it.
     ref.generation_config.eos_token_id = None
     ref.generation_config.pad_token_id = policy.config.pad_token_id
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 threads on a busy 2-core machine spin and run several times slower
     try:
-        with torch.inference_mode():  # the same left-padded batch; transformers derives positions from the mask
+        with torch.inference_mode():  # transformers derives position ids from the mask, as we do
             seq = ref.generate(torch.as_tensor(tokens, dtype=torch.long),
                                attention_mask=torch.as_tensor(mask).long(), do_sample=False, max_new_tokens=new)
     finally:
         torch.set_num_threads(threads)
+    answers = policy.tokenizer.batch_decode(ours)
+    assert "7 + 5 = 12" in answers[0], answers[0]  # real text, not noise
     for i, prompt in enumerate(ids):
         want = seq[i, tokens.shape[1]:].numpy()
         assert len(want) == new
