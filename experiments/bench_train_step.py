@@ -23,7 +23,10 @@ Roofline (the time this machine needs for the FLOPs at its measured float32 matm
   executed: the matmul FLOPs this step really performs: layer matmuls on P*S prompt + N*(T-1) completion tokens
             (the prompt once per group), the LM head on the N*T completion positions only, attention scores,
             x3 for forward + backward, + one forward for the reference.
-`vs_roofline` = step time / roofline time (1.0 = at the roofline; the goal is <= 1.5 against the nominal one).
+`vs_*_roofline` = step time / roofline time (1.0 = at the roofline; the goal is <= 1.5 against the nominal one).
+The matmul rate is measured before and after the steps (mean). On a shared machine wall times depend on the share
+of the cores the process got, so the same ratios are also given in CPU seconds (`cpu_vs_*_roofline`: the step's
+process CPU time against the matmul's FLOPs per CPU second).
 Under LoRA the adapted kernels' weight gradients are still formed (the adapters are merged functionally), so the
 same FLOP formulas apply.
 
@@ -70,6 +73,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def matmul_rates(size: int, repeats: int = 5) -> tuple[float, float]:
+    """(FLOP per wall second, FLOP per CPU second of this process) of a jitted float32 [size, size] matmul, medians
+    of `repeats` after a warm-up. Per CPU second is what a contended machine cannot hide: it compares the step's
+    CPU time with the matmul's, whatever share of the cores each got."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    f(a, a).block_until_ready()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        f(a, a).block_until_ready()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    flops = 2.0 * size ** 3
+    return flops / statistics.median(walls), flops / max(statistics.median(cpus), 1e-9)
+
+
 def step_flops(c, prompts: int, group: int, prompt_len: int, new_tokens: int, with_reference: bool) -> dict:
     """Nominal (6 N D + 2 N D) and executed matmul FLOPs of one train step for ModelConfig `c`."""
     n = prompts * group
@@ -107,7 +130,7 @@ def run_one(args) -> dict:
 
     from grpo_jax import config_base, logprobs, sharding, train_step
 
-    rate = bench_common.matmul_flops_per_s(args.matmul_size)
+    rate, cpu_rate = matmul_rates(args.matmul_size)
     t = time.perf_counter()
     model_config, params = _policy(args.model)
     load_s = time.perf_counter() - t
@@ -146,13 +169,17 @@ def run_one(args) -> dict:
     compiled = step.jitted.lower(*inputs).compile()
     compile_s = time.perf_counter() - t
 
-    times, state = [], inputs[0]
+    times, cpu_times, state, first = [], [], inputs[0], None
     for _ in range(max(1, args.steps)):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         state, metrics = compiled(state, *inputs[1:])
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
+        cpu_times.append(time.process_time() - cpu)
+        first = first or {k: float(v) for k, v in metrics.items()}  # the step on the sampler's own policy
+    step_s, step_cpu_s = statistics.median(times), statistics.median(cpu_times)
+    rate_after, cpu_rate_after = matmul_rates(args.matmul_size)  # the machine's share may change meanwhile
+    rate, cpu_rate = (rate + rate_after) / 2, (cpu_rate + cpu_rate_after) / 2
 
     flops = step_flops(model_config, p, g, s, t_new, args.kl_beta > 0)
     trainable = sum(x.size for x in jax.tree.leaves(state.params))
@@ -168,11 +195,13 @@ def run_one(args) -> dict:
         "compile_s": round(compile_s, 2),
         "step_times_s": [round(x, 3) for x in times],
         "step_time_s": round(step_s, 3),
+        "step_cpu_s": round(step_cpu_s, 2),
         "tokens_per_s": round(p * g * (s + t_new) / step_s, 1),
         "completion_tokens_per_s": round(p * g * t_new / step_s, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
         "roofline": {
             "matmul_flops_per_s": round(rate / 1e9, 1) * 1e9,
+            "matmul_flops_per_cpu_s": round(cpu_rate / 1e9, 1) * 1e9,
             "matmul_size": args.matmul_size,
             "params": flops["params"],
             "nominal_flops": flops["nominal"],
@@ -182,8 +211,12 @@ def run_one(args) -> dict:
             "vs_nominal_roofline": round(step_s / (flops["nominal"] / rate), 3),
             "vs_executed_roofline": round(step_s / (flops["executed"] / rate), 3),
             "achieved_flops_per_s": round(flops["executed"] / step_s / 1e9, 1) * 1e9,
+            # the same ratios in CPU seconds (step CPU time / FLOPs at the matmul's rate per CPU second)
+            "cpu_vs_nominal_roofline": round(step_cpu_s / (flops["nominal"] / cpu_rate), 3),
+            "cpu_vs_executed_roofline": round(step_cpu_s / (flops["executed"] / cpu_rate), 3),
         },
-        "metrics": {k: float(v) for k, v in metrics.items() if k in ("loss", "kl", "grad_norm", "logp_mismatch/max")},
+        "first_step_metrics": {k: round(v, 6) for k, v in first.items()
+                               if k in ("loss", "kl", "entropy", "grad_norm", "logp_mismatch/max")},
     }
 
 
@@ -205,7 +238,9 @@ def main(argv=None) -> dict:
             proc = subprocess.run([sys.executable, "-m", "experiments.bench_train_step", *_child_args(args, rank),
                                    "--results", ""], capture_output=True, text=True)
             if proc.returncode:
-                raise SystemExit(f"train_step benchmark (lora_rank={rank}) failed:\n{proc.stderr[-3000:]}")
+                why = f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else \
+                    f"exit status {proc.returncode}"
+                raise SystemExit(f"train_step benchmark (lora_rank={rank}) failed, {why}:\n{proc.stderr[-3000:]}")
             child = json.loads(proc.stdout.strip().splitlines()[-1])
             line[child["mode"]] = {k: v for k, v in child.items() if k not in ("benchmark", "time", "commit",
                                                                             "machine", "threads")}

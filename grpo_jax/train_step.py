@@ -188,8 +188,8 @@ def _row_constraint(x, mesh: Mesh, axis: int):
 def _split(x, num_micro: int, group: int, mesh: Mesh):
     """[P * group, ...] p-major -> [M, P / M * group, ...]; micro-batch m holds prompts m, M + m, 2M + m, ...
 
-    Strided so that, with rows held in contiguous blocks per device, every micro-batch is spread evenly over the
-    devices without moving data."""
+    Strided so that, with rows held in contiguous blocks per device and P / M a multiple of the data shards, every
+    micro-batch is spread evenly over the devices without moving data."""
     prompts = x.shape[0] // group
     y = x.reshape((prompts // num_micro, num_micro, group) + x.shape[1:])
     y = jnp.swapaxes(y, 0, 1).reshape((num_micro, (prompts // num_micro) * group) + x.shape[1:])
@@ -235,6 +235,8 @@ def reference_logprobs(model_config: ModelConfig, ref_params, micro_batches: dic
         lp, _ = logprobs.completion_logprobs(model_config, ref_params, mb["prompt_tokens"], mb["prompt_mask"],
                                              mb["completions"], group_size, temperature, with_entropy=False)
         return lp
+    if jax.tree.leaves(micro_batches)[0].shape[0] == 1:  # one micro-batch: no loop
+        return jax.lax.stop_gradient(one(jax.tree.map(lambda x: x[0], micro_batches))[None])
     return jax.lax.stop_gradient(jax.lax.map(one, micro_batches))
 
 

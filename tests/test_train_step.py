@@ -206,7 +206,8 @@ def test_benchmark_runs_on_a_tiny_model():
                                  "--matmul-size", "32", "--fast-compile"])
     assert out["benchmark"] == "train_step" and out["mode"] == "full" and out["settings"]["sequences"] == 4
     assert out["step_time_s"] > 0 and out["tokens_per_s"] > 0 and out["peak_rss_gb"] > 0
-    assert out["metrics"]["logp_mismatch/max"] < 1e-5  # old log-probs were the policy's own
+    assert out["first_step_metrics"]["logp_mismatch/max"] < 1e-5  # old log-probs were the policy's own
+    assert out["step_cpu_s"] > 0 and out["roofline"]["cpu_vs_nominal_roofline"] > 0
     flops = bench_train_step.step_flops(CFG, 2, 2, 4, 3, True)
     # nominal: (6 + 2) * params * 4 sequences * 7 tokens; params = layers + untied head + embedding
     layer = 2 * (16 * 4 * (2 * 4 + 2 * 2) + 3 * 16 * 32)
