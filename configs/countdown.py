@@ -64,17 +64,5 @@ def get_config(arg: str | None = None):
     c.checkpoint.keep = 3
 
     if arg == "cpu":
-        c.model.dtype = c.model.compute_dtype = "float32"
-        c.model.remat = False
-        c.total_steps = 2
-        c.rollout.prompts_per_step = 2
-        c.rollout.max_new_tokens = 64
-        c.optim.warmup_steps = 0
-        c.optim.micro_batch_size = 0
-        c.eval.every = 2
-        c.eval.num_examples = 8
-        c.eval.batch_size = 8
-        c.eval.pass_k = 0
-        c.eval.num_samples = 0
-        c.checkpoint.every = 0
+        config_base.smoke_test(c)
     return c

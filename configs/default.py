@@ -51,12 +51,6 @@ def get_config(arg: str | None = None):
     c.checkpoint.keep = 1
 
     if arg == "tiny":
-        c.total_steps = 2
-        c.rollout.prompts_per_step = 2
+        config_base.smoke_test(c, max_new_tokens=8)
         c.rollout.group_size = 2
-        c.rollout.max_new_tokens = 8
-        c.eval.every = 2
-        c.eval.num_examples = 8
-        c.eval.batch_size = 8
-        c.checkpoint.every = 0
     return c

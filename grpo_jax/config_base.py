@@ -20,6 +20,8 @@ sections are defined here:
   model.lora_rank           0 = full finetuning, else the LoRA rank (lora_alpha scales it, lora_targets: which
                             projections get adapters)
   model.remat               rematerialise each decoder layer in the backward pass
+  model.tokenizer           '' = the checkpoint's own (byte-level when it has none, e.g. tiny test checkpoints);
+                            'bytes'; or a tokenizer dir / hub id
   task.name                 'countdown' | 'arithmetic' | 'gsm8k'; the other task.* keys are the task's options
                             (tasks.get(name, **options)); '' stands for None (e.g. task.source = '')
   rewards                   reward name -> weight; reward_options: reward name -> dict of its options
@@ -72,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.lora_alpha = 0.0          # LoRA scale alpha (adapter update * alpha / rank); 0 = 2 * lora_rank
     c.model.lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     c.model.remat = False
+    c.model.tokenizer = ""            # '' = the checkpoint's own; 'bytes' = byte-level; or a tokenizer dir / hub id
 
     c.task = ml_collections.ConfigDict()
     c.task.name = "arithmetic"
@@ -110,6 +113,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.logging.progress = True
     c.logging.num_samples = 4       # sample completions shown in the table at each eval
     c.logging.plots = True
+    return c
+
+
+def smoke_test(c, *, steps: int = 2, prompts: int = 2, max_new_tokens: int = 64, eval_examples: int = 8):
+    """Shrink experiment `c` in place to a minutes-long CPU run (an experiment file's 'cpu' / 'tiny' arg): float32,
+    `steps` steps of `prompts` prompts, eval of `eval_examples` problems at the start and the end, no pass@k,
+    no gradient accumulation or warmup, a checkpoint only at the end. Returns `c`."""
+    c.model.dtype = c.model.compute_dtype = "float32"
+    c.model.remat = False
+    c.total_steps = steps
+    c.rollout.prompts_per_step = prompts
+    c.rollout.max_new_tokens = max_new_tokens
+    c.optim.warmup_steps = 0
+    c.optim.micro_batch_size = 0
+    c.eval.every = steps
+    c.eval.num_examples = eval_examples
+    c.eval.batch_size = eval_examples
+    c.eval.pass_k = c.eval.num_samples = 0
+    c.checkpoint.every = 0
     return c
 
 
@@ -191,7 +213,7 @@ def validate(config) -> None:
     _int(config, "rollout.top_k", 0)
 
     validate_loss_config(_get(config, "loss"))
-    _validate_optim(config)
+    _validate_optim_and_mesh(config)
 
     _int(config, "eval.every", 0)
     _int(config, "eval.num_examples", 0)
@@ -211,15 +233,10 @@ def validate(config) -> None:
     _int(config, "logging.num_samples", 0)
 
 
-def _validate_optim(config) -> None:
-    try:
-        from grpo_jax.optim import validate_optim_config
-    except ImportError:  # the optimizer module validates itself when it builds the optimizer
-        validate_optim_config = None
-    if validate_optim_config is not None:
-        validate_optim_config(_get(config, "optim"))
-    _float(config, "optim.lr", 0.0)
-    _int(config, "optim.micro_batch_size", 0)
+def _validate_optim_and_mesh(config) -> None:
+    from grpo_jax.optim import validate_optim_config
+
+    validate_optim_config(_get(config, "optim"))
     for axis in ("data", "fsdp", "tensor"):
         value = _int(config, f"mesh.{axis}")
         if value == 0 or value < -1:

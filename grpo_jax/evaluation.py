@@ -58,6 +58,46 @@ def pad_id(model_config, tokenizer) -> int:
     return 0
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 byte values to printable characters."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1))
+                 + list(range(ord("\u00ae"), ord("\u00ff") + 1)))
+    chars, extra = dict(zip(printable, printable)), 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = 256 + extra, extra + 1
+    return {b: chr(c) for b, c in chars.items()}
+
+
+BYTE_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                      "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def byte_tokenizer(model_config):
+    """A byte-level tokenizer (token id = UTF-8 byte value) with a plain chat template, for checkpoints that come
+    without tokenizer files, such as tiny random test checkpoints (`model.tokenizer = 'bytes'`). The model's
+    pad / bos / eos ids below 256 double as those special tokens; ids >= 256 decode to nothing."""
+    from tokenizers import Regex, Tokenizer, decoders, models as tok_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if model_config.vocab_size < 256:
+        raise ValueError(f"model.tokenizer 'bytes' needs a vocabulary of >= 256 tokens (one per byte), the model "
+                         f"has {model_config.vocab_size}; give a tokenizer dir with --config.model.tokenizer=PATH")
+    chars = _bytes_to_unicode()
+    tok = Tokenizer(tok_models.WordLevel({chars[b]: b for b in range(256)}, unk_token=chars[0]))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                                                 pre_tokenizers.Split(Regex("."), behavior="isolated")])
+    tok.decoder = decoders.ByteLevel()
+    special = {}
+    for name, token_id in (("pad_token", model_config.pad_token_id), ("bos_token", model_config.bos_token_id),
+                           ("eos_token", (model_config.eos_token_ids or (None,))[0])):
+        if isinstance(token_id, int) and 0 <= token_id < 256:
+            special[name] = chars[token_id]
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **special)
+    fast.chat_template = BYTE_CHAT_TEMPLATE
+    return fast
+
+
 @dataclasses.dataclass
 class Completions:
     """The completions of the rows this process holds: global rows [start, start + len(texts))."""

@@ -23,6 +23,7 @@ next step boundary and returns with status "preempted" (the CLI exits 0).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -110,9 +111,10 @@ class _Experiment:
         self.reward_fn = rewards.combine(config.rewards.to_dict(), config.reward_options.to_dict())
         self.accuracy_fn = rewards.combine({self.task.accuracy_reward: 1.0})
         self.eval_examples = self.task.eval_set(int(config.eval.num_examples) or None) if config.eval.every else []
-        policy = models.load(config.model.path, config.model.dtype, config.model.compute_dtype)
-        self.model_config, self.tokenizer = policy.config, policy.tokenizer
-        self.sampler = evaluation.Sampler(policy.config, policy.tokenizer, self.mesh)
+        policy = models.load(config.model.path, config.model.dtype, config.model.compute_dtype,
+                             with_tokenizer=not config.model.tokenizer)
+        self.model_config, self.tokenizer = policy.config, _tokenizer(config, policy)
+        self.sampler = evaluation.Sampler(policy.config, self.tokenizer, self.mesh)
         self.state, self.frozen = init_train_state(policy.config, policy.params, config, self.mesh)
         use_ref = float(config.loss.kl_beta) > 0 and int(config.model.lora_rank) == 0
         self.ref = sharding.shard_params(policy.params, policy.config, self.mesh) if use_ref else None
@@ -124,6 +126,26 @@ class _Experiment:
     def policy_params(self):
         from grpo_jax.train_step import policy_params
         return policy_params(self.model_config, self.state, self.frozen)
+
+
+def _tokenizer(config, policy):
+    """model.tokenizer: '' = the checkpoint's own (a byte-level one, with a warning, when it has none); 'bytes' =
+    the byte-level tokenizer; else a tokenizer dir or hub id."""
+    name = config.model.tokenizer
+    if name == "bytes" or (not name and policy.tokenizer is None):
+        if not name:
+            logging.getLogger(__name__).warning(
+                "%s has no tokenizer files: using a byte-level tokenizer (token id = byte); fine for test "
+                "checkpoints, meaningless for a real model (set model.tokenizer to its tokenizer)", config.model.path)
+        return evaluation.byte_tokenizer(policy.config)
+    if not name:
+        return policy.tokenizer
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # noqa: BLE001 - any failure is a bad model.tokenizer value
+        raise ValueError(f"model.tokenizer {name!r}: cannot load a tokenizer ({type(e).__name__}: {e})") from None
 
 
 _TRAIN_STEPS: dict = {}

@@ -129,3 +129,29 @@ def test_sigterm_saves_exits_zero_and_the_rerun_matches_an_uninterrupted_run(che
     assert [r["step"] for r in resumed if "reward" in r] == list(range(1, 61))
     assert resumed == without_timing(read_metrics(straight_dir))
     assert os.path.exists(os.path.join(preempted_dir, "export", "config.json"))
+
+
+def test_sharded_run_of_a_checkpoint_without_tokenizer_equals_the_single_device_run(cache, tmp_path):
+    """A tiny random checkpoint as the factory writes it (no tokenizer files) trains with the byte-level fallback
+    tokenizer; the mesh data = 2 run on two devices gives the single-device run's metrics."""
+    from tiny_checkpoints import make_checkpoint
+
+    bare = make_checkpoint("qwen2", tmp_path / "bare")
+    assert not any("tokenizer" in f for f in os.listdir(bare))
+    overrides = ["--config.total_steps=2", "--config.eval.every=2", "--config.eval.pass_k=0",
+                 "--config.eval.num_samples=0", "--config.checkpoint.every=0"]
+    runs = {}
+    for devices in (1, 2):
+        workdir = str(tmp_path / f"devices{devices}")
+        command = train_command(bare, workdir, *overrides, f"--config.mesh.data={devices}")
+        runs[devices] = (workdir, subprocess.Popen(command, cwd=REPO, env=cli_env(cache, devices),
+                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for workdir, proc in runs.values():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "no tokenizer files: using a byte-level tokenizer" in err
+    single, sharded = (without_timing(read_metrics(runs[d][0])) for d in (1, 2))
+    assert [r["step"] for r in sharded] == [r["step"] for r in single] == [0, 1, 2, 2]
+    for a, b in zip(single, sharded):
+        assert a.keys() == b.keys()
+        assert [b[k] for k in a] == pytest.approx([a[k] for k in a], rel=1e-5, abs=1e-6)
