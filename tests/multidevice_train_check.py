@@ -19,10 +19,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from grpo_jax import sharding, train_step  # noqa: E402
-from train_fixtures import CFG, batch, config, max_abs_diff, params  # noqa: E402
+from train_fixtures import FAST_COMPILE as FAST, CFG, batch, config, max_abs_diff, params  # noqa: E402
 
 MESHES = {"single": None, "8,1,1": (8, 1, 1), "2,4,1": (2, 4, 1), "2,2,2": (2, 2, 2)}
-FAST = {"xla_backend_optimization_level": 0}
 
 
 def _mesh(shape):

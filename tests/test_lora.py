@@ -9,7 +9,7 @@ import pytest
 
 from grpo_jax import sharding, train_step
 from grpo_jax.models import forward, lora
-from train_fixtures import CFG, batch, config, max_abs_diff, model_logprobs, params
+from train_fixtures import CFG, FAST_COMPILE, batch, config, max_abs_diff, model_logprobs, params
 
 MESH = sharding.make_mesh(sharding.mesh_config())
 _init_lora = jax.jit(lora.init_lora, static_argnums=(1, 3))  # eager ops compile one by one: slow on a busy CPU
@@ -80,7 +80,7 @@ def test_lora_training_reference_and_merge():
     assert sum(opt_sizes) - sum(s for s in opt_sizes if s == 1) == 2 * adapter_sizes  # Adam's m, v of adapters
     assert adapter_sizes < sum(x.size for x in jax.tree.leaves(base)) / 2
 
-    step = train_step.make_train_step(CFG, cfg, MESH, {"xla_backend_optimization_level": 0})
+    step = train_step.make_train_step(CFG, cfg, MESH, FAST_COMPILE)
     with pytest.raises(ValueError, match="with LoRA .* pass ref_params=None"):
         step(state, frozen, base, b)
     with pytest.raises(ValueError, match="frozen must be the LoRA base params"):

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from grpo_jax import logprobs, losses, optim, sharding, train_step
-from train_fixtures import CFG, batch, config, max_abs_diff, model_logprobs, params
+from train_fixtures import CFG, FAST_COMPILE, batch, config, max_abs_diff, model_logprobs, params
 
 MESH = sharding.make_mesh(sharding.mesh_config())
 
@@ -27,7 +27,7 @@ def _direct_grad(model_params, ref_params, b, cfg):
     return jax.jit(jax.grad(loss), compiler_options=FAST)(model_params)
 
 
-FAST = {"xla_backend_optimization_level": 0}  # tiny models: compile time dominates; numerics are the same
+FAST = FAST_COMPILE  # tiny models: compilation dominates the test time
 
 
 @pytest.mark.parametrize("aggregation", sorted(losses.AGGREGATIONS))

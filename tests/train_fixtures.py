@@ -11,6 +11,10 @@ import numpy as np
 from grpo_jax import config_base, logprobs
 from grpo_jax.models import ModelConfig, init_params
 
+# XLA options for tiny test programs, where compilation dominates: backend optimisation level 0 without the new
+# fusion emitters compiles ~3x faster on CPU (measured: 1.2 s vs 4.3 s CPU for a micro-batched grad step).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
 CFG = ModelConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=4, tie_word_embeddings=False)
 
