@@ -1,7 +1,7 @@
 """`sampler`: grpo_jax's group sampler beside transformers' `generate`, same model, prompts and batch.
 
     python -m experiments.benchmark sampler                       # SmolLM2-135M-Instruct, 8 prompts x 8, 64 tokens
-    python -m experiments.benchmark sampler --torch-threads 1,2   # transformers at 1 and at 2 threads (best counts)
+    python -m experiments.benchmark sampler --torch-threads 2     # transformers at 2 threads only (default: 1 and 2)
     python -m experiments.bench_sampler --model tiny-random --prompts 2 --group 2 --new-tokens 4 --repeats 1 \
         --matmul-size 128 --results ''                            # the smoke run of tests/test_bench_sampler.py
 
@@ -14,14 +14,15 @@ temperature 1 over the full vocabulary, every sequence forced to the full 64 tok
   * transformers: `model.generate(prompts, attention_mask, do_sample=True, temperature=1, top_k=0, top_p=1,
     num_return_sequences=8, max_new_tokens=64, min_new_tokens=64)` (min_new_tokens suppresses eos) in
     torch.inference_mode, after a short warm-up, on the same weights (our params exported to a transformers model
-    in memory) and the same left-padded prompts; timed `--repeats` times per thread count, fastest counts.
+    in memory) and the same left-padded prompts; timed `--repeats` times at each torch thread count (default 1
+    and all cores), the fastest counts.
 The two sides alternate call by call, so a change in machine load hits both. tokens/s = 8 x 8 x 64 / seconds.
 
 Roofline: the FLOPs this batch needs -- each prompt prefilled once (2 N_layers P S), the 64 x 64 decoded tokens
 (2 (N_layers + N_head) P G T, N = matmul parameters, the LM head included), attention scores and values
-(4 L H hd per query and key) -- divided by this machine's float32 matmul rate (a jitted 2048^2 matmul):
-`best_tokens_per_s` is the fastest this machine could go, `fraction` our share of it, `vs_roofline` our time over the
-roofline time (the goal: <= 1.5).
+(4 L H hd per query and key) -- divided by this machine's float32 matmul rate (a jitted 2048^2 matmul, measured
+before and after the runs, the faster counts): `best_tokens_per_s` is the fastest this machine could go,
+`fraction` our share of it, `vs_roofline` our time over the roofline time (the goal: <= 1.5).
 
 Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append). Takes ~2-4 minutes
 on a quiet 2-core CPU (loading ~10 s, compile ~30 s, transformers ~25 s per call). Run it alone on the machine.
@@ -47,8 +48,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=64, help="every completion is forced to this length")
     p.add_argument("--bucket", type=int, default=16, help="prompt length padding multiple")
     p.add_argument("--repeats", type=int, default=2, help="timed steady-state calls per side")
-    p.add_argument("--torch-threads", default=str(bench_common.usable_cores()),
-                   help="comma-separated torch thread counts to time transformers with (fastest counts)")
+    p.add_argument("--torch-threads", default=",".join(str(x) for x in sorted({1, bench_common.usable_cores()})),
+                   help="comma-separated torch thread counts to time transformers with; the fastest counts "
+                        "(default: 1 and all usable cores -- on a busy machine torch's spinning threads can make "
+                        "all cores several times slower than one)")
     p.add_argument("--no-transformers", action="store_true", help="time grpo_jax and the roofline only")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul that measures FLOP/s")
     p.add_argument("--seed", type=int, default=0)
@@ -133,6 +136,7 @@ def main(argv=None) -> dict:
 
     from grpo_jax import batching, sampling
 
+    rate_before = bench_common.matmul_flops_per_s(args.matmul_size)
     t_load, (config, params, tokenizer) = bench_common.timed(lambda: load_policy(args.model))
     ids = prompt_token_lists(tokenizer, args.prompts, config.vocab_size, args.seed)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
@@ -197,10 +201,13 @@ def main(argv=None) -> dict:
         fastest = min(hf, key=lambda k: min(hf[k]))
         line["transformers"] = {**per_threads[str(fastest)], "threads": fastest, "by_threads": per_threads}
         line["speedup"] = round(line["grpo_jax"]["tokens_per_s"] / line["transformers"]["tokens_per_s"], 2)
-    rate = bench_common.matmul_flops_per_s(args.matmul_size)
+    # measured before and after the runs; the faster is this machine's rate (load only ever slows it)
+    rates = [rate_before, bench_common.matmul_flops_per_s(args.matmul_size)]
+    rate = max(rates)
     flops = sampler_flops(config, p, g, float(mask.sum(1).mean()), t)
     roofline_s = flops["total"] / rate
-    line["roofline"] = {"matmul_flops_per_s": round(rate), "matmul_size": args.matmul_size,
+    line["roofline"] = {"matmul_flops_per_s": round(rate), "matmul_flops_per_s_before_after": [round(x) for x in rates],
+                        "matmul_size": args.matmul_size,
                         "flops": {k: round(v) for k, v in flops.items()}, "seconds": round(roofline_s, 6),
                         "best_tokens_per_s": round(n_tokens / roofline_s, 1),
                         "fraction": round(roofline_s / best, 3), "vs_roofline": round(best / roofline_s, 3)}
