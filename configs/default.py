@@ -20,11 +20,13 @@ def get_config(arg: str | None = None):
         raise ValueError(f"configs/default.py: unknown arg {arg!r}; valid: {ARGS}")
     c = config_base.base_config()
     c.seed = 0
-    c.total_steps = 40
+    c.total_steps = 30
 
     c.model.path = "smollm2-135m-instruct"
     c.model.dtype = c.model.compute_dtype = "float32"
 
+    # 1-digit a OP b, OP in + - * /: 332 problems, 200 held out. The untrained model answers ~58% of them (greedy):
+    # it rambles ("To solve this problem, you need to multiply 8 by 3."), says x * 0 = x, drops minus signs.
     c.task.name = "arithmetic"
     c.task.operators = ("+", "-", "*", "/")
     c.task.digits = 1
@@ -33,14 +35,16 @@ def get_config(arg: str | None = None):
     c.task.split_seed = 0
     c.rewards = {"arithmetic": 1.0}
 
-    c.rollout.prompts_per_step = 4
+    c.rollout.prompts_per_step = 8
     c.rollout.group_size = 8
-    c.rollout.max_new_tokens = 24
+    c.rollout.max_new_tokens = 16
     c.rollout.temperature = 1.0
 
-    c.loss.kl_beta = 0.0
-    c.optim.lr = 1e-5
+    c.loss.kl_beta = 0.0                # no reference pass: a quarter less compute per step
+    c.optim.lr = 2e-5
+    c.optim.schedule = "cosine"         # decays to 0 at the last step: a stable final policy
     c.optim.warmup_steps = 0
+    c.optim.micro_batch_size = 32       # two micro-batches of 4 prompt groups: half the activation memory
 
     c.eval.every = c.total_steps        # held-out accuracy at the start and at the end
     c.eval.num_examples = 0             # the whole eval split (task.eval_size problems)

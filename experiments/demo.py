@@ -14,15 +14,24 @@ import os
 import sys
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from experiments import train
+from experiments import train  # defines --config, --workdir and the multi-host flags
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(HERE, "configs", "default.py"),
-                                          "Experiment config (default: configs/default.py).")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Directory of the run.")
+DEFAULT_CONFIG = os.path.join(HERE, "configs", "default.py")
+DEFAULT_WORKDIR = "runs/demo"
+
+
+def with_defaults(argv: list[str]) -> list[str]:
+    """argv with `--config configs/default.py` and `--workdir runs/demo` first unless given (train's flags have no
+    defaults; --config.key=value overrides must come after the config file, so the defaults go in front)."""
+    def given(name):
+        return any(a in (f"--{name}", f"-{name}") or a.startswith((f"--{name}=", f"-{name}=")) for a in argv[1:])
+
+    front = [] if given("config") else [f"--config={DEFAULT_CONFIG}"]
+    front += [] if given("workdir") else [f"--workdir={DEFAULT_WORKDIR}"]
+    return argv[:1] + front + argv[1:]
 
 
 def _eval_rows(workdir: str) -> list[dict]:
@@ -34,19 +43,19 @@ def _eval_rows(workdir: str) -> list[dict]:
 def main(argv):
     if len(argv) > 1:
         train.fail(f"unexpected arguments {argv[1:]}")
-    config = _CONFIG.value
+    config = train._CONFIG.value
     if train._QUIET:
         from absl import logging
         logging.set_verbosity(logging.WARNING)
     print(f"grpo_jax demo: GRPO on {config.model.path}, task {config.task.name} "
           f"({dict((k, v) for k, v in config.task.items() if k != 'name')}), {config.total_steps} steps of "
           f"{config.rollout.prompts_per_step} prompts x {config.rollout.group_size} completions; "
-          f"workdir {_WORKDIR.value}", flush=True)
+          f"workdir {train._WORKDIR.value}", flush=True)
     start = time.time()
     try:
         from grpo_jax import runner
 
-        result = runner.run(config, _WORKDIR.value)
+        result = runner.run(config, train._WORKDIR.value)
     except (ValueError, OSError) as e:
         if train._traceback_wanted():
             raise
@@ -71,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=train.parse_flags)
+    app.run(main, argv=with_defaults(sys.argv), flags_parser=train.parse_flags)
