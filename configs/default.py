@@ -3,7 +3,11 @@
     make demo                     # = python -m experiments.demo (trains this config into ./runs/demo)
     python -m experiments.train --config configs/default.py --workdir runs/demo
 
-Expected: TUNING, on a 2-core CPU (no GPU, no network).
+Measured (2026-11-26, commit 505bc9d, fresh clone, 2-core AMD EPYC VM, 24 GiB, no GPU, no network):
+`time make demo` = 8m53s in all (venv + installs ~1.2 min, load + compile ~0.5 min, 30 steps at ~13 s each,
+two held-out evals); held-out greedy accuracy on 200 problems 57.5% (step 0) -> 79.0% (step 30); training reward
+0.11 -> 0.94 (sampled at temperature 1). Two runs here gave identical numbers (CPU runs are deterministic; another
+CPU model may round differently).
 `--config configs/default.py:tiny` is a 2-step smoke version (a few prompts, 8 held-out problems).
 """
 
