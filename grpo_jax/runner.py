@@ -10,7 +10,9 @@ One step (DESIGN.md's data flow):
   3. decode the completions this process holds, score them with the config's rewards (TRL signature), gather
      the rewards [P, G] of every process;
   4. advantages (`advantages.group_advantages`) and reward statistics (`group_stats`);
-  5. the train step: loss.num_iterations updates over micro-batches, with the sampler's log-probs as old log-probs;
+  5. the train step: loss.num_iterations updates over micro-batches, with the sampler's log-probs as old log-probs,
+     on the completion columns the batch needs (`completion_width`: its longest completion rounded up to a
+     multiple of 16), not all rollout.max_new_tokens of them;
   6. a metrics row (TRL's names), the progress bar, eval every eval.every steps (and at the start and the end),
      a checkpoint every checkpoint.every steps (and at the end).
 
@@ -23,6 +25,7 @@ next step boundary and returns with status "preempted" (the CLI exits 0).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -37,6 +40,7 @@ import numpy as np
 from grpo_jax import advantages, config_base, distributed, evaluation, metrics as metrics_lib, sharding
 from grpo_jax.checkpoint import Checkpointer, check_workdir, export_policy
 
+WIDTH_BUCKET = 16  # the train step's completion width is a multiple of this: a handful of compiled programs
 SAMPLE_TAG, EVAL_TAG = 0, 1  # key of a step = fold_in(fold_in(base key = PRNGKey(seed), TAG), step)
 # Train-step metrics copied to the row under the same name (those present).
 TRAIN_METRICS = ("loss", "policy_loss", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
@@ -164,6 +168,20 @@ def _cached_train_step(model_config, config, mesh):
     return _TRAIN_STEPS[key]
 
 
+def completion_width(longest: int, max_new_tokens: int, bucket: int = WIDTH_BUCKET) -> int:
+    """Completion columns the train step needs: the batch's longest completion (stop token included) rounded up to
+    a multiple of `bucket`, at most max_new_tokens. The columns after it are padding (mask 0) in every row, so
+    dropping them changes no loss term -- Dr.GRPO's constant stays rollout.max_new_tokens -- and saves their
+    compute: completions of a batch are often far shorter than the limit."""
+    return int(min(max_new_tokens, -(-max(int(longest), 1) // bucket) * bucket))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _first_columns(arrays: tuple, width: int) -> tuple:
+    """[N, T] arrays -> [N, width], on global (sharded, multi-process) arrays too."""
+    return tuple(a[:, :width] for a in arrays)
+
+
 def _gather_scores(total, per_reward: dict, completions: evaluation.Completions) -> np.ndarray:
     """[N, 3 + R] over every process: total reward, length, truncated, then each reward."""
     local = np.stack([np.asarray(total, np.float32), completions.lengths.astype(np.float32),
@@ -289,8 +307,12 @@ def _train_one(exp: _Experiment, step: int, P: int, G: int, base_key: Optional[j
     rewards_pg = scores[:, 0].reshape(P, G)
     adv = np.asarray(advantages.group_advantages(rewards_pg, cfg.loss), np.float32).reshape(-1)
     stats = advantages.group_stats(rewards_pg, cfg.loss)
-    batch = dict(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, completions=rollout.tokens,
-                 completion_mask=rollout.mask, old_logps=rollout.logps, advantages=adv, truncated=rollout.truncated,
+    columns = (rollout.tokens, rollout.mask, rollout.logps)
+    width = completion_width(scores[:, 1].max(), rollout.tokens.shape[1])
+    if width < rollout.tokens.shape[1]:
+        columns = _first_columns(columns, width)
+    batch = dict(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, completions=columns[0],
+                 completion_mask=columns[1], old_logps=columns[2], advantages=adv, truncated=rollout.truncated,
                  keep=np.repeat(np.asarray(stats["keep_mask"]), G))
     t1 = time.time()
     exp.state, train_metrics = exp.train_step(exp.state, exp.frozen, exp.ref, batch)
@@ -318,6 +340,7 @@ def _train_one(exp: _Experiment, step: int, P: int, G: int, base_key: Optional[j
         row["logp_mismatch"] = train_metrics["logp_mismatch/max"]
     row["step_time"] = time.time() - t0
     row["sampler/time"], row["train/time"] = t_sample, t_train
+    row["train/completion_width"] = width
     row["sampler/tokens_per_s"] = float(lengths.sum()) / max(t_sample, 1e-9)
     samples = _train_samples(examples, completions, total, adv, G, int(cfg.logging.num_samples))
     return row, samples

@@ -215,3 +215,27 @@ def test_benchmark_runs_on_a_tiny_model():
     # executed forward: layers on 2*4 prompt + 4*2 completion tokens, head on 4*3 positions, attention scores
     want = 2 * layer * 16 + 2 * 64 * 16 * 12 + 4 * 2 * 4 * 4 * (2 * 4 * 4 + 4 * 2 * 6)
     assert flops["executed_forward"] == want and flops["executed"] == 4 * want
+
+
+@pytest.mark.parametrize("aggregation", sorted(losses.AGGREGATIONS))
+def test_padding_columns_change_nothing(aggregation):
+    """The runner trains on the first `completion_width` columns only (runner.completion_width); columns that are
+    padding in every row carry no loss term, for every aggregation (Dr.GRPO's constant is max_new_tokens, not the
+    width)."""
+    from grpo_jax.runner import completion_width
+
+    assert [completion_width(n, 64) for n in (0, 1, 16, 17, 48, 63, 64)] == [16, 16, 16, 32, 48, 64, 64]
+    assert completion_width(5, 8) == 8 and completion_width(3, 8, bucket=2) == 4
+    p0, ref = params(0), params(1)
+    b = batch(p=4, g=2, t=7, seed=3, model_params=p0)
+    b["completion_mask"][:, 4:] = 0.0  # every row ends within 4 tokens; columns 4.. are padding
+    b["truncated"][:] = False
+    short = {k: (v[:, :4] if k in ("completions", "completion_mask", "old_logps") else v) for k, v in b.items()}
+    cfg = config(max_new_tokens=7, aggregation=aggregation, entropy_coef=0.01)
+    fn = train_step.make_grad_fn(CFG, cfg, MESH, FAST)
+    g_full, m_full = fn(p0, None, ref, b)
+    g_short, m_short = fn(p0, None, ref, short)
+    assert max_abs_diff(g_full, g_short) < 1e-6
+    assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g_full)) > 1e-3
+    for k in ("loss", "kl", "entropy"):
+        assert abs(float(m_full[k]) - float(m_short[k])) < 1e-6, k
