@@ -61,7 +61,8 @@ def test_lora_adapters_shard_like_the_kernels_they_adapt():
     from train_fixtures import CFG, params
 
     mesh = _abstract(2, 2, 2)
-    adapters = jax.eval_shape(lambda: lora.init_lora(params(0), 4, jax.random.PRNGKey(0)))
+    base = params(0)  # outside the trace: params() is cached, and a cached tracer would leak into later tests
+    adapters = jax.eval_shape(lambda: lora.init_lora(base, 4, jax.random.PRNGKey(0)))
     logical = lora.lora_logical_axes(param_logical_axes(CFG), adapters)
     q = logical["layers"]["attn"]["q_proj"]
     assert (q["a"], q["b"]) == (PartitionSpec("layers", "embed", None), PartitionSpec("layers", None, "q_heads"))

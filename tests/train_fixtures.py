@@ -39,7 +39,8 @@ _init = jax.jit(init_params, static_argnums=0)  # eager Flax init dispatches op 
 @functools.lru_cache(maxsize=None)
 def params(seed=0):
     """Random params of CFG (cached; arrays are immutable and the train step never donates the caller's)."""
-    return _init(CFG, jax.random.PRNGKey(seed))
+    with jax.ensure_compile_time_eval():  # concrete arrays even when called under a trace (they are cached)
+        return _init(CFG, jax.random.PRNGKey(seed))
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
