@@ -103,3 +103,22 @@ def test_a_workdir_of_another_config_is_refused_before_loading_anything(checkpoi
     with pytest.raises(WorkdirMismatchError, match=r"optim.lr: 0.01 -> 0.5"):
         runner.run(other, workdir)
     assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+
+
+def test_trained_on_the_needed_columns_only_the_run_is_the_same(checkpoint, tmp_path, monkeypatch):
+    """The runner trims the completion columns to `completion_width`; forcing the tightest width (the longest
+    completion exactly) on every step gives the metrics of the untrimmed run."""
+    config = _config(checkpoint)
+    config.total_steps, config.eval.every, config.checkpoint.every = 2, 0, 0
+    config.rollout.max_new_tokens = 12
+    config.checkpoint.export_hf = config.logging.plots = config.logging.tensorboard = False
+    monkeypatch.setattr(runner, "completion_width", lambda longest, t: t)
+    runner.run(config, str(tmp_path / "full"))
+    monkeypatch.setattr(runner, "completion_width", lambda longest, t: int(min(t, max(longest, 1))))
+    runner.run(config, str(tmp_path / "trimmed"))
+    full, trimmed = ([r for r in read_metrics(str(tmp_path / d)) if "loss" in r] for d in ("full", "trimmed"))
+    assert [r["train/completion_width"] for r in full] == [12, 12]
+    assert any(r["train/completion_width"] < 12 for r in trimmed), trimmed
+    for a, b in zip(full, trimmed):
+        for k in ("loss", "kl", "entropy", "grad_norm", "reward"):
+            assert abs(a[k] - b[k]) < 1e-5, (k, a[k], b[k])
