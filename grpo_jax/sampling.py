@@ -10,15 +10,13 @@ One call is one jitted program (compiled once per shapes and static settings):
   2. completion token 0 is drawn from the prompt's last hidden state (`unembed`);
   3. a `lax.while_loop` decodes one token per step for all N = P * G rows and stops as soon as every row has
      emitted a stop token (or after `max_new_tokens`); no host round-trip per token. The rows' own keys/values live
-     in the loop carry, one [N, Hkv, T, hd] buffer per layer, each updated in place at one slot per step.
+     in the loop carry, one buffer per layer, each updated in place at one slot per step.
 
-The decode step (`decode_step`) is `transformer.hidden_states(..., prefix=prompt.prefix, cache=...)` -- the
-computation of the trainer's `logprobs.completion_logprobs` -- laid out for one token per row: the same modules
-for norms and MLP, the same rope, the same float32 softmax over [prompt keys ++ own keys], with layers unrolled over
-weights sliced once per call (XLA:CPU copies each layer's weights when a scan slices them, every step) and
-attention as multiply-reduce fusions that read the caches where they lie. The sampler's log-probs therefore equal
-the trainer's (|difference| <= 1e-5 in float32, tested): GRPO's ratio is 1 at the first iteration and needs no
-sampler/trainer mismatch correction.
+The decode step (`decoding.decode_step`) computes what the trainer's `logprobs.completion_logprobs` computes for
+one token per row (same norms, rope, float32 softmax over [prompt keys ++ own keys]), in a feature-major layout
+that suits a batch of ~64 rows on CPU (see `decoding`). The sampler's log-probs therefore equal the trainer's
+(|difference| <= 1e-5 in float32, tested): GRPO's ratio is 1 at the first iteration and needs no sampler/trainer
+mismatch correction.
 
 Log-probs are log softmax(logits / temperature) of the chosen token over the FULL vocabulary, even when top-k/top-p
 truncate the distribution the token is drawn from; that is what the trainer computes. Greedy decoding reports
@@ -35,7 +33,6 @@ whether top-p is on (top_p < 1). Traced (free to change between calls): temperat
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -43,9 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grpo_jax.logprobs import Prompt, encode_prompt
+from grpo_jax import decoding
+from grpo_jax.logprobs import encode_prompt
 from grpo_jax.models.config import ModelConfig
-from grpo_jax.models.transformer import _NEG_INF, RMSNorm, _dtype, _Mlp, apply_rope, rope_inv_freq, unembed
+from grpo_jax.models.transformer import unembed
 
 
 class Rollout(NamedTuple):
@@ -180,100 +178,6 @@ def _is_stop(tok: jax.Array, stop_ids: tuple) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# One decode step: the decoder of transformer.py specialised to one new token per row.
-# --------------------------------------------------------------------------------------------------------------
-class DecodeState(NamedTuple):
-    """What the decode loop reads, laid out once per call: per-layer weights and per-layer prompt keys/values."""
-    layers: tuple         # L per-layer param trees, sliced once per call (not per step) from params["layers"]
-    prefix: tuple         # L pairs (k, v) [P, Hkv, S, hd]: head-major, read by attention without transposes
-    prefix_mask: jax.Array  # bool [P, S]
-
-
-def decode_state(config: ModelConfig, params, prompt: Prompt) -> DecodeState:
-    """Per-layer weights and head-major prompt keys/values, computed once before the decode loop."""
-    dt = _dtype(config.compute_dtype)
-    pk = prompt.prefix.k.transpose(0, 1, 3, 2, 4).astype(dt)
-    pv = prompt.prefix.v.transpose(0, 1, 3, 2, 4).astype(dt)
-    layers = tuple(jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(config.num_layers))
-    return DecodeState(layers, tuple((pk[i], pv[i]) for i in range(config.num_layers)), prompt.prefix.mask)
-
-
-def new_cache(config: ModelConfig, rows: int, slots: int) -> tuple:
-    """The rows' own keys/values: L pairs (k, v) of zeros [N, Hkv, slots, hd]. One buffer per layer (not a
-    stacked [L, ...] array) so that each layer's one-slot write is in place and its read needs no slice copy."""
-    shape = (rows, config.num_kv_heads, slots, config.head_dim)
-    dt = _dtype(config.compute_dtype)
-    return tuple((jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(config.num_layers))
-
-
-def _scores(q, k, mask):
-    """Attention scores as a fused multiply-reduce (tiny FLOPs) that reads k [.., Hkv, S, hd] where it lies:
-    q [.., Hkv, r, hd] -> float32 [.., Hkv, r, S], masked to -1e30 where `mask` (broadcast) is False."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    s = jnp.sum(q[..., :, None, :].astype(jnp.float32) * k[..., None, :, :].astype(jnp.float32), axis=-1) * scale
-    return jnp.where(mask, s, _NEG_INF)
-
-
-def decode_step(config: ModelConfig, params, state: DecodeState, cache: tuple, tokens, positions, slot):
-    """The decoder on one token per row: tokens/positions int32 [N]; each row's new key/value is written at cache
-    slot `slot` and the row reads its prompt and its slots <= slot. Returns (final hidden [N, D], updated cache).
-
-    The same computation as `transformer.hidden_states(..., prefix=..., cache=...)` (the trainer's path: same
-    modules for norms and MLP, same rope, float32 softmax over [prompt keys ++ own keys]), laid out for decoding:
-    layers unrolled over weights sliced once per call, one in-place one-slot write per layer and buffer, and
-    attention as multiply-reduce fusions that read keys/values where they lie (no per-step copies)."""
-    cfg = config
-    dt = _dtype(cfg.compute_dtype)
-    n = tokens.shape[0]
-    p, s = state.prefix_mask.shape
-    g = n // p
-    h, hkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    r = h // hkv
-    inv_freq = rope_inv_freq(cfg)
-    pos = positions[:, None]
-    x = jnp.take(params["embed"]["embedding"].astype(dt), tokens, axis=0)[:, None, :]      # [N, 1, D]
-    slots = cache[0][0].shape[2]
-    own_mask = (jnp.arange(slots) <= slot)[None, None, None, :]
-    pre_mask = state.prefix_mask[:, None, None, None, :]
-
-    def dense(y, w):
-        out = jnp.einsum("btd,df->btf", y, w["kernel"].astype(dt))
-        return out + w["bias"].astype(dt) if "bias" in w else out
-
-    new_cache = []
-    for lp, (pk, pv), (ck, cv) in zip(state.layers, state.prefix, cache):
-        a = lp["attn"]
-        y = RMSNorm(cfg.rms_norm_eps, dt, "embed").apply({"params": lp["input_norm"]}, x)
-        q = dense(y, a["q_proj"]).reshape(n, 1, h, hd)
-        k = dense(y, a["k_proj"]).reshape(n, 1, hkv, hd)
-        v = dense(y, a["v_proj"]).reshape(n, 1, hkv, hd)
-        if cfg.qk_norm:
-            q = RMSNorm(cfg.rms_norm_eps, dt, "head_dim").apply({"params": a["q_norm"]}, q)
-            k = RMSNorm(cfg.rms_norm_eps, dt, "head_dim").apply({"params": a["k_norm"]}, k)
-        q = apply_rope(q, pos, inv_freq).reshape(n, hkv, r, hd)
-        k = apply_rope(k, pos, inv_freq).astype(ck.dtype).transpose(0, 2, 1, 3)             # [N, Hkv, 1, hd]
-        v = v.astype(cv.dtype).transpose(0, 2, 1, 3)
-        # Write first, then read: with that data dependency XLA updates each cache buffer in place (reading before
-        # an independent write made it copy both buffers of every layer every step).
-        ck = jax.lax.dynamic_update_slice(ck, k, (0, 0, slot, 0))
-        cv = jax.lax.dynamic_update_slice(cv, v, (0, 0, slot, 0))
-        new_cache.append((ck, cv))
-        pk, pv = pk[:, None], pv[:, None]                                                     # [P, 1, Hkv, S, hd]
-        pre = _scores(q.reshape(p, g, hkv, r, hd), pk, pre_mask).reshape(n, hkv, r, s)
-        own = _scores(q, ck, own_mask)
-        w = jax.nn.softmax(jnp.concatenate([pre, own], axis=-1), axis=-1)
-        w = w.astype(dt).astype(jnp.float32)  # as the trainer, which casts the weights to the values' dtype
-        w_pre = w[..., :s].reshape(p, g, hkv, r, s)
-        out = jnp.sum(w_pre[..., None] * pv[:, :, :, None].astype(jnp.float32), axis=-2).reshape(n, hkv, r, hd)
-        out = out + jnp.sum(w[..., s:, None] * cv[:, :, None].astype(jnp.float32), axis=-2)
-        x = x + dense(out.astype(dt).reshape(n, 1, h * hd), a["o_proj"])
-        y = RMSNorm(cfg.rms_norm_eps, dt, "embed").apply({"params": lp["post_attn_norm"]}, x)
-        x = x + _Mlp(cfg).apply({"params": lp["mlp"]}, y)
-    x = RMSNorm(cfg.rms_norm_eps, dt, "embed").apply({"params": params["final_norm"]}, x)
-    return x[:, 0], tuple(new_cache)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # The compiled program.
 # --------------------------------------------------------------------------------------------------------------
 def _data_axes(mesh: Optional[Mesh]) -> tuple:
@@ -293,11 +197,14 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
         spec[axis] = axes
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
+    def constrain_cache(cache):
+        return jax.tree.map(constrain, cache)
+
     def program(params, prompt_tokens, prompt_mask, key, temperature, top_p):
         p = prompt_tokens.shape[0]
         n = p * g
         prompt = encode_prompt(config, params, prompt_tokens, prompt_mask)
-        state = decode_state(config, params, prompt)
+        state = decoding.decode_state(config, params, prompt)
         row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n, dtype=jnp.int32))
         draw = functools.partial(sample_logits, temperature=temperature, top_p=top_p, top_k=top_k,
                                  use_top_p=use_top_p, greedy=greedy)
@@ -308,8 +215,11 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
         logps = jnp.zeros((n, t_max), jnp.float32).at[:, 0].set(lp0)
         done = _is_stop(tok0, stop_ids)
         lengths = jnp.ones((n,), jnp.int32)
-        cache = new_cache(config, n, max(t_max - 1, 1))  # the last token is never fed back
-        start = jnp.repeat(prompt.length, g)
+        cache = decoding.new_cache(config, n, max(t_max - 1, 1))  # the last token is never fed back
+        # Every row's rope angles for all its positions, once per call: computed in the loop, XLA fused cos and sin
+        # into each layer's rope and evaluated them for every head (~0.2 ms a layer at 64 rows).
+        positions = jnp.repeat(prompt.length, g)[:, None] + jnp.arange(t_max, dtype=jnp.int32)[None, :]
+        rope = decoding.rope_table(config, positions)                                          # [T, hd, N]
 
         def cond(carry):
             t, _, _, done, _, _ = carry
@@ -319,7 +229,8 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
             t, tokens, logps, done, lengths, cache = carry
             prev = jax.lax.dynamic_index_in_dim(tokens, t - 1, axis=1, keepdims=False)
             prev = jnp.where(done, 0, prev)  # finished rows feed a valid id (pad_id may be outside the vocab)
-            hidden, cache = decode_step(config, params, state, cache, prev, start + t - 1, t - 1)
+            angles = tuple(jax.lax.dynamic_index_in_dim(a, t - 1, keepdims=False) for a in rope)
+            hidden, cache = decoding.decode_step(config, params, state, cache, prev, angles, t - 1)
             tok, lp = draw(unembed(config, params, hidden), _uniforms(row_keys, t))
             tok = jnp.where(done, pad_id, tok)
             lp = jnp.where(done, 0.0, lp)
@@ -328,9 +239,9 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
             lengths = lengths + (~done).astype(jnp.int32)
             done = done | _is_stop(tok, stop_ids)
             return (t + 1, constrain(tokens), constrain(logps), constrain(done), constrain(lengths),
-                    jax.tree.map(constrain, cache))
+                    constrain_cache(cache))
 
-        carry = (jnp.int32(1), tokens, logps, done, lengths, jax.tree.map(constrain, cache))
+        carry = (jnp.int32(1), tokens, logps, done, lengths, constrain_cache(cache))
         _, tokens, logps, done, lengths, _ = jax.lax.while_loop(cond, body, carry)
         mask = (jnp.arange(t_max, dtype=jnp.int32)[None, :] < lengths[:, None]).astype(jnp.float32)
         return Rollout(tokens, mask, logps, lengths, ~done)

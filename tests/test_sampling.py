@@ -71,6 +71,18 @@ def test_logps_equal_trainer_logps(config, settings):
     assert np.all(np.asarray(out.logps)[m == 1] < 0.0)
 
 
+def test_logps_equal_trainer_logps_with_more_than_4096_rows():
+    """The same equality with 4100 rows. jaxlib 0.10.2's XLA:CPU miscompiled a broadcast multiply-reduce whose
+    minor axis held more than 4096 rows (a decode layout tried and dropped; off by up to 0.3 in log-prob), so the
+    decode step is checked beyond that size too."""
+    params = _params(LLAMA)
+    tokens, mask = _prompts(PROMPTS[:1])
+    out = sampling.generate(LLAMA, params, tokens, mask, jax.random.PRNGKey(3), group_size=4100, max_new_tokens=3,
+                            temperature=0.9)
+    want, _ = _trainer_logprobs(LLAMA, params, tokens, mask, out.tokens, 4100, temperature=0.9)
+    assert np.max(np.abs(np.asarray(out.logps) - np.asarray(want))) <= 1e-5
+
+
 def test_greedy_equals_argmax_of_forward():
     """Greedy token t is the argmax of `forward` on (left-padded prompt ++ completion[:t]): one causal pass over
     the whole sequence gives every step's logits."""
