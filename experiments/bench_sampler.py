@@ -24,7 +24,7 @@ Roofline: the FLOPs this batch needs -- each prompt prefilled once (2 N_layers P
 before and after the runs, the faster counts): `best_tokens_per_s` is the fastest this machine could go,
 `fraction` our share of it, `vs_roofline` our time over the roofline time (the goal: <= 1.5).
 
-Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append). Takes ~2-4 minutes
+Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append). Takes ~3-5 minutes
 on a quiet 2-core CPU (loading ~10 s, compile ~30 s, transformers ~25 s per call). Run it alone on the machine.
 """
 
@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--group", type=int, default=8, help="completions per prompt")
     p.add_argument("--new-tokens", type=int, default=64, help="every completion is forced to this length")
     p.add_argument("--bucket", type=int, default=16, help="prompt length padding multiple")
-    p.add_argument("--repeats", type=int, default=2, help="timed steady-state calls per side")
+    p.add_argument("--repeats", type=int, default=3, help="timed steady-state calls per side (the fastest counts; single calls vary by ~5%% on a 2-core VM)")
     p.add_argument("--torch-threads", default=",".join(str(x) for x in sorted({1, bench_common.usable_cores()})),
                    help="comma-separated torch thread counts to time transformers with; the fastest counts "
                         "(default: 1 and all usable cores -- on a busy machine torch's spinning threads can make "
