@@ -47,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--group", type=int, default=8, help="completions per prompt")
     p.add_argument("--new-tokens", type=int, default=64, help="every completion is forced to this length")
     p.add_argument("--bucket", type=int, default=16, help="prompt length padding multiple")
-    p.add_argument("--repeats", type=int, default=3, help="timed steady-state calls per side (the fastest counts; single calls vary by ~5%% on a 2-core VM)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed steady-state calls per side (the fastest counts; single calls vary by 5-10%% here)")
     p.add_argument("--torch-threads", default=",".join(str(x) for x in sorted({1, bench_common.usable_cores()})),
                    help="comma-separated torch thread counts to time transformers with; the fastest counts "
                         "(default: 1 and all usable cores -- on a busy machine torch's spinning threads can make "

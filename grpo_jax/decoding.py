@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from grpo_jax.logprobs import Prompt
 from grpo_jax.models.config import ModelConfig
-from grpo_jax.models.transformer import _NEG_INF, _dtype, rope_cos_sin, rope_inv_freq
+from grpo_jax.models.transformer import _NEG_INF, _dtype, rms_norm, rope_cos_sin, rope_inv_freq, rotate
 
 
 class DecodeState(NamedTuple):
@@ -95,21 +95,6 @@ def _project(layer, name, x):
     return out + layer[f"{name}_bias"] if f"{name}_bias" in layer else out
 
 
-def _rms_norm(x, scale, eps, axis):
-    """transformer.RMSNorm along `axis`, with the module's casts."""
-    dt = scale.dtype
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axis, keepdims=True) + eps)
-    return (scale * x32.astype(dt)).astype(dt)
-
-
-def _rotate(x, cos, sin):
-    """transformer.rotate on x [.., hd, N] with cos/sin [hd, N]."""
-    half = x.shape[-2] // 2
-    rotated = jnp.concatenate([-x[..., half:, :], x[..., :half, :]], axis=-2)
-    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
-
-
 def _masked_scores(q, k_t, mask, scale):
     """float32 attention scores as a multiply-reduce over hd (a non-minor axis, so it vectorises over keys):
     q [.., Hkv, r, hd], transposed keys k_t [.., Hkv, hd, S] -> [.., Hkv, r, S], -1e30 where `mask` is False."""
@@ -138,16 +123,16 @@ def decode_step(config: ModelConfig, params, state: DecodeState, cache: tuple, t
 
     new_cache = []
     for lw, (pk, pv), (ck, cv) in zip(state.layers, state.prefix, cache):
-        y = _rms_norm(x, lw["input_norm"], eps, axis=0)
+        y = rms_norm(x, lw["input_norm"], eps, dt, axis=0)
         q = _project(lw, "q", y).reshape(h, hd, n)
         k = _project(lw, "k", y).reshape(hkv, hd, n)
         v = _project(lw, "v", y).reshape(hkv, hd, n)
         if cfg.qk_norm:
-            q = _rms_norm(q, lw["q_norm"], eps, axis=1)
-            k = _rms_norm(k, lw["k_norm"], eps, axis=1)
+            q = rms_norm(q, lw["q_norm"], eps, dt, axis=1)
+            k = rms_norm(k, lw["k_norm"], eps, dt, axis=1)
         # Attention row-major (see the module docstring).
-        q = _rotate(q, cos, sin).transpose(2, 0, 1).reshape(n, hkv, r, hd)
-        k = _rotate(k, cos, sin).astype(ck.dtype).transpose(2, 0, 1)[..., None]           # [N, Hkv, hd, 1]
+        q = rotate(q, cos, sin, axis=1).transpose(2, 0, 1).reshape(n, hkv, r, hd)
+        k = rotate(k, cos, sin, axis=1).astype(ck.dtype).transpose(2, 0, 1)[..., None]           # [N, Hkv, hd, 1]
         v = v.astype(cv.dtype).transpose(2, 0, 1)[:, :, None, :]                            # [N, Hkv, 1, hd]
         # Write first, then read: with that data dependency XLA updates each cache buffer in place.
         ck = jax.lax.dynamic_update_slice(ck, k, (0, 0, 0, slot))
@@ -161,8 +146,8 @@ def decode_step(config: ModelConfig, params, state: DecodeState, cache: tuple, t
         out = jnp.sum(w_pre[..., None] * pv[:, None, :, None].astype(jnp.float32), axis=-2).reshape(n, hkv, r, hd)
         out = out + jnp.sum(w[..., s:, None] * cv[:, :, None].astype(jnp.float32), axis=-2)
         x = x + _project(lw, "o", out.astype(dt).reshape(n, h * hd).T)
-        y = _rms_norm(x, lw["post_attn_norm"], eps, axis=0)
+        y = rms_norm(x, lw["post_attn_norm"], eps, dt, axis=0)
         x = x + _project(lw, "down", jax.nn.silu(_project(lw, "gate", y)) * _project(lw, "up", y))
-    x = _rms_norm(x, state.final_norm, eps, axis=0)
+    x = rms_norm(x, state.final_norm, eps, dt, axis=0)
     # Row-major for the head: given [D, N], XLA:CPU ran the [N, D] x [D, V] head as a slower transposed matmul.
     return jax.lax.optimization_barrier(x.T), tuple(new_cache)

@@ -197,9 +197,6 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
         spec[axis] = axes
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
-    def constrain_cache(cache):
-        return jax.tree.map(constrain, cache)
-
     def program(params, prompt_tokens, prompt_mask, key, temperature, top_p):
         p = prompt_tokens.shape[0]
         n = p * g
@@ -239,9 +236,9 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
             lengths = lengths + (~done).astype(jnp.int32)
             done = done | _is_stop(tok, stop_ids)
             return (t + 1, constrain(tokens), constrain(logps), constrain(done), constrain(lengths),
-                    constrain_cache(cache))
+                    jax.tree.map(constrain, cache))
 
-        carry = (jnp.int32(1), tokens, logps, done, lengths, constrain_cache(cache))
+        carry = (jnp.int32(1), tokens, logps, done, lengths, jax.tree.map(constrain, cache))
         _, tokens, logps, done, lengths, _ = jax.lax.while_loop(cond, body, carry)
         mask = (jnp.arange(t_max, dtype=jnp.int32)[None, :] < lengths[:, None]).astype(jnp.float32)
         return Rollout(tokens, mask, logps, lengths, ~done)

@@ -77,11 +77,19 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return rotate(x, *rope_cos_sin(positions, inv_freq))
 
 
-def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x [B, T, H, hd] rotated by the angles of `rope_cos_sin` (HF's rotate-half layout)."""
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array, axis: int = -1) -> jax.Array:
+    """x [B, T, H, hd] rotated by the angles of `rope_cos_sin` (HF's rotate-half layout); `axis` is x's head_dim
+    axis, for layouts that keep it elsewhere (cos/sin broadcast against x)."""
+    first, second = jnp.split(x, 2, axis=axis)
+    rotated = jnp.concatenate([-second, first], axis=axis)
     return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype, axis: int = -1) -> jax.Array:
+    """RMS normalisation (Zhang & Sennrich 2019) along `axis` in float32, times `scale`, in `dtype`."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axis, keepdims=True) + eps)
+    return (scale.astype(dtype) * x32.astype(dtype)).astype(dtype)
 
 
 class RMSNorm(nn.Module):
@@ -93,9 +101,7 @@ class RMSNorm(nn.Module):
     def __call__(self, x):
         scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
                            (x.shape[-1],), jnp.float32)
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (scale.astype(self.dtype) * x32.astype(self.dtype)).astype(self.dtype)
+        return rms_norm(x, scale, self.eps, self.dtype)
 
 
 def _dense(features, axes, name, dtype, use_bias=False):
