@@ -7,7 +7,7 @@ One call is one jitted program (compiled once per shapes and static settings):
 
   1. prefill: each prompt is run once (`logprobs.encode_prompt`, the trainer's function); its keys/values are read
      by all G completions of the group -- no G copies of the prompt cache;
-  2. completion token 0 is drawn from the prompt's last hidden state (`unembed`);
+  2. completion token 0 is drawn from the prompt's last hidden state (`decoding.vocab_logits`);
   3. a `lax.while_loop` decodes one token per step for all N = P * G rows and stops as soon as every row has
      emitted a stop token (or after `max_new_tokens`); no host round-trip per token. The rows' own keys/values live
      in the loop carry, one buffer per layer, each updated in place at one slot per step.
@@ -43,7 +43,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from grpo_jax import decoding
 from grpo_jax.logprobs import encode_prompt
 from grpo_jax.models.config import ModelConfig
-from grpo_jax.models.transformer import unembed
 
 
 class Rollout(NamedTuple):
@@ -59,46 +58,65 @@ class Rollout(NamedTuple):
 # --------------------------------------------------------------------------------------------------------------
 _BLOCK = 256  # vocabulary block of the two-level inverse CDF
 
-
-def _first_true(cond: jax.Array) -> jax.Array:
-    """Index of the first True along the last axis (its size if none); two plain reductions, not a variadic
-    argmax, which XLA:CPU runs slowly on [N, V]."""
-    m = cond.shape[-1]
-    return jnp.min(jnp.where(cond, jnp.arange(m, dtype=jnp.int32), m), axis=-1)
+# The functions below take 2-D arrays with the vocabulary on `axis` (0: [V, N], as the decode loop's head gives
+# them; -1 / 1: [N, V]) and return one value per row [N].
 
 
-def _argmax(z: jax.Array) -> jax.Array:
-    """First index of the maximum along the last axis (as jnp.argmax), via max + min."""
-    return _first_true(z == jnp.max(z, axis=-1, keepdims=True))
+def _iota(shape: tuple, axis: int) -> jax.Array:
+    return jax.lax.broadcasted_iota(jnp.int32, shape, axis % len(shape))
 
 
-def _draw_index(p: jax.Array, target: jax.Array) -> jax.Array:
-    """First index i with cumsum(p)[i] > target [N] for non-negative p [N, M]; if rounding leaves none, the last
-    index with p > 0 (never an index of probability 0)."""
-    m = p.shape[-1]
-    cdf = jnp.cumsum(p, axis=-1)
-    i = _first_true(cdf > target[:, None])
-    last = jnp.max(jnp.where(p > 0, jnp.arange(m, dtype=jnp.int32), -1), axis=-1)
+def _pick(z: jax.Array, idx: jax.Array, axis: int) -> jax.Array:
+    """z[idx[n], n] (axis 0) or z[n, idx[n]] (axis -1): one entry per row."""
+    return jnp.take_along_axis(z, jnp.expand_dims(idx, axis), axis=axis).squeeze(axis)
+
+
+def _first_true(cond: jax.Array, axis: int = -1) -> jax.Array:
+    """Index of the first True along `axis` (its size if none); two plain reductions, not a variadic argmax,
+    which XLA:CPU runs slowly on [N, V]."""
+    return jnp.min(jnp.where(cond, _iota(cond.shape, axis), cond.shape[axis]), axis=axis)
+
+
+def _argmax(z: jax.Array, axis: int = -1) -> jax.Array:
+    """First index of the maximum along `axis` (as jnp.argmax), via max + min."""
+    return _first_true(z == jnp.max(z, axis=axis, keepdims=True), axis)
+
+
+def _draw_index(p: jax.Array, target: jax.Array, axis: int = -1) -> jax.Array:
+    """First index i with cumsum(p)[i] > target [N] for non-negative p; if rounding leaves none, the last index
+    with p > 0 (never an index of probability 0)."""
+    cdf = jnp.cumsum(p, axis=axis)
+    i = _first_true(cdf > jnp.expand_dims(target, axis), axis)
+    last = jnp.max(jnp.where(p > 0, _iota(p.shape, axis), -1), axis=axis)
     return jnp.minimum(i, last)
 
 
-def _inverse_cdf(p: jax.Array, u: jax.Array) -> jax.Array:
-    """Index drawn with probability proportional to p [N, M] (non-negative, unnormalised; entries 0 never drawn)
-    with one uniform u [N] per row.
+def _inverse_cdf(p: jax.Array, u: jax.Array, axis: int = -1) -> jax.Array:
+    """Index drawn with probability proportional to p (non-negative, unnormalised; entries 0 never drawn; the
+    vocabulary on `axis`) with one uniform u [N] per row.
 
     Two-level inverse CDF: pick a block of _BLOCK entries by its mass, then an entry inside it; exact up to float32
     rounding, one uniform per row (no [N, V] Gumbel noise), and no [N, V] cumulative sum."""
-    n, m = p.shape
+    axis = axis % 2
+    m = p.shape[axis]
     if m <= 2 * _BLOCK:
-        return _draw_index(p, u * jnp.sum(p, axis=-1))
+        return _draw_index(p, u * jnp.sum(p, axis=axis), axis)
     nb = -(-m // _BLOCK)
-    pb = jnp.pad(p, ((0, 0), (0, nb * _BLOCK - m))).reshape(n, nb, _BLOCK)
-    mass = jnp.sum(pb, axis=-1)                                          # [N, nb]
-    target = u * jnp.sum(mass, axis=-1)
-    b = _draw_index(mass, target)
-    below = jnp.sum(jnp.where(jnp.arange(nb)[None, :] < b[:, None], mass, 0.0), axis=-1)
-    block = jnp.take_along_axis(pb, b[:, None, None], axis=1)[:, 0]      # [N, _BLOCK]
-    return b * _BLOCK + _draw_index(block, target - below)
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (0, nb * _BLOCK - m)
+    if axis == 1:
+        pb = jnp.pad(p, pad).reshape(p.shape[0], nb, _BLOCK)                 # [N, nb, B]
+    else:
+        pb = jnp.pad(p, pad).reshape(nb, _BLOCK, p.shape[1])                 # [nb, B, N]
+    mass = jnp.sum(pb, axis=axis + 1)                                        # [N, nb] or [nb, N]
+    target = u * jnp.sum(mass, axis=axis)
+    b = _draw_index(mass, target, axis)
+    below = jnp.sum(jnp.where(_iota(mass.shape, axis) < jnp.expand_dims(b, axis), mass, 0.0), axis=axis)
+    if axis == 1:
+        block = jnp.take_along_axis(pb, b[:, None, None], axis=1)[:, 0]     # [N, B]
+    else:
+        block = jnp.take_along_axis(pb, b[None, None, :], axis=0)[0]        # [B, N]
+    return b * _BLOCK + _draw_index(block, target - below, axis)
 
 
 def _nucleus_sorted(cand: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -119,51 +137,55 @@ def _ordered_bits(z: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(i, jnp.uint32) ^ jnp.uint32(0x80000000)
 
 
-def _nucleus_unsorted(z: jax.Array, p: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Top-p on unsorted logits z [N, V] with p = exp(z - max z): True on the tokens `_nucleus_sorted` keeps,
-    without sorting the vocabulary. Token i is kept iff the mass of tokens with strictly larger logits is
-    < top_p; that predicate is monotone in the logit, so the smallest kept key is found by bisection on the 32-bit
-    order-preserving key (32 masked sums)."""
+def _nucleus_unsorted(z: jax.Array, p: jax.Array, top_p: jax.Array, axis: int = -1) -> jax.Array:
+    """Top-p on unsorted logits z (the vocabulary on `axis`) with p = exp(z - max z): True on the tokens
+    `_nucleus_sorted` keeps, without sorting the vocabulary. Token i is kept iff the mass of tokens with strictly
+    larger logits is < top_p; that predicate is monotone in the logit, so the smallest kept key is found by
+    bisection on the 32-bit order-preserving key (32 masked sums)."""
     key = _ordered_bits(z)
-    budget = top_p * jnp.sum(p, axis=-1)
+    budget = top_p * jnp.sum(p, axis=axis)
 
     def step(_, lohi):
         lo, hi = lohi  # the smallest key with mass(key > k) < top_p lies in [lo, hi]
         mid = lo + (hi - lo) // 2
-        ok = jnp.sum(jnp.where(key > mid[:, None], p, 0.0), axis=-1) < budget
+        ok = jnp.sum(jnp.where(key > jnp.expand_dims(mid, axis), p, 0.0), axis=axis) < budget
         return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
 
-    n = z.shape[0]
+    n = budget.shape[0]
     lo, _ = jax.lax.fori_loop(0, 32, step, (jnp.zeros((n,), jnp.uint32), jnp.full((n,), 0xFFFFFFFF, jnp.uint32)))
-    return key >= lo[:, None]
+    return key >= jnp.expand_dims(lo, axis)
 
 
 def sample_logits(logits: jax.Array, u: jax.Array, temperature, top_p, *, top_k: int = 0, use_top_p: bool = False,
-                  greedy: bool = False) -> tuple[jax.Array, jax.Array]:
-    """One token per row from float32 logits [N, V] and uniforms u [N] -> (tokens int32 [N], logps float32 [N]).
+                  greedy: bool = False, axis: int = -1) -> tuple[jax.Array, jax.Array]:
+    """One token per row from float32 logits and uniforms u [N] -> (tokens int32 [N], logps float32 [N]). The
+    vocabulary is on `axis`: [N, V] (-1) or [V, N] (0, the layout of the decode loop's head).
 
     Order as in transformers: logits / temperature, then top-k, then top-p on the top-k renormalised distribution.
     The log-prob is of the full (untruncated) softmax(logits / temperature); greedy: argmax, log-prob at T = 1."""
+    axis = axis % 2
     if greedy:
-        tok = _argmax(logits)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        return tok, jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - lse
+        tok = _argmax(logits, axis)
+        return tok, _pick(logits, tok, axis) - jax.nn.logsumexp(logits, axis=axis)
+    vocab = logits.shape[axis]
+    if 0 < top_k < vocab and axis == 0:  # lax.top_k works on the last axis
+        return sample_logits(logits.T, u, temperature, top_p, top_k=top_k, use_top_p=use_top_p)
     scaled = logits / temperature
-    if 0 < top_k < scaled.shape[-1]:
+    if 0 < top_k < vocab:
         lse = jax.nn.logsumexp(scaled, axis=-1)
         cand, idx = jax.lax.top_k(scaled, top_k)          # sorted, descending
         if use_top_p:
             cand = _nucleus_sorted(cand, top_p)
         choice = _inverse_cdf(jnp.exp(cand - cand[:, :1]), u)
-        tok = jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0]
+        tok = _pick(idx, choice, -1)
     else:  # one exp pass serves the normaliser (as jax.nn.logsumexp computes it) and the draw
-        top = jnp.max(scaled, axis=-1, keepdims=True)
+        top = jnp.max(scaled, axis=axis, keepdims=True)
         p = jnp.exp(scaled - top)
-        lse = top[:, 0] + jnp.log(jnp.sum(p, axis=-1))
+        lse = top.squeeze(axis) + jnp.log(jnp.sum(p, axis=axis))
         if use_top_p:
-            p = jnp.where(_nucleus_unsorted(scaled, p, top_p), p, 0.0)
-        tok = _inverse_cdf(p, u)
-    return tok, jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - lse
+            p = jnp.where(_nucleus_unsorted(scaled, p, top_p, axis), p, 0.0)
+        tok = _inverse_cdf(p, u, axis)
+    return tok, _pick(scaled, tok, axis) - lse
 
 
 def _uniforms(row_keys: jax.Array, step) -> jax.Array:
@@ -204,15 +226,17 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
         state = decoding.decode_state(config, params, prompt)
         row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n, dtype=jnp.int32))
         draw = functools.partial(sample_logits, temperature=temperature, top_p=top_p, top_k=top_k,
-                                 use_top_p=use_top_p, greedy=greedy)
+                                 use_top_p=use_top_p, greedy=greedy, axis=0)   # logits are [V, N]
 
-        first_logits = jnp.repeat(unembed(config, params, prompt.last_hidden), g, axis=0)
-        tok0, lp0 = draw(constrain(first_logits), _uniforms(row_keys, 0))
+        first_logits = jnp.repeat(decoding.vocab_logits(state, prompt.last_hidden.T), g, axis=1)
+        tok0, lp0 = draw(constrain(first_logits, axis=1), _uniforms(row_keys, 0))
         tokens = jnp.full((n, t_max), pad_id, jnp.int32).at[:, 0].set(tok0)
         logps = jnp.zeros((n, t_max), jnp.float32).at[:, 0].set(lp0)
         done = _is_stop(tok0, stop_ids)
         lengths = jnp.ones((n,), jnp.int32)
-        cache = decoding.new_cache(config, n, max(t_max - 1, 1))  # the last token is never fed back
+        # The last token is never fed back: T - 1 slots, rounded up to a multiple of 16 so that each key row
+        # [.., hd, slots] is whole 64-byte lines (63 -> 64 slots took the own-score reduction from ~290 to ~160 us).
+        cache = decoding.new_cache(config, n, -(-max(t_max - 1, 1) // 16) * 16)
         # Every row's rope angles for all its positions, once per call: computed in the loop, XLA fused cos and sin
         # into each layer's rope and evaluated them for every head (~0.2 ms a layer at 64 rows).
         positions = jnp.repeat(prompt.length, g)[:, None] + jnp.arange(t_max, dtype=jnp.int32)[None, :]
@@ -228,7 +252,7 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
             prev = jnp.where(done, 0, prev)  # finished rows feed a valid id (pad_id may be outside the vocab)
             angles = tuple(jax.lax.dynamic_index_in_dim(a, t - 1, keepdims=False) for a in rope)
             hidden, cache = decoding.decode_step(config, params, state, cache, prev, angles, t - 1)
-            tok, lp = draw(unembed(config, params, hidden), _uniforms(row_keys, t))
+            tok, lp = draw(decoding.vocab_logits(state, hidden), _uniforms(row_keys, t))
             tok = jnp.where(done, pad_id, tok)
             lp = jnp.where(done, 0.0, lp)
             tokens = jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)

@@ -206,9 +206,11 @@ def test_one_program_per_shape_temperature_and_top_p_are_traced(small_model):
     assert fn._cache_size() == before == 1
 
 
-def test_inverse_cdf_two_level_is_exact():
+@pytest.mark.parametrize("axis", [-1, 0], ids=["rows-first", "vocab-first"])
+def test_inverse_cdf_two_level_is_exact(axis):
     """Large vocabularies use a two-level (block, then entry) inverse CDF: for a grid of uniforms it returns the
-    same index as a float64 searchsorted, except within float32 rounding of a boundary."""
+    same index as a float64 searchsorted, except within float32 rounding of a boundary; with the vocabulary on
+    either axis."""
     rng = np.random.RandomState(0)
     v = 3000  # > 2 blocks, not a multiple of the block size
     z = rng.randn(4, v).astype(np.float32) * 3
@@ -217,7 +219,7 @@ def test_inverse_cdf_two_level_is_exact():
     for row in range(4):
         zz = np.broadcast_to(z[row], (len(u), v))
         pp = jnp.exp(jnp.asarray(zz) - np.max(z[row]))
-        got = np.asarray(sampling._inverse_cdf(pp, jnp.asarray(u)))
+        got = np.asarray(sampling._inverse_cdf(pp if axis == -1 else pp.T, jnp.asarray(u), axis))
         p = np.exp(z[row].astype(np.float64) - z[row].max())
         cdf = np.cumsum(p) / p.sum()
         want = np.searchsorted(cdf, u.astype(np.float64), side="right")
@@ -226,19 +228,43 @@ def test_inverse_cdf_two_level_is_exact():
         assert np.all(np.isfinite(z[row][got]))
 
 
+@pytest.mark.parametrize("axis", [-1, 0], ids=["rows-first", "vocab-first"])
 @pytest.mark.parametrize("top_p", [0.05, 0.3, 0.9, 0.999])
-def test_nucleus_without_sorting_equals_sorted(top_p):
+def test_nucleus_without_sorting_equals_sorted(top_p, axis):
     """Top-p over the whole vocabulary (bisection, no sort) keeps exactly the tokens of the sorted definition."""
     rng = np.random.RandomState(1)
     z = (rng.randn(6, 700) * 2).astype(np.float32)
     z[:, 10:20] = z[:, 20:30]  # ties
     z[3] = np.round(z[3])      # many ties
     p = jnp.exp(z - z.max(-1, keepdims=True))
-    got = np.asarray(sampling._nucleus_unsorted(jnp.asarray(z), p, top_p))
+    if axis == -1:
+        got = np.asarray(sampling._nucleus_unsorted(jnp.asarray(z), p, top_p))
+    else:
+        got = np.asarray(sampling._nucleus_unsorted(jnp.asarray(z.T), p.T, top_p, axis=0)).T
     for row in range(6):
         p = _reference_probs(z[row], top_p=top_p)
         threshold = z[row][p > 0].min()  # the sorted definition keeps ties of its last member
         np.testing.assert_array_equal(got[row], z[row] >= threshold)
+
+
+@pytest.mark.parametrize("settings", [dict(greedy=True), dict(temperature=0.7), dict(temperature=1.3, top_k=20),
+                                      dict(temperature=0.9, top_p=0.6), dict(temperature=1.1, top_k=300, top_p=0.9)],
+                         ids=["greedy", "T0.7", "topk", "topp", "topk_topp"])
+def test_sample_logits_vocab_first_equals_rows_first(settings):
+    """The decode loop draws from logits [V, N] (axis=0); the same uniforms give the same tokens and log-probs as
+    [N, V] (axis=-1). V = 1000 > 2 blocks exercises the two-level inverse CDF."""
+    rng = np.random.RandomState(2)
+    logits = jnp.asarray(rng.randn(16, 1000).astype(np.float32) * 3)
+    logits = logits.at[3, 7].set(logits[3, 9])  # a tie
+    u = jnp.asarray(rng.rand(16).astype(np.float32))
+    kw = dict(temperature=settings.get("temperature", 1.0), top_p=settings.get("top_p", 1.0),
+              top_k=settings.get("top_k", 0), use_top_p="top_p" in settings, greedy=settings.get("greedy", False))
+    tok_r, lp_r = sampling.sample_logits(logits, u, **kw)
+    tok_v, lp_v = sampling.sample_logits(logits.T, u, axis=0, **kw)
+    np.testing.assert_array_equal(tok_v, tok_r)
+    np.testing.assert_allclose(lp_v, lp_r, atol=1e-6)
+    want = jax.nn.log_softmax(logits / kw["temperature"])[jnp.arange(16), tok_r]
+    np.testing.assert_allclose(lp_r, want, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
