@@ -4,6 +4,7 @@
     python -m experiments.benchmark train_step   [--lora-rank 0]
     python -m experiments.benchmark grpo_step    [--vs-trl]
     python -m experiments.benchmark learning
+    python -m experiments.benchmark sampler_profile   (a diagnostic: the decode loop's time per XLA operation)
     python -m experiments.benchmark <name> --help
 
 Each subcommand lives in experiments/bench_<name>.py as `main(argv) -> dict`; shared helpers (machine, threads,
@@ -19,6 +20,12 @@ def sampler(argv):
     """grpo_jax's group sampler vs transformers' generate: tokens/s, compile time, roofline."""
     from experiments import bench_sampler
     return bench_sampler.main(argv)
+
+
+def sampler_profile(argv):
+    """Where the sampler's decode step spends its time, per XLA operation (jax.profiler trace)."""
+    from experiments import bench_sampler_profile
+    return bench_sampler_profile.main(argv)
 
 
 def train_step(argv):
@@ -39,12 +46,12 @@ def learning(argv):
     return bench_learning.main(argv)
 
 
-SUBCOMMANDS = {"sampler": sampler, "train_step": train_step, "grpo_step": grpo_step, "learning": learning}
+SUBCOMMANDS = {"sampler": sampler, "sampler_profile": sampler_profile, "train_step": train_step, "grpo_step": grpo_step, "learning": learning}
 
 
 def usage() -> str:
     lines = [__doc__.strip(), "", "subcommands:"]
-    lines += [f"  {name:<11} {fn.__doc__}" for name, fn in SUBCOMMANDS.items()]
+    lines += [f"  {name:<15} {fn.__doc__}" for name, fn in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 

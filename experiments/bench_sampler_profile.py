@@ -1,0 +1,120 @@
+"""`sampler_profile`: where one sampler call's time goes, per XLA operation, from a jax.profiler trace.
+
+    python -m experiments.benchmark sampler_profile               # SmolLM2-135M-Instruct, 8 x 8 x 64, float32
+    python -m experiments.benchmark sampler_profile --top 40
+    python -m experiments.bench_sampler_profile --model tiny-random --prompts 2 --group 2 --new-tokens 4  # smoke
+
+Makes the sampler benchmark's call (same model, prompts, settings: see bench_sampler) once to compile, then once
+under `jax.profiler.trace`. Each event of the trace is one XLA:CPU thunk, named after an instruction of the compiled
+program; joined to that instruction's HLO (its op_name and output shape), the events of the decode loop are summed
+per (operation, output shape). Prints ONE JSON line:
+  * `step_ms`: the median time between the LM head matmuls of successive decode steps (one step, all layers);
+  * `head_ms`: the head matmul's median time;
+  * `ops`: the `--top` largest rows, {op, shape, ms_per_step, per_step (calls), median_us}.
+XLA runs independent thunks on both cores at once (e.g. the gate and up projections), so the rows can sum to more
+than a step. A diagnostic, not a benchmark: nothing is appended to results.jsonl unless --results names a file.
+Takes ~1 minute for the default model (load, compile, two calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
+
+import numpy as np
+
+from experiments import bench_common, bench_sampler
+
+# "%name = f32[64,576]{1,0} fusion(...), ..., metadata={op_name="jit(program)/while/body/dot_general" ...}"
+_INSTRUCTION = re.compile(r"%(\S+) = (\S+?)(?:\{[^}]*\})? [\w-]+\(.*?op_name=\"([^\"]+)\"")
+_DECODE_LOOP = re.compile(r"^jit\([^)]*\)/while/body/")  # the decode loop (the prefill's layer scan is under Decoder/)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark sampler_profile", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help=f"models.load source, or '{bench_sampler.TINY}'")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--group", type=int, default=8, help="completions per prompt")
+    p.add_argument("--new-tokens", type=int, default=64, help="every completion is forced to this length")
+    p.add_argument("--bucket", type=int, default=16, help="prompt length padding multiple")
+    p.add_argument("--top", type=int, default=25, help="rows of the per-operation table")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", default="", help="JSONL file the line is appended to ('' = none, the default)")
+    return p
+
+
+def hlo_instructions(hlo_text: str) -> dict:
+    """instruction name -> (op_name, output shape) for every instruction of a compiled module's text."""
+    return {m.group(1): (m.group(3), m.group(2)) for m in _INSTRUCTION.finditer(hlo_text)}
+
+
+def decode_loop_table(events: list, instructions: dict, steps: int, vocab: int) -> dict:
+    """Sum trace events (Chrome-trace dicts with name/ts/dur in us) of the decode loop per (operation, shape)."""
+    rows = collections.defaultdict(list)
+    heads = []
+    for e in events:
+        if e.get("ph") != "X" or e.get("name") not in instructions:
+            continue
+        op_name, shape = instructions[e["name"]]
+        if not _DECODE_LOOP.match(op_name):
+            continue
+        op = op_name.rsplit("/", 1)[-1]
+        rows[(op, shape)].append(float(e["dur"]))
+        if op == "dot_general" and re.match(rf"f32\[{vocab},", shape):
+            heads.append(e)
+    heads.sort(key=lambda e: e["ts"])
+    starts = np.array([e["ts"] for e in heads], float)
+    table = [{"op": op, "shape": shape, "ms_per_step": round(sum(d) / steps / 1e3, 3),
+              "per_step": round(len(d) / steps, 2), "median_us": round(float(np.median(d)), 1)}
+             for (op, shape), d in rows.items()]
+    table.sort(key=lambda r: -r["ms_per_step"])
+    return {"step_ms": round(float(np.median(np.diff(starts))) / 1e3, 4) if len(starts) > 1 else None,
+            "head_ms": round(float(np.median([e["dur"] for e in heads])) / 1e3, 4) if heads else None,
+            "ops": table}
+
+
+def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
+    import jax
+    import jax.numpy as jnp
+
+    from grpo_jax import batching, sampling
+
+    config, params, tokenizer = bench_sampler.load_policy(args.model)
+    ids = bench_sampler.prompt_token_lists(tokenizer, args.prompts, config.vocab_size, args.seed)
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    tokens, mask = batching.left_pad(ids, pad_id=pad, bucket=args.bucket)
+    g, t = args.group, args.new_tokens
+
+    def call(i: int):
+        return jax.block_until_ready(sampling.generate(config, params, tokens, mask, jax.random.PRNGKey(args.seed + i),
+                                                       group_size=g, max_new_tokens=t, stop_ids=(), pad_id=pad))
+    call(0)  # compile
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            seconds, _ = bench_common.timed(lambda: call(1))
+        files = sorted(glob.glob(f"{trace_dir}/plugins/profile/*/*.trace.json.gz"))
+        if not files:
+            raise RuntimeError(f"jax.profiler wrote no trace.json.gz under {trace_dir}")
+        with gzip.open(files[-1]) as f:
+            events = json.load(f)["traceEvents"]
+    compiled = sampling._compiled(config, g, t, 0, False, False, (), pad, None)
+    hlo = compiled.lower(params, tokens, np.asarray(mask, bool), jax.random.PRNGKey(0), jnp.float32(1.0),
+                         jnp.float32(1.0)).compile().as_text()
+    table = decode_loop_table(events, hlo_instructions(hlo), max(t - 1, 1), config.vocab_size)
+    line = {"benchmark": "sampler_profile", "time": bench_common.now(), "commit": bench_common.git_commit(),
+            "settings": {"model": args.model, "prompts": args.prompts, "group": g, "new_tokens": t,
+                         "prompt_tokens_padded": int(tokens.shape[1])},
+            "call_s": round(seconds, 3), "step_ms": table["step_ms"], "head_ms": table["head_ms"],
+            "ops": table["ops"][: args.top], "machine": bench_common.machine(),
+            "threads": bench_common.threads(torch_threads=None)}
+    return bench_common.emit(line, args.results)
+
+
+if __name__ == "__main__":
+    main()
