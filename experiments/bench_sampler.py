@@ -40,13 +40,18 @@ from experiments import bench_common
 TINY = "tiny-random"  # a random 2-layer model: the smoke test of this benchmark's code path
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmark sampler", description=__doc__.split("\n")[0])
+def add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and batch options (shared with bench_sampler_profile)."""
     p.add_argument("--model", default="smollm2-135m-instruct", help=f"models.load source, or '{TINY}'")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group", type=int, default=8, help="completions per prompt")
     p.add_argument("--new-tokens", type=int, default=64, help="every completion is forced to this length")
     p.add_argument("--bucket", type=int, default=16, help="prompt length padding multiple")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark sampler", description=__doc__.split("\n")[0])
+    add_batch_arguments(p)
     p.add_argument("--repeats", type=int, default=3,
                    help="timed steady-state calls per side (the fastest counts; single calls vary by 5-10%% here)")
     p.add_argument("--torch-threads", default=",".join(str(x) for x in sorted({1, bench_common.usable_cores()})),

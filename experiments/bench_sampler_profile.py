@@ -37,11 +37,7 @@ _DECODE_LOOP = re.compile(r"^jit\([^)]*\)/while/body/")  # the decode loop (the 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmark sampler_profile", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2-135m-instruct", help=f"models.load source, or '{bench_sampler.TINY}'")
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--group", type=int, default=8, help="completions per prompt")
-    p.add_argument("--new-tokens", type=int, default=64, help="every completion is forced to this length")
-    p.add_argument("--bucket", type=int, default=16, help="prompt length padding multiple")
+    bench_sampler.add_batch_arguments(p)
     p.add_argument("--top", type=int, default=25, help="rows of the per-operation table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default="", help="JSONL file the line is appended to ('' = none, the default)")
