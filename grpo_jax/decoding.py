@@ -14,7 +14,7 @@ the layout differs, chosen for a batch of ~64 rows on CPU (measured on 2 cores, 
   * Keys stored transposed, [N, Hkv, hd, S] (values [N, Hkv, S, hd]): both attention reductions (over hd for
     scores, over slots for outputs) run along a non-minor axis and vectorise over the minor one. With keys
     [N, Hkv, S, hd] the score reduction took ~0.7 ms a layer against ~0.25 ms.
-  * q, k and v are one product with the weights stacked ([(H + 2 Hkv) hd, D]): as three dots they ran ~35%
+  * q, k and v are one product with the weights stacked ([(H + 2 Hkv) hd, D]): as three dots they ran ~30%
     longer (568 vs 430 us a layer in a trace: the two threads split them unevenly).
   * The head is [V, D] x [D, N] (`vocab_logits`), the logits vocabulary-first [V, N]; the sampler draws along
     axis 0. As [N, D] x [D, V] it ran ~23 ms a step against ~19.5 ms.
