@@ -152,6 +152,9 @@ def test_sharded_run_of_a_checkpoint_without_tokenizer_equals_the_single_device_
         assert "no tokenizer files: using a byte-level tokenizer" in err
     single, sharded = (without_timing(read_metrics(runs[d][0])) for d in (1, 2))
     assert [r["step"] for r in sharded] == [r["step"] for r in single] == [0, 1, 2, 2]
+    # Float32 rounding differs with the per-device shapes (the sampler's head and projections run on 32 rows per
+    # device, not 64), and two Adam steps carry it into the metrics: 1.05e-5 relative at most, measured at b693079.
+    # A sharding error (rows lost, duplicated or averaged wrongly) moves them by orders of magnitude more.
     for a, b in zip(single, sharded):
         assert a.keys() == b.keys()
-        assert [b[k] for k in a] == pytest.approx([a[k] for k in a], rel=1e-5, abs=1e-6)
+        assert [b[k] for k in a] == pytest.approx([a[k] for k in a], rel=1e-4, abs=1e-6)
