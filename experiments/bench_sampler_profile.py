@@ -4,10 +4,10 @@
     python -m experiments.benchmark sampler_profile --top 40
     python -m experiments.bench_sampler_profile --model tiny-random --prompts 2 --group 2 --new-tokens 4  # smoke
 
-Makes the sampler benchmark's call (same model, prompts, settings: see bench_sampler) once to compile, then once
-under `jax.profiler.trace`. Each event of the trace is one XLA:CPU thunk, named after an instruction of the compiled
-program; joined to that instruction's HLO (its op_name and output shape), the events of the decode loop are summed
-per (operation, output shape). Prints ONE JSON line:
+Compiles the sampler benchmark's program (same model, prompts, settings: see bench_sampler; the program
+`sampling.generate` runs), calls it once to warm up, then once under `jax.profiler.trace`. Each event of the trace
+is one XLA:CPU thunk, named after an instruction of that compiled program; joined to the instruction's HLO (its
+op_name and output shape), the events of the decode loop are summed per (operation, output shape). Prints ONE JSON line:
   * `step_ms`: the median time between the LM head matmuls of successive decode steps (one step, all layers);
   * `head_ms`: the head matmul's median time;
   * `ops`: the `--top` largest rows, {op, shape, ms_per_step, per_step (calls), median_us}.
@@ -87,21 +87,24 @@ def main(argv=None) -> dict:
     tokens, mask = batching.left_pad(ids, pad_id=pad, bucket=args.bucket)
     g, t = args.group, args.new_tokens
 
-    def call(i: int):
-        return jax.block_until_ready(sampling.generate(config, params, tokens, mask, jax.random.PRNGKey(args.seed + i),
-                                                       group_size=g, max_new_tokens=t, stop_ids=(), pad_id=pad))
-    call(0)  # compile
+    # generate's program for these settings (full vocabulary, temperature 1, no stop ids), compiled once: the
+    # traced run is this executable, so the HLO text below names exactly the thunks of the trace.
+    program = sampling._compiled(config, g, t, 0, False, False, (), pad, None)
+
+    def inputs(i: int) -> tuple:
+        return (params, np.asarray(tokens, np.int32), np.asarray(mask, bool), jax.random.PRNGKey(args.seed + i),
+                jnp.float32(1.0), jnp.float32(1.0))
+    executable = program.lower(*inputs(0)).compile()
+    jax.block_until_ready(executable(*inputs(0)))  # warm-up
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
-            seconds, _ = bench_common.timed(lambda: call(1))
+            seconds, _ = bench_common.timed(lambda: jax.block_until_ready(executable(*inputs(1))))
         files = sorted(glob.glob(f"{trace_dir}/plugins/profile/*/*.trace.json.gz"))
         if not files:
             raise RuntimeError(f"jax.profiler wrote no trace.json.gz under {trace_dir}")
         with gzip.open(files[-1]) as f:
             events = json.load(f)["traceEvents"]
-    compiled = sampling._compiled(config, g, t, 0, False, False, (), pad, None)
-    hlo = compiled.lower(params, tokens, np.asarray(mask, bool), jax.random.PRNGKey(0), jnp.float32(1.0),
-                         jnp.float32(1.0)).compile().as_text()
+    hlo = executable.as_text()
     table = decode_loop_table(events, hlo_instructions(hlo), max(t - 1, 1), config.vocab_size)
     line = {"benchmark": "sampler_profile", "time": bench_common.now(), "commit": bench_common.git_commit(),
             "settings": {"model": args.model, "prompts": args.prompts, "group": g, "new_tokens": t,
