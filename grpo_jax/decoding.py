@@ -44,7 +44,7 @@ class DecodeState(NamedTuple):
     final_norm: jax.Array   # [D, 1]
     prefix: tuple           # L pairs: keys [P, Hkv, hd, S], values [P, Hkv, S, hd]
     prefix_mask: jax.Array  # bool [P, S]
-    head: jax.Array         # [V, D]: the tied embedding, or lm_head's kernel transposed
+    head: jax.Array         # [V, D]: the tied embedding, or lm_head's kernel transposed (see `_head_dtype`)
 
 
 _PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -80,8 +80,18 @@ def decode_state(config: ModelConfig, params, prompt: Prompt) -> DecodeState:
     pk = prompt.prefix.k.transpose(0, 1, 3, 4, 2).astype(dt)   # [L, P, S, Hkv, hd] -> [L, P, Hkv, hd, S]
     pv = prompt.prefix.v.transpose(0, 1, 3, 2, 4).astype(dt)   # -> [L, P, Hkv, S, hd]
     prefix = tuple((pk[i], pv[i]) for i in range(config.num_layers))
-    head = (params["embed"]["embedding"] if config.tie_word_embeddings else params["lm_head"]["kernel"].T).astype(dt)
-    return DecodeState(tuple(layers), _column(params["final_norm"]["scale"], dt), prefix, prompt.prefix.mask, head)
+    head = params["embed"]["embedding"] if config.tie_word_embeddings else params["lm_head"]["kernel"].T
+    return DecodeState(tuple(layers), _column(params["final_norm"]["scale"], dt), prefix, prompt.prefix.mask,
+                       head.astype(_head_dtype(dt)))
+
+
+def _head_dtype(dt):
+    """The head's operand dtype: the compute dtype, except bfloat16 on CPU, which runs the head in float32.
+    XLA:CPU (jaxlib 0.10.2) has no fallback kernel for a bfloat16 x bfloat16 -> float32 dot: when YNNPACK does not
+    take the head (small vocabularies, e.g. with top-k, where XLA folds the logits' transpose into the dot) the
+    program fails with "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32". Products of bfloat16
+    values are exact in float32, so the logits are the same up to summation order."""
+    return jnp.float32 if dt != jnp.float32 and jax.default_backend() == "cpu" else dt
 
 
 def vocab_logits(state: DecodeState, x: jax.Array) -> jax.Array:
