@@ -49,16 +49,16 @@ def _prompts(prompts=PROMPTS, bucket=8):
 _trainer_logprobs = jax.jit(logprobs.completion_logprobs, static_argnums=(0, 5), static_argnames="temperature")
 
 
-@pytest.mark.parametrize("config,settings", [
+_TRAINER_CASES = pytest.mark.parametrize("config,settings", [
     (LLAMA, dict(temperature=0.7)),                       # full vocabulary, T != 1
     (QWEN2, dict(temperature=1.3, top_k=20, top_p=0.8)),  # truncated draws, full-vocabulary log-probs; q/k/v bias
     (QWEN3, dict(greedy=True)),                           # log-probs at T = 1; q/k norm, tied head
 ], ids=["llama-T0.7", "qwen2-topk-topp", "qwen3-greedy"])
-def test_logps_equal_trainer_logps(config, settings):
-    """|sampler log-prob - trainer log-prob| <= 1e-5 (float32) on every generated token."""
-    params = _params(config)
+
+
+def _sampler_and_trainer_logps(config, params, settings, g=3, t=12):
+    """(rollout, the trainer's log-probs of its tokens, mask as numpy) for 3 completions of 12 tokens per prompt."""
     tokens, mask = _prompts()
-    g, t = 3, 12
     out = sampling.generate(config, params, tokens, mask, jax.random.PRNGKey(7), group_size=g, max_new_tokens=t,
                             stop_ids=(1, 2), pad_id=0, **settings)
     temperature = 1.0 if settings.get("greedy") else settings["temperature"]
@@ -66,31 +66,26 @@ def test_logps_equal_trainer_logps(config, settings):
     m = np.asarray(out.mask)
     assert out.tokens.shape == out.logps.shape == out.mask.shape == (len(PROMPTS) * g, t)
     assert m.sum() > len(PROMPTS) * g * 3  # enough tokens compared
-    assert np.max(np.abs(np.asarray(out.logps) - np.asarray(want)) * m) <= 1e-5
+    return out, np.asarray(want), m
+
+
+@_TRAINER_CASES
+def test_logps_equal_trainer_logps(config, settings):
+    """|sampler log-prob - trainer log-prob| <= 1e-5 (float32) on every generated token."""
+    out, want, m = _sampler_and_trainer_logps(config, _params(config), settings)
+    assert np.max(np.abs(np.asarray(out.logps) - want) * m) <= 1e-5
     assert np.all(np.asarray(out.logps)[m == 0] == 0.0)
     assert np.all(np.asarray(out.logps)[m == 1] < 0.0)
 
 
-@pytest.mark.parametrize("config,settings", [
-    (LLAMA, dict(temperature=0.7)),
-    (QWEN2, dict(temperature=1.3, top_k=20, top_p=0.8)),
-    (QWEN3, dict(greedy=True)),
-], ids=["llama-T0.7", "qwen2-topk-topp", "qwen3-greedy"])
+@_TRAINER_CASES
 def test_bfloat16_sampling_runs_and_logps_are_close_to_the_trainer(config, settings):
     """bfloat16 params and compute: the sampler runs (XLA:CPU once failed here with "Unsupported element type for
     DotThunk::Execute: BF16 x BF16 = F32" on the top-k path) and its log-probs are the trainer's up to bfloat16
     rounding of the differently laid out decode step (measured <= 2.3e-3 here)."""
-    config = config.replace(compute_dtype="bfloat16")
-    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), _params(config.replace(compute_dtype="float32")))
-    tokens, mask = _prompts()
-    g, t = 3, 12
-    out = sampling.generate(config, params, tokens, mask, jax.random.PRNGKey(7), group_size=g, max_new_tokens=t,
-                            stop_ids=(1, 2), pad_id=0, **settings)
-    temperature = 1.0 if settings.get("greedy") else settings["temperature"]
-    want, _ = _trainer_logprobs(config, params, tokens, mask, out.tokens, g, temperature=temperature)
-    m = np.asarray(out.mask)
-    assert m.sum() > len(PROMPTS) * g * 3
-    assert np.max(np.abs(np.asarray(out.logps) - np.asarray(want)) * m) <= 1e-2
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), _params(config))
+    out, want, m = _sampler_and_trainer_logps(config.replace(compute_dtype="bfloat16"), params, settings)
+    assert np.max(np.abs(np.asarray(out.logps) - want) * m) <= 1e-2
 
 
 def test_logps_equal_trainer_logps_with_more_than_4096_rows():
