@@ -81,8 +81,8 @@ def decode_state(config: ModelConfig, params, prompt: Prompt) -> DecodeState:
     pv = prompt.prefix.v.transpose(0, 1, 3, 2, 4).astype(dt)   # -> [L, P, Hkv, S, hd]
     prefix = tuple((pk[i], pv[i]) for i in range(config.num_layers))
     head = params["embed"]["embedding"] if config.tie_word_embeddings else params["lm_head"]["kernel"].T
-    return DecodeState(tuple(layers), _column(params["final_norm"]["scale"], dt), prefix, prompt.prefix.mask,
-                       head.astype(_head_dtype(dt)))
+    head = head.astype(dt).astype(_head_dtype(dt))  # rounded to the compute dtype first, as `transformer.unembed`
+    return DecodeState(tuple(layers), _column(params["final_norm"]["scale"], dt), prefix, prompt.prefix.mask, head)
 
 
 def _head_dtype(dt):

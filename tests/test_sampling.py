@@ -83,9 +83,14 @@ def test_bfloat16_sampling_runs_and_logps_are_close_to_the_trainer(config, setti
     """bfloat16 params and compute: the sampler runs (XLA:CPU once failed here with "Unsupported element type for
     DotThunk::Execute: BF16 x BF16 = F32" on the top-k path) and its log-probs are the trainer's up to bfloat16
     rounding of the differently laid out decode step (measured <= 2.3e-3 here)."""
-    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), _params(config))
-    out, want, m = _sampler_and_trainer_logps(config.replace(compute_dtype="bfloat16"), params, settings)
+    config = config.replace(compute_dtype="bfloat16")
+    out, want, m = _sampler_and_trainer_logps(config, jax.tree.map(lambda a: a.astype(jnp.bfloat16), _params(config)),
+                                              settings)
     assert np.max(np.abs(np.asarray(out.logps) - want) * m) <= 1e-2
+    # float32 params computed in bfloat16 are the same model: every weight, the head included, is rounded first
+    out32, _, _ = _sampler_and_trainer_logps(config, _params(config), settings)
+    np.testing.assert_array_equal(out32.tokens, out.tokens)
+    np.testing.assert_array_equal(out32.logps, out.logps)
 
 
 def test_logps_equal_trainer_logps_with_more_than_4096_rows():
