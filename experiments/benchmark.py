@@ -46,7 +46,8 @@ def learning(argv):
     return bench_learning.main(argv)
 
 
-SUBCOMMANDS = {"sampler": sampler, "sampler_profile": sampler_profile, "train_step": train_step, "grpo_step": grpo_step, "learning": learning}
+SUBCOMMANDS = {"sampler": sampler, "sampler_profile": sampler_profile, "train_step": train_step,
+               "grpo_step": grpo_step, "learning": learning}
 
 
 def usage() -> str:

@@ -17,7 +17,7 @@ sections are defined here:
   model.path                HF checkpoint dir | hub id | .gguf file | alias 'smollm2-135m-instruct'
   model.dtype               parameter dtype ('float32' | 'bfloat16')
   model.compute_dtype       activation / matmul dtype ('float32' | 'bfloat16'); on CPU keep float32: XLA:CPU
-                            (jaxlib 0.10.2) runs bfloat16 matmuls slower (sampler benchmark batch: 9.4 s vs 8.2-9.3 s)
+                            (jaxlib 0.10.2) runs bfloat16 matmuls slower than float32
   model.lora_rank           0 = full finetuning, else the LoRA rank (lora_alpha scales it, lora_targets: which
                             projections get adapters)
   model.remat               rematerialise each decoder layer in the backward pass

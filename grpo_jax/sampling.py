@@ -104,18 +104,15 @@ def _inverse_cdf(p: jax.Array, u: jax.Array, axis: int = -1) -> jax.Array:
     nb = -(-m // _BLOCK)
     pad = [(0, 0), (0, 0)]
     pad[axis] = (0, nb * _BLOCK - m)
-    if axis == 1:
-        pb = jnp.pad(p, pad).reshape(p.shape[0], nb, _BLOCK)                 # [N, nb, B]
-    else:
-        pb = jnp.pad(p, pad).reshape(nb, _BLOCK, p.shape[1])                 # [nb, B, N]
+    blocked = list(p.shape)
+    blocked[axis:axis + 1] = [nb, _BLOCK]
+    pb = jnp.pad(p, pad).reshape(blocked)                                    # [N, nb, B] or [nb, B, N]
     mass = jnp.sum(pb, axis=axis + 1)                                        # [N, nb] or [nb, N]
     target = u * jnp.sum(mass, axis=axis)
     b = _draw_index(mass, target, axis)
     below = jnp.sum(jnp.where(_iota(mass.shape, axis) < jnp.expand_dims(b, axis), mass, 0.0), axis=axis)
-    if axis == 1:
-        block = jnp.take_along_axis(pb, b[:, None, None], axis=1)[:, 0]     # [N, B]
-    else:
-        block = jnp.take_along_axis(pb, b[None, None, :], axis=0)[0]        # [B, N]
+    chosen = jnp.expand_dims(jnp.expand_dims(b, axis), axis + 1)             # [N, 1, 1] or [1, 1, N]
+    block = jnp.take_along_axis(pb, chosen, axis=axis).squeeze(axis)         # [N, B] or [B, N]
     return b * _BLOCK + _draw_index(block, target - below, axis)
 
 
