@@ -32,7 +32,9 @@ from experiments import bench_common, bench_sampler
 
 # "%name = f32[64,576]{1,0} fusion(...), ..., metadata={op_name="jit(program)/while/body/dot_general" ...}"
 _INSTRUCTION = re.compile(r"%(\S+) = (\S+?)(?:\{[^}]*\})? [\w-]+\(.*?op_name=\"([^\"]+)\"")
-_DECODE_LOOP = re.compile(r"^jit\([^)]*\)/while/body/")  # the decode loop (the prefill's layer scan is under Decoder/)
+# the decode loop's phases (each later one inside a cond: ".../cond/branch_1_fun/while/body/"); the prefill's layer
+# scan is under Decoder/
+_DECODE_LOOP = re.compile(r"^jit\([^)]*\)/(?:cond/branch_\d+_fun/)*while/body/")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -111,6 +111,15 @@ def new_cache(config: ModelConfig, rows: int, slots: int) -> tuple:
                  for _ in range(config.num_layers))
 
 
+def grow_cache(cache: tuple, slots: int) -> tuple:
+    """`cache` (from `new_cache`) padded with zero slots at the end to `slots` slots; what was written stays put."""
+    def pad(a, axis):
+        widths = [(0, 0)] * a.ndim
+        widths[axis] = (0, slots - a.shape[axis])
+        return jnp.pad(a, widths)
+    return tuple((pad(k, 3), pad(v, 2)) for k, v in cache)
+
+
 def rope_table(config: ModelConfig, positions: jax.Array) -> tuple:
     """cos and sin for positions int32 [N, T]: two float32 [T, hd, N] tables, indexed by step in the loop."""
     cos, sin = rope_cos_sin(positions, rope_inv_freq(config))     # [N, T, 1, hd]

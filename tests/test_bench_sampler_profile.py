@@ -8,6 +8,7 @@ from experiments import benchmark
 HLO = """
   %ynn_fusion.3 = f32[97,4]{1,0} fusion(%a, %b), kind=kCustom, calls=%c, metadata={op_name="jit(program)/while/body/dot_general" stack_frame_id=1}
   %exp_fusion = f32[4,8]{1,0} fusion(%d), kind=kLoop, calls=%e, metadata={op_name="jit(program)/while/body/exp" stack_frame_id=2}
+  %exp_fusion.2 = f32[4,8]{1,0} fusion(%d2), kind=kLoop, calls=%e2, metadata={op_name="jit(program)/cond/branch_1_fun/while/body/exp"}
   %ynn_fusion.9 = f32[16,8]{1,0} fusion(%f, %g), kind=kCustom, calls=%h, metadata={op_name="jit(program)/Decoder/while/body/closed_call/dot_general" stack_frame_id=3}
 """
 
@@ -21,6 +22,7 @@ def test_instructions_and_decode_loop_table_by_hand():
         {"ph": "X", "name": "exp_fusion", "ts": 110, "dur": 10},
         {"ph": "X", "name": "exp_fusion", "ts": 130, "dur": 30},
         {"ph": "X", "name": "ynn_fusion.3", "ts": 1000, "dur": 300},  # head, step 2
+        {"ph": "X", "name": "exp_fusion.2", "ts": 1310, "dur": 20},   # a later phase of the loop (inside a cond)
         {"ph": "X", "name": "ynn_fusion.9", "ts": 5, "dur": 999},     # prefill (Decoder scan): not the decode loop
         {"ph": "X", "name": "unknown", "ts": 5, "dur": 999},          # not in the HLO
         {"ph": "i", "name": "exp_fusion", "ts": 5},                   # not a complete event
@@ -29,7 +31,7 @@ def test_instructions_and_decode_loop_table_by_hand():
     assert table["step_ms"] == 1.0 and table["head_ms"] == 0.2
     assert table["ops"] == [
         {"op": "dot_general", "shape": "f32[97,4]", "ms_per_step": 0.2, "per_step": 1.0, "median_us": 200.0},
-        {"op": "exp", "shape": "f32[4,8]", "ms_per_step": 0.02, "per_step": 1.0, "median_us": 20.0}]
+        {"op": "exp", "shape": "f32[4,8]", "ms_per_step": 0.03, "per_step": 1.5, "median_us": 20.0}]
 
 
 def test_profile_runs_on_a_tiny_model(tmp_path, capsys):

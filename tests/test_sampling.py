@@ -105,6 +105,48 @@ def test_logps_equal_trainer_logps_with_more_than_4096_rows():
     assert np.max(np.abs(np.asarray(out.logps) - np.asarray(want))) <= 1e-5
 
 
+def test_cache_phases():
+    """The decode loop's cache capacities: doubling from 64 slots up to T - 1 slots rounded up to 16, a short last
+    phase merged into the one before; every step's slot fits the last."""
+    assert sampling.cache_phases(1) == sampling.cache_phases(17) == (16,)
+    assert sampling.cache_phases(64) == sampling.cache_phases(65) == (64,)
+    assert sampling.cache_phases(150) == (64, 128, 160)
+    assert sampling.cache_phases(520) == (64, 128, 256, 528)  # not 512 then a 16-slot phase
+    assert sampling.cache_phases(1024) == (64, 128, 256, 512, 1024)
+    assert sampling.cache_phases(40, first=16) == (16, 32, 48)
+    for t in range(1, 600):
+        caps = sampling.cache_phases(t)
+        assert caps[-1] >= t - 1 and all(c % 16 == 0 for c in caps) and list(caps) == sorted(set(caps))
+
+
+LONG = LLAMA.replace(max_position_embeddings=256)
+
+
+@pytest.mark.parametrize("stop_ids,key,longest", [((), 7, (150, 150)), ((1, 2), 2, (129, 150)), ((1, 2), 4, (65, 128))],
+                         ids=["full-length", "stops-in-every-phase", "all-stopped-before-the-last-phase"])
+def test_logps_equal_trainer_logps_across_cache_phases(stop_ids, key, longest):
+    """150 new tokens run up to three loop phases (own caches of 64, 128 and 160 slots): the log-probs stay the
+    trainer's on every token, for rows ending in any phase, and when every row has stopped before the last phase
+    (which then never runs)."""
+    assert sampling.cache_phases(150) == (64, 128, 160)
+    params = _params(LONG)
+    tokens, mask = _prompts()
+    out = sampling.generate(LONG, params, tokens, mask, jax.random.PRNGKey(key), group_size=3, max_new_tokens=150,
+                            temperature=1.0, stop_ids=stop_ids, pad_id=0)
+    want, _ = _trainer_logprobs(LONG, params, tokens, mask, out.tokens, 3, temperature=1.0)
+    m = np.asarray(out.mask)
+    assert np.max(np.abs(np.asarray(out.logps) - np.asarray(want)) * m) <= 1e-5
+    lengths = np.asarray(out.lengths)
+    np.testing.assert_array_equal(m, np.arange(150)[None, :] < lengths[:, None])
+    assert longest[0] <= lengths.max() <= longest[1], lengths  # the phase the run ends in
+    np.testing.assert_array_equal(np.asarray(out.truncated), lengths == 150)
+    if stop_ids:
+        assert lengths.min() < 64, lengths
+        assert np.all(np.asarray(out.tokens)[m == 0] == 0)
+        last = np.asarray(out.tokens)[np.arange(len(lengths)), lengths - 1]
+        assert np.all(np.isin(last, stop_ids) | (lengths == 150))
+
+
 def test_greedy_equals_argmax_of_forward():
     """Greedy token t is the argmax of `forward` on (left-padded prompt ++ completion[:t]): one causal pass over
     the whole sequence gives every step's logits."""

@@ -36,13 +36,13 @@ def _check() -> dict:
 
     assert jax.device_count() == DEVICES, f"expected {DEVICES} devices, got {jax.devices()}"
     config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                         num_kv_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=False)
+                         num_kv_heads=2, head_dim=8, max_position_embeddings=128, tie_word_embeddings=False)
     params = jax.jit(init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
     params["lm_head"]["kernel"] = params["lm_head"]["kernel"] * 40.0  # a spread-out next-token distribution
     rng = np.random.RandomState(0)
     prompts = [list(rng.randint(3, 96, rng.randint(1, 9))) for _ in range(8)]
     tokens, mask = batching.left_pad(prompts, pad_id=0, bucket=4)
-    settings = dict(group_size=3, max_new_tokens=8, temperature=0.9, top_k=40, top_p=0.95, stop_ids=(5, 6))
+    settings = dict(group_size=3, max_new_tokens=80, temperature=0.9, top_k=40, top_p=0.95, stop_ids=(5, 6))
     key = jax.random.PRNGKey(42)
 
     def run(toks, msk, mesh=None, p=params):
@@ -58,6 +58,8 @@ def _check() -> dict:
     axes = ("data", "fsdp", "tensor")
     single = run(tokens, mask)
     assert single.mask.sum() > 8 * 3 * 2 and len(np.unique(single.tokens)) > 10
+    # rows that end in both phases of the decode loop (caches of 64 and 80 slots), and rows that stop early
+    assert sampling.cache_phases(80) == (64, 80) and single.lengths.max() > 64 and single.lengths.min() < 64
     checked = []
 
     # 8-way data parallel, params given as single-device arrays (replicated by the sampler)
