@@ -214,12 +214,13 @@ def cache_phases(max_new_tokens: int, first: int = _FIRST_PHASE_SLOTS) -> tuple:
     slots took the own-score reduction from ~290 to ~160 us a layer).
 
     Every step reads each row's whole own cache, so with one cache of T - 1 slots the step at t reads T - 1 slots
-    where t are written (SmolLM2-135M, 64 rows, 2 CPU cores: a step took 122 ms with 64 slots, ~169 ms with 256).
-    Phase k runs the steps that write slots [phases[k-1], phases[k]) with a cache of phases[k] slots (the previous
-    one padded once), so a step reads at most twice the slots it needs, and a run that ends early never allocates
-    the larger caches. Measured there: T = 256 forced to full length 40.8 -> 36.7 s a call; T = 1024 with EOS (one
-    row reached 1024) 345 -> 255 s. Each phase is one more compiled loop body (5 for T = 1024; compile 6 -> 11 s
-    at T = 256); a last phase shorter than a quarter of the one before is merged into it."""
+    where t are written (SmolLM2-135M, 64 rows, 2 CPU cores, `benchmark sampler_profile --new-tokens 256`: a step
+    took ~160 ms reading 256 slots, ~122 ms reading 64). Phase k runs the steps that write slots
+    [phases[k-1], phases[k]) with a cache of phases[k] slots (the previous one padded once), so a step reads at most
+    twice the slots it needs, and a run that ends early never allocates the larger caches (`benchmark sampler
+    --new-tokens 256 --no-transformers`, one cache vs phases: 43.1 -> 39.4 s a call, best of 3). Each phase is one
+    more compiled loop body (5 for T = 1024; at T = 256, 3 of them, compile_s went 10.9 -> 19.9 s); a last phase
+    shorter than a quarter of the one before is merged into it."""
     def up16(x):
         return -(-x // 16) * 16
     total = up16(max(max_new_tokens - 1, 1))
@@ -284,6 +285,9 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
 
         phases = cache_phases(t_max)
 
+        def running(carry, last_step):  # carry = (t, tokens, logps, done, lengths, ...)
+            return (carry[0] <= last_step) & ~jnp.all(carry[3])
+
         def run_phase(k, carry, cache):
             """Phase k: steps writing slots [phases[k-1], phases[k]) with a cache of phases[k] slots (the previous
             phase's cache, padded), then -- unless every row is done -- phase k + 1. Returns the carry without
@@ -291,14 +295,13 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
             slots = phases[k]
             cache = (decoding.new_cache(config, n, slots) if cache is None
                      else decoding.grow_cache(cache, slots))
-
-            def cond(c):
-                return (c[0] < min(t_max, slots + 1)) & ~jnp.all(c[3])
-            *carry, cache = jax.lax.while_loop(cond, body, (*carry, jax.tree.map(constrain, cache)))
+            last_step = min(t_max - 1, slots)  # step t writes slot t - 1
+            *carry, cache = jax.lax.while_loop(functools.partial(running, last_step=last_step), body,
+                                               (*carry, jax.tree.map(constrain, cache)))
             if k + 1 == len(phases):
                 return tuple(carry)
-            go_on = (carry[0] < t_max) & ~jnp.all(carry[3])
-            return jax.lax.cond(go_on, functools.partial(run_phase, k + 1), lambda c, _: c, tuple(carry), cache)
+            return jax.lax.cond(running(carry, t_max - 1), functools.partial(run_phase, k + 1), lambda c, _: c,
+                                tuple(carry), cache)
 
         _, tokens, logps, done, lengths = run_phase(0, (jnp.int32(1), tokens, logps, done, lengths), None)
         mask = (jnp.arange(t_max, dtype=jnp.int32)[None, :] < lengths[:, None]).astype(jnp.float32)
