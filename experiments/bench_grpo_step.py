@@ -8,7 +8,7 @@ The step (issue 7): 8 prompts x 8 completions x 64 new tokens of the arithmetic 
 SmolLM2-135M-Instruct in float32, full finetuning, kl_beta 0.04 (so a reference forward pass), loss 'grpo',
 temperature 1.0, lr 1e-6, the whole batch in one micro-batch. One step = sampling + rewards + advantages + the
 train step (reference pass, policy forward/backward, AdamW update): for grpo_jax exactly the runner's step
-(`runner._train_one`), for TRL one optimizer step of `GRPOTrainer.train()`. TRL's settings are mapped one to one in
+(`runner.Experiment.step`), for TRL one optimizer step of `GRPOTrainer.train()`. TRL's settings are mapped one to one in
 `experiments/trl_reference.py` (its docstring has the table).
 
 Each system runs in its OWN subprocess, so its peak memory is that process's VmHWM (model, optimizer, reference,
@@ -100,7 +100,7 @@ def grpo_jax_config(settings: Settings, total_steps: int):
 
 
 class GrpoJaxStep:
-    """One GRPO step exactly as the runner does it (`runner._train_one`: sample -> reward -> advantages -> train
+    """One GRPO step exactly as the runner does it (`runner.Experiment.step`: sample -> reward -> advantages -> train
     step -> metrics row), on the runner's experiment state built from `grpo_jax_config(settings)`.
 
     `step(i)` runs step i (the task's training batch i) and returns its phase times in seconds: sampling
@@ -117,7 +117,7 @@ class GrpoJaxStep:
         self.config.logging.progress = False
         self.config.logging.tensorboard = False
         self.config.logging.num_samples = 0
-        self.exp = runner._Experiment(self.config, workdir)
+        self.exp = runner.Experiment(self.config, workdir)
         self.rows: list[dict] = []
 
     def prompt_lengths(self, step: int) -> list[int]:
@@ -125,9 +125,7 @@ class GrpoJaxStep:
         return [len(self.exp.sampler.prompt_tokens(e)) for e in examples]
 
     def step(self, i: int) -> dict:
-        from grpo_jax import runner
-
-        row, _ = runner._train_one(self.exp, i, self.settings.prompts_per_step, self.settings.group_size)
+        row, _ = self.exp.step(i)
         self.rows.append(row)
         sampling, train, total = row["sampler/time"], row["train/time"], row["step_time"]
         return {"sampling": sampling, "reward_and_advantages": max(total - sampling - train, 0.0), "train": train,

@@ -2,7 +2,7 @@
 
     result = runner.run(config, workdir)
 
-One step (DESIGN.md's data flow):
+One step (`Experiment.step`; docs/design.md, "Data flow"):
   1. the step's P prompts: examples step*P ... step*P + P - 1 of the task's seeded stream (`task.train_batch`), so
      the data position is a function of the step;
   2. chat template + prefill -> left-padded tokens -> `sampling.generate`: G completions per prompt with key
@@ -32,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -98,8 +98,22 @@ def _task_options(config) -> dict:
     return {k: value(v) for k, v in config.task.to_dict().items() if k != "name"}
 
 
-class _Experiment:
-    """What the loop needs, built once: mesh, task, rewards, policy, sampler, train step."""
+class StepResult(NamedTuple):
+    """What one GRPO step returns: its metrics row (the one `run` writes to metrics.jsonl) and up to
+    logging.num_samples sample completions of this process (prompt, completion, reward, advantage)."""
+    row: dict
+    samples: list
+
+
+class Experiment:
+    """One experiment built once from a validated config: mesh, task, rewards, policy, sampler, train step, and the
+    base key every random draw of a step derives from.
+
+        exp = Experiment(config, workdir)
+        row, samples = exp.step(0)   # GRPO step 0: the task's training batch 0, its own (seed, step) keys
+
+    `run` is this plus checkpoints, eval, logging and preemption; `step(i)` is the public way to drive the same
+    training steps from elsewhere (benchmarks, notebooks). `state` and `base_key` are what a checkpoint holds."""
 
     def __init__(self, config, workdir: str):
         from grpo_jax import models, rewards, tasks
@@ -124,12 +138,19 @@ class _Experiment:
         self.ref = sharding.shard_params(policy.params, policy.config, self.mesh) if use_ref else None
         del policy
         self.train_step = _cached_train_step(self.model_config, config, self.mesh)
+        self.base_key = jax.random.PRNGKey(int(config.seed))
         if self.main:
             check_workdir(workdir, config, write=True)
 
     def policy_params(self):
         from grpo_jax.train_step import policy_params
         return policy_params(self.model_config, self.state, self.frozen)
+
+    def step(self, step: int) -> StepResult:
+        """GRPO step `step` (0-based; its row's `step` is step + 1): sample, reward, advantages, one train step
+        (which updates `self.state`). Returns its metrics row and a few sample completions."""
+        return _train_one(self, step, int(self.config.rollout.prompts_per_step),
+                          int(self.config.rollout.group_size), self.base_key)
 
 
 def _tokenizer(config, policy):
@@ -199,10 +220,11 @@ def _train_samples(examples, completions, scores_local, adv, group_size, limit) 
     return out
 
 
-def _eval(exp: _Experiment, step: int, writer, base_key) -> dict:
+def _eval(exp: Experiment, step: int, writer) -> dict:
     config = exp.config
     t0 = time.time()
-    result = evaluation.evaluate(exp.sampler, exp.policy_params(), exp.eval_examples, _key(base_key, EVAL_TAG, step),
+    result = evaluation.evaluate(exp.sampler, exp.policy_params(), exp.eval_examples,
+                                 _key(exp.base_key, EVAL_TAG, step),
                                  reward_fn=exp.reward_fn, accuracy_fn=exp.accuracy_fn, config=config,
                                  num_samples_shown=int(config.logging.num_samples))
     row = {"step": step, **result.metrics, "eval/time": time.time() - t0}
@@ -224,16 +246,15 @@ def run(config, workdir: str, *, preempt_after: Optional[int] = None,
     preempt_after: testing hook, behave as if SIGTERM arrived after this many steps.
     on_step: called with each training metrics row (after it is written)."""
     workdir = os.path.abspath(workdir)
-    exp = _Experiment(config, workdir)
+    exp = Experiment(config, workdir)
     cfg, main = config, exp.main
-    P, G = int(cfg.rollout.prompts_per_step), int(cfg.rollout.group_size)
+    P = int(cfg.rollout.prompts_per_step)
     total_steps = int(cfg.total_steps)
 
     ckpt = Checkpointer(workdir, keep=int(cfg.checkpoint.keep))
     start = ckpt.latest_step() or 0
-    base_key = jax.random.PRNGKey(int(cfg.seed))
     if start:
-        exp.state, base_key, meta = ckpt.restore(start, exp.state, base_key)
+        exp.state, exp.base_key, meta = ckpt.restore(start, exp.state, exp.base_key)
         if meta.get("data_position") != start * P:
             raise ValueError(f"checkpoint {start} in {workdir} holds data position {meta.get('data_position')}, "
                              f"expected {start * P}; the workdir is inconsistent")
@@ -247,10 +268,10 @@ def run(config, workdir: str, *, preempt_after: Optional[int] = None,
     try:
         with _Preemption() as preemption:
             if eval_every and start == 0:
-                first_eval = last_eval = _eval(exp, 0, writer, base_key)
+                first_eval = last_eval = _eval(exp, 0, writer)
             progress = _progress(start, total_steps, main and cfg.logging.progress)
             for step in range(start, total_steps):
-                row, samples = _train_one(exp, step, P, G, base_key)
+                row, samples = exp.step(step)
                 writer.write(row)
                 if on_step is not None:
                     on_step(row)
@@ -262,18 +283,18 @@ def run(config, workdir: str, *, preempt_after: Optional[int] = None,
                         table = evaluation.format_table(samples, ("prompt", "completion", "reward", "advantage"))
                         _say(f"[train step {done}] sample completions:\n{table}", main)
                         writer.write_text("train/samples", table, done)
-                    last_eval = _eval(exp, done, writer, base_key)
+                    last_eval = _eval(exp, done, writer)
                 stop = distributed.any_process(preemption.requested or preempt_after == done)
                 every = int(cfg.checkpoint.every)
                 if stop or done == total_steps or (every and done % every == 0):
-                    ckpt.save(done, exp.state, base_key, data_position=done * P)
+                    ckpt.save(done, exp.state, exp.base_key, data_position=done * P)
                 if stop and done < total_steps:
                     status = "preempted"
                     _say(f"preempted: saved the checkpoint of step {done}; run the same command to resume", main)
                     break
             progress.close()
         if status == "completed" and total_steps > 0 and ckpt.latest_step() != total_steps:
-            ckpt.save(total_steps, exp.state, base_key, data_position=total_steps * P)
+            ckpt.save(total_steps, exp.state, exp.base_key, data_position=total_steps * P)
     finally:
         ckpt.close()
         writer.close()
@@ -290,12 +311,10 @@ def _progress(start: int, total: int, enabled: bool):
                 file=sys.stderr)
 
 
-def _train_one(exp: _Experiment, step: int, P: int, G: int, base_key: Optional[jax.Array] = None):
-    """One GRPO step: returns (metrics row, a few sample completions of this process)."""
+def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) -> StepResult:
+    """One GRPO step (`Experiment.step`): returns (metrics row, a few sample completions of this process)."""
     cfg = exp.config
     t0 = time.time()
-    if base_key is None:
-        base_key = jax.random.PRNGKey(int(cfg.seed))
     examples = exp.task.train_batch(int(cfg.seed), step, P)
     (prompt_tokens, prompt_mask), rollout, completions = exp.sampler.sample(
         exp.policy_params(), examples, _key(base_key, SAMPLE_TAG, step), group_size=G,
@@ -343,10 +362,10 @@ def _train_one(exp: _Experiment, step: int, P: int, G: int, base_key: Optional[j
     row["train/completion_width"] = width
     row["sampler/tokens_per_s"] = float(lengths.sum()) / max(t_sample, 1e-9)
     samples = _train_samples(examples, completions, total, adv, G, int(cfg.logging.num_samples))
-    return row, samples
+    return StepResult(row, samples)
 
 
-def _export(exp: _Experiment, workdir: str) -> Optional[str]:
+def _export(exp: Experiment, workdir: str) -> Optional[str]:
     if not exp.config.checkpoint.export_hf:
         return None
     params = distributed.to_host(exp.policy_params())
