@@ -1,4 +1,5 @@
-"""The device mesh from `config.mesh` and the logical-axis rules that place parameters and batches on it.
+"""The device mesh from `config.mesh`, and the logical-axis rules that place parameters, activations and KV caches
+on it.
 
 One mesh with three axes (MaxText / Flax partitioning style):
 
@@ -8,30 +9,68 @@ One mesh with three axes (MaxText / Flax partitioning style):
   tensor  Megatron-style tensor parallelism (Shoeybi et al. 2019): attention heads, MLP hidden units and the
           vocabulary are split.
 
-Parameters carry logical axis names (`models.param_logical_axes`); `LOGICAL_RULES` maps each name to a mesh axis.
-A dimension is sharded only if its size divides by the mesh axis size; otherwise it stays replicated (so a tiny
-test model or an odd vocabulary runs on any mesh). The same model runs on 1 CPU, 8 virtual CPU devices or a pod
-slice by changing `mesh.*` only.
+Every array dimension that matters carries a *logical* axis name; a rules table maps each name to mesh axes.
+Parameters get theirs from the model's initialisers (`models.param_logical_axes`); activations and KV caches get
+theirs where the model computes them, through `constrain`:
+
+    with sharding.activate(mesh, sharding.rules_for("train")):      # at trace time, e.g. inside the jitted fn
+        h = sharding.constrain(h, ("activation_batch", "activation_length", "activation_embed"))
+
+`constrain` is a no-op when nothing is active (one device, eager code, tests), so the model code is the same on
+1 CPU, 8 virtual CPU devices or a pod slice; only `mesh.*` changes.
+
+The rules (`LOGICAL_RULES`, the trainer's table):
+
+  params       layers -, embed fsdp, mlp tensor, q_heads tensor, kv_heads tensor, vocab tensor, norm -, head_dim -
+  activations  activation_batch (data, fsdp), activation_length -, activation_kv_length -, activation_embed -,
+               activation_heads tensor, activation_kv_heads tensor, activation_head_dim -, activation_mlp tensor,
+               activation_vocab tensor
+  caches       cache_layers -, cache_batch (data, fsdp), cache_length -, cache_kv_heads tensor, cache_head_dim -
+
+(- = replicated). One dimension is sharded over its rule's mesh axes that have size > 1 and are not already used
+by an earlier dimension of the same array, taking the longest prefix of them whose product divides the dimension;
+if none divides, the dimension stays replicated (so a tiny test model, an odd vocabulary or 2 KV heads on
+tensor = 4 run on any mesh). This one function (`logical_to_mesh_spec`) serves params, activations and caches.
+A mesh axis absent from the mesh counts as size 1.
+
+The sampler's table (`SAMPLER_RULES`) may differ from the trainer's: a training step reads each weight once for
+B x T tokens, so gathering fsdp-sharded weights is amortised; a decode step reads every weight for one token per
+row, so the same gather would be paid on every generated token. The sampler therefore replicates 'embed' over
+fsdp (weights keep their tensor split) at the cost of holding params / tensor per device. `rules_for(phase)` picks
+the table: 'train' | 'sample'.
+
+Hybrid (ICI x DCN) meshes for multi-slice TPU runs: `mesh.dcn_data`, `mesh.dcn_fsdp`, `mesh.dcn_tensor` (default 1
+= one slice) say how many of each axis's ways cross the data-centre network, so `mesh.data` stays the size of the
+data axis and mesh.data / mesh.dcn_data of it lie within a slice. With any dcn size > 1 the mesh is built by
+`mesh_utils.create_hybrid_device_mesh`, otherwise by `mesh_utils.create_device_mesh`. A mesh that cannot be built
+is a ValueError naming the sizes, never a fallback to another placement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Sequence
+import numbers
+import threading
+from typing import TYPE_CHECKING, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grpo_jax.models.config import ModelConfig
-from grpo_jax.models.transformer import param_logical_axes
+if TYPE_CHECKING:
+    from grpo_jax.models.config import ModelConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
+DCN_KEYS = tuple(f"dcn_{axis}" for axis in MESH_AXES)
 BATCH_AXES = ("data", "fsdp")  # the leading (batch) dimension of every batch array is split over these
 
-# logical axis name -> mesh axis (None = replicated). MaxText's table, reduced to what this decoder uses.
-LOGICAL_RULES = (
+# logical axis name -> mesh axis, tuple of mesh axes, or None (replicated). MaxText's names, reduced to what this
+# decoder uses. Shapes: hidden [B, T, D], q [B, T, H, hd], k/v [B, S, Hkv, hd], logits [B, T, V],
+# KV cache [L, B, S, Hkv, hd].
+PARAM_RULES = (
     ("layers", None),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
@@ -41,24 +80,87 @@ LOGICAL_RULES = (
     ("norm", None),
     ("head_dim", None),
 )
+ACTIVATION_RULES = (
+    ("activation_batch", BATCH_AXES),      # B (rows; prompts P for a shared prefix)
+    ("activation_length", None),           # T, the query positions
+    ("activation_kv_length", None),        # S, the key positions of an attention pass
+    ("activation_embed", None),            # D (sharding it over 'tensor' is sequence/feature parallelism: opt-in)
+    ("activation_heads", "tensor"),        # H, query heads
+    ("activation_kv_heads", "tensor"),     # Hkv, key/value heads
+    ("activation_head_dim", None),         # hd
+    ("activation_mlp", "tensor"),          # the MLP's hidden units
+    ("activation_vocab", "tensor"),        # V, logits
+)
+CACHE_RULES = (
+    ("cache_layers", None),                # L
+    ("cache_batch", BATCH_AXES),           # B (rows being decoded; P for the prompt's prefix cache)
+    ("cache_length", None),                # S, the cache slots
+    ("cache_kv_heads", "tensor"),          # Hkv
+    ("cache_head_dim", None),              # hd
+)
+LOGICAL_RULES = PARAM_RULES + ACTIVATION_RULES + CACHE_RULES  # the trainer's table
+SAMPLER_RULES = tuple((name, None if name == "embed" else axes) for name, axes in LOGICAL_RULES)
+RULES_BY_PHASE = {"train": LOGICAL_RULES, "sample": SAMPLER_RULES}
+
+
+def rules_for(phase: str):
+    """The rules table of a phase: 'train' (`LOGICAL_RULES`) or 'sample' (`SAMPLER_RULES`)."""
+    if phase not in RULES_BY_PHASE:
+        raise ValueError(f"unknown sharding phase {phase!r}; known: {', '.join(map(repr, RULES_BY_PHASE))}")
+    return RULES_BY_PHASE[phase]
+
+
+# --------------------------------------------------------------------------------------------- mesh config
 
 
 def mesh_config() -> ml_collections.ConfigDict:
-    """The `mesh` ConfigDict: sizes of the (data, fsdp, tensor) axes; -1 = all remaining devices."""
-    return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    """The `mesh` ConfigDict: sizes of the (data, fsdp, tensor) axes (-1 = all remaining devices), and how many of
+    each axis's ways cross slices over DCN (`dcn_*`, 1 = within one slice)."""
+    return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "dcn_data": 1, "dcn_fsdp": 1,
+                                      "dcn_tensor": 1})
+
+
+def _get(mesh_cfg, key, default):
+    try:
+        return mesh_cfg[key]
+    except (KeyError, AttributeError):
+        return default
+
+
+def _is_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+
+
+def validate_mesh_config(mesh_cfg) -> None:
+    """The checks that need no devices: each axis size a positive integer or -1 (at most one -1), each dcn size a
+    positive integer dividing its axis size when that is fixed. ValueError naming the key and value."""
+    sizes = {}
+    for axis in MESH_AXES:
+        value = _get(mesh_cfg, axis, None)
+        if not _is_int(value) or (value < 1 and value != -1):
+            raise ValueError(f"mesh.{axis} must be a positive size or -1 (use the remaining devices), got {value!r}")
+        sizes[axis] = int(value)
+    if list(sizes.values()).count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got mesh {sizes}")
+    for axis, key in zip(MESH_AXES, DCN_KEYS):
+        value = _get(mesh_cfg, key, 1)
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"mesh.{key} must be a positive size (1 = within one slice), got {value!r}")
+        if sizes[axis] != -1 and sizes[axis] % value:
+            raise ValueError(f"mesh.{key} = {value} does not divide mesh.{axis} = {sizes[axis]}: the axis is "
+                             f"split into {key} slices of mesh.{axis} / mesh.{key} devices each")
+
+
+def dcn_shape(mesh_cfg) -> tuple[int, int, int]:
+    """(dcn_data, dcn_fsdp, dcn_tensor); a config without the keys is one slice (1, 1, 1)."""
+    return tuple(int(_get(mesh_cfg, key, 1)) for key in DCN_KEYS)
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     """Resolves -1 and checks that data * fsdp * tensor equals the device count."""
-    sizes = []
-    for axis in MESH_AXES:
-        value = mesh_cfg[axis]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (value < 1 and value != -1):
-            raise ValueError(f"mesh.{axis} must be a positive integer or -1 (all remaining devices), got {value!r}")
-        sizes.append(int(value))
+    validate_mesh_config(mesh_cfg)
+    sizes = [int(mesh_cfg[axis]) for axis in MESH_AXES]
     given = dict(zip(MESH_AXES, sizes))
-    if sizes.count(-1) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got mesh {given}")
     if -1 in sizes:
         rest = math.prod(s for s in sizes if s != -1)
         if num_devices % rest:
@@ -72,36 +174,70 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
+def device_grid(mesh_cfg, devices: Sequence) -> np.ndarray:
+    """The devices arranged as a (data, fsdp, tensor) array by `mesh_utils`: `create_device_mesh` for one slice,
+    `create_hybrid_device_mesh` (each axis = dcn x ici, slices outermost) when any `mesh.dcn_*` > 1."""
+    from jax.experimental import mesh_utils
+
+    devices = list(devices)
+    shape = mesh_shape(mesh_cfg, len(devices))
+    dcn = dcn_shape(mesh_cfg)
+    named = " x ".join(map(str, shape))
+    if dcn == (1, 1, 1):
+        try:
+            return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        except Exception as err:  # noqa: BLE001 - the library's reason, re-raised as one error naming the sizes
+            raise ValueError(f"cannot build the mesh data x fsdp x tensor = {named} over {len(devices)} "
+                             f"{devices[0].platform} devices: {type(err).__name__}: {err}") from err
+    for axis, total, d in zip(MESH_AXES, shape, dcn):
+        if total % d:
+            raise ValueError(f"mesh.dcn_{axis} = {d} does not divide the resolved mesh.{axis} = {total}")
+    ici = tuple(total // d for total, d in zip(shape, dcn))
+    asked = (f"hybrid mesh data x fsdp x tensor = {named} with dcn_data x dcn_fsdp x dcn_tensor = "
+             f"{' x '.join(map(str, dcn))} ({math.prod(dcn)} slices of {' x '.join(map(str, ici))} devices)")
+    if not all(hasattr(d, "slice_index") for d in devices):
+        raise ValueError(f"{asked}: the {len(devices)} {devices[0].platform} devices have no slice_index (only "
+                         "multi-slice TPU devices do); set mesh.dcn_data = mesh.dcn_fsdp = mesh.dcn_tensor = 1")
+    per_slice = {}
+    for d in devices:
+        per_slice[d.slice_index] = per_slice.get(d.slice_index, 0) + 1
+    if len(per_slice) != math.prod(dcn) or set(per_slice.values()) != {math.prod(ici)}:
+        raise ValueError(f"{asked}, but the devices form {len(per_slice)} slices with "
+                         f"{sorted(per_slice.values())} devices each")
+    try:
+        return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"cannot build the {asked}: {type(err).__name__}: {err}") from err
+
+
 def make_mesh(mesh_cfg, devices: Optional[Sequence] = None) -> Mesh:
     """A `Mesh` with axes ('data', 'fsdp', 'tensor') over `devices` (default: all of `jax.devices()`)."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(mesh_cfg, len(devices))
-    try:  # topology-aware placement on TPU/GPU; a plain reshape elsewhere
-        from jax.experimental import mesh_utils
-        grid = mesh_utils.create_device_mesh(shape, devices)
-    except Exception:  # noqa: BLE001 - any failure of the heuristic falls back to the plain order
-        grid = np.asarray(devices, dtype=object).reshape(shape)
-    return Mesh(grid, MESH_AXES)
+    return Mesh(device_grid(mesh_cfg, devices), MESH_AXES)
 
 
-def logical_to_mesh_spec(logical: PartitionSpec, shape: Sequence[int], mesh: Mesh,
-                         rules=LOGICAL_RULES) -> PartitionSpec:
+# ------------------------------------------------------------------------------------------ logical -> mesh
+
+
+def logical_to_mesh_spec(logical, shape: Sequence[int], mesh, rules=LOGICAL_RULES) -> PartitionSpec:
     """Maps one logical spec (e.g. ('layers', 'embed', 'mlp')) to a mesh spec for an array of `shape`.
 
-    A dimension goes to its rule's mesh axis only if that axis has size > 1, divides the dimension, and is not
-    already used by an earlier dimension; otherwise it is replicated."""
+    A dimension goes to the longest prefix of its rule's mesh axes (those of size > 1, not used by an earlier
+    dimension) whose product divides the dimension; otherwise it is replicated. Missing trailing names are
+    replicated; an unknown name is a ValueError."""
     table = dict(rules)
     names = tuple(logical) + (None,) * (len(shape) - len(tuple(logical)))
     used, out = set(), []
     for name, size in zip(names, shape):
         if name is not None and name not in table:
             raise ValueError(f"logical axis {name!r} has no sharding rule; known: {sorted(table)}")
-        axis = table.get(name) if name is not None else None
-        if axis is None or axis in used or mesh.shape[axis] == 1 or size % mesh.shape[axis]:
-            out.append(None)
-        else:
-            out.append(axis)
-            used.add(axis)
+        axes = table.get(name) if name is not None else None
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = [a for a in axes if a not in used and dict(mesh.shape).get(a, 1) > 1]
+        while axes and size % math.prod(mesh.shape[a] for a in axes):
+            axes.pop()
+        out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+        used.update(axes)
     return PartitionSpec(*out)
 
 
@@ -109,20 +245,69 @@ def _is_spec(x) -> bool:
     return isinstance(x, PartitionSpec)
 
 
-def shardings_from_logical(logical_tree, params_like, mesh: Mesh):
+def shardings_from_logical(logical_tree, params_like, mesh: Mesh, rules=LOGICAL_RULES):
     """NamedShardings for a tree of arrays (or ShapeDtypeStructs) given a same-structured tree of logical specs."""
-    return jax.tree.map(lambda spec, x: NamedSharding(mesh, logical_to_mesh_spec(spec, x.shape, mesh)),
+    return jax.tree.map(lambda spec, x: NamedSharding(mesh, logical_to_mesh_spec(spec, x.shape, mesh, rules)),
                         logical_tree, params_like, is_leaf=_is_spec)
 
 
-def param_shardings(model_config: ModelConfig, mesh: Mesh, params_like):
-    """NamedShardings for the model's parameter tree (arrays or ShapeDtypeStructs), by `LOGICAL_RULES`."""
-    return shardings_from_logical(param_logical_axes(model_config), params_like, mesh)
+def param_shardings(model_config: "ModelConfig", mesh: Mesh, params_like, rules=LOGICAL_RULES):
+    """NamedShardings for the model's parameter tree (arrays or ShapeDtypeStructs), by `rules`."""
+    from grpo_jax.models import param_logical_axes  # here, not at the top: the model code imports this module
+
+    return shardings_from_logical(param_logical_axes(model_config), params_like, mesh, rules)
 
 
-def shard_params(params, model_config: ModelConfig, mesh: Mesh):
+def shard_params(params, model_config: "ModelConfig", mesh: Mesh, rules=LOGICAL_RULES):
     """Places the parameters on the mesh by the logical-axis rules."""
-    return jax.device_put(params, param_shardings(model_config, mesh, params))
+    return jax.device_put(params, param_shardings(model_config, mesh, params, rules))
+
+
+# -------------------------------------------------------------------------- activations: activate / constrain
+
+_ACTIVE = threading.local()  # .mesh: the Mesh that `constrain` places on (rules: Flax's logical_axis_rules)
+
+
+@contextlib.contextmanager
+def activate(mesh: Optional[Mesh], rules=LOGICAL_RULES):
+    """Within this block `constrain` places activations on `mesh` by `rules` (Flax's `nn.logical_axis_rules` holds
+    the rules). `mesh=None` keeps `constrain` a no-op. Python state read at trace time: enter it inside the function
+    that `jax.jit` traces (or around its first call with the mesh and rules it keys on), since jit's cache does
+    not see it; the block may be entered inside a trace (unlike `jax.set_mesh`)."""
+    previous = getattr(_ACTIVE, "mesh", None)
+    _ACTIVE.mesh = mesh
+    try:
+        with nn.logical_axis_rules(tuple(rules)):
+            yield
+    finally:
+        _ACTIVE.mesh = previous
+
+
+def active_mesh() -> Optional[Mesh]:
+    """The mesh `constrain` places on now, or None (then it is a no-op)."""
+    return getattr(_ACTIVE, "mesh", None)
+
+
+def constrain(x: jax.Array, logical_names: Sequence[Optional[str]]) -> jax.Array:
+    """`x` with a sharding constraint from its logical axis names (one per dimension; None = replicated), by the
+    active mesh and rules (`activate`); `x` itself when none are active. Dimensions that do not divide stay
+    replicated (`logical_to_mesh_spec`). A name count that differs from `x.ndim`, or a name without a rule, is a
+    ValueError whether or not a mesh is active."""
+    mesh, rules = active_mesh(), nn.get_logical_axis_rules()
+    names = tuple(logical_names)
+    if len(names) != np.ndim(x):
+        raise ValueError(f"constrain: {len(names)} logical names {names} for an array of shape {np.shape(x)}")
+    unknown = [n for n in names if n is not None and n not in dict(rules or LOGICAL_RULES)]
+    if unknown:  # checked with nothing active too, so a misspelt name fails on one CPU device
+        raise ValueError(f"constrain: logical axis {unknown[0]!r} has no sharding rule; "
+                         f"known: {sorted(dict(rules or LOGICAL_RULES))}")
+    if mesh is None or not rules:
+        return x
+    spec = logical_to_mesh_spec(names, np.shape(x), mesh, rules)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+# ------------------------------------------------------------------------------------------------ batches
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
