@@ -49,6 +49,7 @@ is a ValueError naming the sizes, never a fallback to another placement.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 import threading
@@ -273,7 +274,8 @@ def activate(mesh: Optional[Mesh], rules=LOGICAL_RULES):
     """Within this block `constrain` places activations on `mesh` by `rules` (Flax's `nn.logical_axis_rules` holds
     the rules). `mesh=None` keeps `constrain` a no-op. Python state read at trace time: enter it inside the function
     that `jax.jit` traces (or around its first call with the mesh and rules it keys on), since jit's cache does
-    not see it; the block may be entered inside a trace (unlike `jax.set_mesh`)."""
+    not see it (`with_rules` does this for a function); the block may be entered inside a trace (unlike
+    `jax.set_mesh`)."""
     previous = getattr(_ACTIVE, "mesh", None)
     _ACTIVE.mesh = mesh
     try:
@@ -281,6 +283,16 @@ def activate(mesh: Optional[Mesh], rules=LOGICAL_RULES):
             yield
     finally:
         _ACTIVE.mesh = previous
+
+
+def with_rules(fn, mesh: Optional[Mesh], rules=LOGICAL_RULES):
+    """`fn` running under `activate(mesh, rules)`: `jax.jit(with_rules(loss_fn, mesh, rules_for("train")))` traces
+    `fn` with its mesh and rules, so a cached trace never holds another table's constraints."""
+    @functools.wraps(fn)
+    def under_rules(*args, **kwargs):
+        with activate(mesh, rules):
+            return fn(*args, **kwargs)
+    return under_rules
 
 
 def active_mesh() -> Optional[Mesh]:

@@ -287,6 +287,24 @@ def test_activate_nests_and_restores():
     assert sharding.active_mesh() is None and not nn.get_logical_axis_rules()
 
 
+def test_with_rules_traces_the_function_under_its_mesh_and_rules():
+    import jax
+    import jax.numpy as jnp
+
+    mesh = sharding.make_mesh(sharding.mesh_config(), devices=jax.devices()[:1])
+    names = ("activation_batch", "activation_length", "activation_vocab")
+
+    def logits(x):
+        assert sharding.active_mesh() is mesh  # at trace time
+        return sharding.constrain(x * 2.0, names)
+
+    x = jnp.ones((2, 3, 4))
+    hlo = jax.jit(sharding.with_rules(logits, mesh, sharding.rules_for("sample"))).lower(x).as_text()
+    assert hlo.count("sharding_constraint") == 1
+    assert sharding.active_mesh() is None
+    np.testing.assert_array_equal(sharding.with_rules(logits, mesh)(x), np.full((2, 3, 4), 2.0))
+
+
 def test_constrain_on_eight_devices():
     """The checks of `_eight_device_report` (below), run in a fresh interpreter with 8 virtual CPU devices."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
