@@ -33,11 +33,12 @@ if none divides, the dimension stays replicated (so a tiny test model, an odd vo
 tensor = 4 run on any mesh). This one function (`logical_to_mesh_spec`) serves params, activations and caches.
 A mesh axis absent from the mesh counts as size 1.
 
-The sampler's table (`SAMPLER_RULES`) may differ from the trainer's: a training step reads each weight once for
-B x T tokens, so gathering fsdp-sharded weights is amortised; a decode step reads every weight for one token per
-row, so the same gather would be paid on every generated token. The sampler therefore replicates 'embed' over
-fsdp (weights keep their tensor split) at the cost of holding params / tensor per device. `rules_for(phase)` picks
-the table: 'train' | 'sample'.
+The sampler's table (`SAMPLER_RULES`) may differ from the trainer's: a training step uses each weight for B x T
+tokens, so all-gathering fsdp-sharded weights is amortised over them; a decode step uses every weight for one
+token per row, so the same all-gather would be paid again at every decode step. The sampler's table therefore
+replicates 'embed' over fsdp (weights keep their tensor split), at the cost of params / tensor bytes per device;
+placing the weights by it (`shard_params(..., rules=SAMPLER_RULES)`) is one reshard per rollout. Activation and
+cache names map alike in both tables. `rules_for(phase)` picks the table: 'train' | 'sample'.
 
 Hybrid (ICI x DCN) meshes for multi-slice TPU runs: `mesh.dcn_data`, `mesh.dcn_fsdp`, `mesh.dcn_tensor` (default 1
 = one slice) say how many of each axis's ways cross the data-centre network, so `mesh.data` stays the size of the
