@@ -22,7 +22,13 @@ logical-axis rules (`sharding.py`), every batch array's rows over ('data', 'fsdp
 batch = dict(prompt_tokens int32 [P, S] (left-padded), prompt_mask bool [P, S], completions int32 [N, T],
              completion_mask float32 [N, T], advantages float32 [N], old_logps float32 [N, T],
              truncated bool [N] (optional; used by loss.mask_truncated), keep bool [N] (optional; rows in the
-             update, e.g. DAPO's zero-std filter)), N = P * G, rows p-major (row = p * G + g).
+             update, e.g. DAPO's zero-std filter), **any other per-row array [N, ...]), N = P * G, rows p-major
+             (row = p * G + g). Every other key travels with its rows through the micro-batches and reaches
+             `losses.policy_loss` as `inputs=`, so a loss variant that declares it (`register_variant(inputs=...)`)
+             receives it: a new per-row input needs no edit here.
+
+Metrics are a `step_metrics.Metrics`: each carries its reduction over micro-batches and iterations, declared
+where it is computed (the loss, its variant, this module), so no table here names them.
 """
 
 from __future__ import annotations
@@ -37,17 +43,15 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grpo_jax import logprobs, losses, sharding
-from grpo_jax.config_defaults import validate_loss_config
+from grpo_jax import step_metrics
 from grpo_jax.models import lora
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.transformer import init_params, param_logical_axes
 from grpo_jax.optim import make_optimizer, make_schedule
 
 PROMPT_KEYS = ("prompt_tokens", "prompt_mask")
-ROW_KEYS = ("completions", "completion_mask", "advantages", "old_logps", "truncated", "keep")
-# How metrics of micro-batches / iterations combine: max/min here, a sum (micro-batches) or mean (iterations) else.
-_MAX_METRICS = ("ratio/max", "logp_mismatch/max")
-_MIN_METRICS = ("ratio/min",)
+REQUIRED_ROW_KEYS = ("completions", "completion_mask", "advantages", "old_logps")
+ROW_KEYS = REQUIRED_ROW_KEYS + ("truncated", "keep")  # read by the step itself; other keys go to the loss
 _DTYPES = {"prompt_tokens": jnp.int32, "prompt_mask": jnp.bool_, "completions": jnp.int32,
            "completion_mask": jnp.float32, "advantages": jnp.float32, "old_logps": jnp.float32,
            "truncated": jnp.bool_, "keep": jnp.bool_}
@@ -75,11 +79,12 @@ class _Settings(NamedTuple):
     use_kl: bool
     total_updates: int
     remat: bool
+    attention: str
     seed: int
 
 
 def _settings(config) -> _Settings:
-    validate_loss_config(config.loss)
+    losses.ensure_valid(config.loss)  # a no-op after the run's validation (config.validate)
     model = config.model
     rank = int(model.get("lora_rank", 0))
     if rank < 0:
@@ -105,6 +110,7 @@ def _settings(config) -> _Settings:
         use_kl=float(config.loss.kl_beta) > 0.0,
         total_updates=max(1, int(config.total_steps)) * mu,
         remat=bool(model.get("remat", False)),
+        attention=str(model.get("attention", "xla")),
         seed=int(config.get("seed", 0)),
     )
 
@@ -197,10 +203,11 @@ def _split(x, num_micro: int, group: int, mesh: Mesh):
 
 
 def _check_batch(batch: dict, s: _Settings, mesh: Mesh) -> dict:
-    missing = [k for k in PROMPT_KEYS + ROW_KEYS[:4] if k not in batch]
+    required = PROMPT_KEYS + REQUIRED_ROW_KEYS
+    missing = [k for k in required if k not in batch]
     if missing:
-        raise ValueError(f"train step batch lacks {missing}; it needs {list(PROMPT_KEYS + ROW_KEYS[:4])} "
-                         "(+ optional 'truncated', 'keep')")
+        raise ValueError(f"train step batch lacks {missing}; it needs {list(required)} "
+                         "(+ optional 'truncated', 'keep', and per-row inputs of the loss variant)")
     p, s_len = np.shape(batch["prompt_tokens"])
     n, t = np.shape(batch["completions"])
     if n != p * s.group_size:
@@ -211,17 +218,24 @@ def _check_batch(batch: dict, s: _Settings, mesh: Mesh) -> dict:
     for k, shape in want.items():
         if k in batch and tuple(np.shape(batch[k])) != shape:
             raise ValueError(f"batch['{k}'] has shape {tuple(np.shape(batch[k]))}, expected {shape}")
+    extra = {k: v for k, v in batch.items() if k not in PROMPT_KEYS + ROW_KEYS}
+    for k, v in extra.items():
+        if np.ndim(v) < 1 or np.shape(v)[0] != n:
+            raise ValueError(f"batch['{k}'] has shape {tuple(np.shape(v))}: a per-row input of the loss needs one "
+                             f"row per completion, [{n}, ...]")
     micro = s.micro_batch_size or n
     if n % micro:
         raise ValueError(f"optim.micro_batch_size = {micro} does not divide the step's {n} sequences "
                          f"({p} prompts x {s.group_size})")
     sharding.check_batch_divisible(p, mesh, "batch size (prompts in the step)")
     sharding.check_batch_divisible(micro, mesh, "micro-batch size (optim.micro_batch_size, sequences)")
-    out = {k: batch[k] for k in PROMPT_KEYS + ROW_KEYS[:4]}
+    out = {k: batch[k] for k in required}
     out["truncated"] = batch.get("truncated", np.zeros((n,), bool))
     out["keep"] = batch.get("keep", np.ones((n,), bool))
-    return {k: (v.astype(_DTYPES[k]) if isinstance(v, jax.Array) else np.asarray(v, _DTYPES[k]))
-            for k, v in out.items()}
+    out = {k: (v.astype(_DTYPES[k]) if isinstance(v, jax.Array) else np.asarray(v, _DTYPES[k]))
+           for k, v in out.items()}
+    out.update({k: (v if isinstance(v, jax.Array) else np.asarray(v)) for k, v in extra.items()})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ the step
@@ -240,21 +254,6 @@ def reference_logprobs(model_config: ModelConfig, ref_params, micro_batches: dic
     return jax.lax.stop_gradient(jax.lax.map(one, micro_batches))
 
 
-def _combine(total: dict, new: dict) -> dict:
-    def one(k):
-        if k in _MAX_METRICS:
-            return jnp.maximum(total[k], new[k])
-        if k in _MIN_METRICS:
-            return jnp.minimum(total[k], new[k])
-        return total[k] + new[k]
-    return {k: one(k) for k in total}
-
-
-def _identity(k: str, like):
-    fill = -jnp.inf if k in _MAX_METRICS else (jnp.inf if k in _MIN_METRICS else 0.0)
-    return jnp.full(like.shape, fill, like.dtype)
-
-
 def _build(model_config: ModelConfig, config, mesh: Mesh):
     """(step_fn(state, frozen, ref, batch), grad_fn(trainable, frozen, ref, batch), settings, tx) — unjitted."""
     s = _settings(config)
@@ -270,14 +269,16 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
         params = full_params(trainable, frozen)
         logps, entropy = logprobs.completion_logprobs(model_config, params, mb["prompt_tokens"], mb["prompt_mask"],
                                                       mb["completions"], s.group_size, s.temperature)
+        inputs = {k: v for k, v in mb.items() if k not in PROMPT_KEYS + ROW_KEYS}
         loss, metrics = losses.policy_loss(logps, mb["old_logps"], ref_lp, mb["advantages"], mb["completion_mask"],
                                            loss_cfg, norm_length=s.norm_length, truncated=mb["truncated"],
-                                           entropy=entropy, denominators=dens, keep=mb["keep"])
-        # Sampler-vs-trainer mismatch (Tunix logs it every step): exact sampling gives 0 at the first iteration.
+                                           entropy=entropy, denominators=dens, keep=mb["keep"], inputs=inputs)
+        # Sampler-vs-trainer mismatch (Tunix logs it every step): exact sampling gives 0 at the first iteration,
+        # so it is reported for the first iteration (params = the sampler's).
         valid = mb["completion_mask"] > 0
         gap = jnp.where(valid, jnp.abs(mb["old_logps"] - jax.lax.stop_gradient(logps)), 0.0)
-        metrics["logp_mismatch/max"] = jnp.max(gap)
-        metrics["logp_mismatch/mean"] = jnp.sum(gap) / jnp.maximum(num_valid, 1.0)
+        metrics.add("logp_mismatch/max", jnp.max(gap), "max", iterations="first")
+        metrics.add("logp_mismatch/mean", jnp.sum(gap) / jnp.maximum(num_valid, 1.0), "sum", iterations="first")
         return loss, metrics
 
     grad_of = jax.grad(micro_loss, has_aux=True)
@@ -304,18 +305,18 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
             return grad_of(trainable, frozen, first[0], first[1], dens, num_valid)
         metric_shapes = jax.eval_shape(lambda: grad_of(trainable, frozen, first[0], first[1], dens, num_valid))[1]
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
-        init = (zeros, {k: _identity(k, v) for k, v in metric_shapes.items()})
+        init = (zeros, step_metrics.identity(metric_shapes))
 
         def body(carry, xs):
             g_sum, m_sum = carry
             mb, ref_lp = xs
             g, m = grad_of(trainable, frozen, mb, ref_lp, dens, num_valid)
             g_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)  # accumulate in float32
-            return (g_sum, _combine(m_sum, m)), None
+            return (g_sum, step_metrics.combine_micro_batches(m_sum, m)), None
 
         (grads, metrics), _ = jax.lax.scan(body, init, (mbs, ref))
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
-        return grads, metrics
+        return grads, step_metrics.finish_micro_batches(metrics, jax.tree.leaves(mbs)[0].shape[0])
 
     def grad_fn(trainable, frozen, ref_params, batch):
         mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params)
@@ -327,8 +328,8 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
         def update(carry, _):
             params, opt_state, step = carry
             grads, metrics = accumulate(params, frozen, mbs, ref, dens, num_valid)
-            metrics["grad_norm"] = optax.tree.norm(grads)
-            metrics["learning_rate"] = jnp.asarray(schedule(step), jnp.float32)
+            metrics.add("grad_norm", optax.tree.norm(grads), "mean")
+            metrics.add("learning_rate", jnp.asarray(schedule(step), jnp.float32), "mean")
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state, step + 1), metrics
 
@@ -338,16 +339,7 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
             per_iter = jax.tree.map(lambda x: x[None], metrics)
         else:
             (params, opt_state, step), per_iter = jax.lax.scan(update, carry, None, length=s.num_iterations)
-        metrics = {}
-        for k, v in per_iter.items():
-            if k.startswith("logp_mismatch/"):
-                metrics[k] = v[0]  # the first iteration: params = the sampler's
-            elif k in _MAX_METRICS:
-                metrics[k] = jnp.max(v)
-            elif k in _MIN_METRICS:
-                metrics[k] = jnp.min(v)
-            else:
-                metrics[k] = jnp.mean(v)
+        metrics = step_metrics.reduce_iterations(per_iter)
         return state.replace(params=params, opt_state=opt_state, step=step), metrics
 
     return step_fn, grad_fn, s, tx
@@ -358,8 +350,7 @@ def _arg_shardings(model_config: ModelConfig, config, mesh: Mesh, s: _Settings):
     params_sh = sharding.param_shardings(model_config, mesh, base_like)
     frozen_sh = params_sh if s.lora_rank else None
     ref_sh = params_sh if (s.use_kl and not s.lora_rank) else None
-    rows = sharding.batch_sharding(mesh)
-    batch_sh = {k: rows for k in PROMPT_KEYS + ROW_KEYS}
+    batch_sh = sharding.batch_sharding(mesh)  # a prefix: every batch array's rows, whatever its keys
     return frozen_sh, ref_sh, batch_sh
 
 
@@ -386,8 +377,9 @@ def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_opti
 
     `frozen`: None (full finetuning) or the LoRA base from `init_train_state`. `ref_params`: the reference policy's
     params in full finetuning with loss.kl_beta > 0, else None (ignored when kl_beta = 0). `state` is donated.
-    Metrics (scalars): those of `losses.policy_loss` (loss, policy_loss, kl, entropy, clip_ratio/*, ratio/*),
-    averaged over the mu iterations (max / min for ratio/max / ratio/min), plus grad_norm (before clipping),
+    Metrics (a `step_metrics.Metrics` of scalars): those of `losses.policy_loss` (loss, policy_loss, kl,
+    entropy, clip_ratio/*, ratio/*, and the variant's own), combined over micro-batches and the mu iterations by
+    each one's declared reduction (ratio/max and ratio/min: max / min), plus grad_norm (before clipping),
     learning_rate, and logp_mismatch/max, logp_mismatch/mean = max / mean |old_logps - trainer log-probs| over
     valid tokens at the first iteration. `compiler_options` go to `jax.jit` (tests pass
     {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}: ~3x quicker compilation of a

@@ -1,5 +1,6 @@
-"""The task registry: `TASKS.get(name, **options) -> Task` (same mechanics as the reward registry)."""
+"""The task registry: `TASKS.get(name, **options) -> Task` (the kind 'task' of `grpo_jax.registry`); a task
+factory's keyword arguments are its config fields (`task.*` besides `task.name`)."""
 
-from grpo_jax.rewards.registry import Registry
+from grpo_jax.registry import kind
 
-TASKS = Registry("task")
+TASKS = kind("task", factory=True)

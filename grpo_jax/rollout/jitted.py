@@ -1,0 +1,27 @@
+"""Rollout engine 'jitted': the group sampler `sampling.generate`, one compiled program per shapes and settings
+(prefill each prompt once, decode all rows in a `lax.while_loop`; see grpo_jax/sampling.py)."""
+
+from __future__ import annotations
+
+from grpo_jax import sampling
+from grpo_jax.rollout.engine import Settings, register_engine
+
+
+class JittedGroupSampler:
+    """Every row decoded until all stop or max_new_tokens; exact log-probs."""
+
+    def __init__(self, model_config, mesh=None):
+        self.model_config, self.mesh = model_config, mesh
+
+    def generate(self, params, prompt_tokens, prompt_mask, key, settings: Settings) -> sampling.Rollout:
+        return sampling.generate(self.model_config, params, prompt_tokens, prompt_mask, key,
+                                 group_size=settings.group_size, max_new_tokens=settings.max_new_tokens,
+                                 temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                                 greedy=settings.greedy, stop_ids=settings.stop_ids, pad_id=settings.pad_id,
+                                 mesh=self.mesh)
+
+
+@register_engine("jitted")
+def jitted(model_config, mesh=None) -> JittedGroupSampler:
+    """The jitted group sampler (`sampling.generate`)."""
+    return JittedGroupSampler(model_config, mesh)
