@@ -1,17 +1,19 @@
 """Completions of task examples, their scores, and the held-out evaluation.
 
-`Sampler` turns task examples into completions: chat template + assistant prefill -> left-padded tokens ->
-`sampling.generate` -> decoded text of the rows this process holds. The runner samples its training groups with
-it, and `evaluate` runs it over the WHOLE held-out set in batches:
+`Sampler` turns task examples into completions: chat template + assistant prefill -> left-padded tokens -> a
+rollout engine (`grpo_jax.rollout`, chosen by `rollout.engine`; the jitted group sampler by default) -> decoded text
+of the rows this process holds. The runner samples its training groups with it, and `evaluate` runs it over the
+WHOLE held-out set in batches:
 
   eval/accuracy     greedy decoding, fraction of problems the task's accuracy reward marks solved (reward 1.0)
   eval/pass@k       k = eval.pass_k: n = eval.num_samples samples per problem at eval.temperature, and the
                     unbiased estimator of Chen et al. 2021 ("Evaluating Large Language Models Trained on Code",
                     eq. 1): pass@k = E[1 - C(n - c, k) / C(n, k)], c = correct samples of a problem
-  eval/format_rate  fraction of greedy completions in the `<think>...</think> <answer>...</answer>` format
-  eval/answer_rate  fraction of greedy completions holding a complete `<answer>...</answer>` block
   eval/mean_reward  mean of the config's weighted reward over the greedy completions
   eval/mean_length  mean greedy completion length in tokens
+  eval/<name>       each of the task's own `eval_metrics` (name -> fn(completion text) -> float), averaged over the
+                    greedy completions: e.g. format_rate / answer_rate for the tasks whose prompt asks for the
+                    R1 `<think>...</think> <answer>...</answer>` format (grpo_jax/tasks/eval_metrics.py)
 
 Multi-host: every process builds the same (small) prompt batch, the sampler splits its rows over the mesh, each
 process decodes and scores only the rows it holds, and the per-row scores are gathered (`distributed`).
@@ -20,14 +22,12 @@ process decodes and scores only the rows it holds, and the per-row scores are ga
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 
-from grpo_jax import batching, distributed, sampling
-from grpo_jax.rewards.extract import answer_block
-from grpo_jax.rewards.format import follows_format
+from grpo_jax import batching, distributed, rollout
 from grpo_jax.tasks import reward_columns
 
 
@@ -108,13 +108,15 @@ class Completions:
 
 
 class Sampler:
-    """Examples -> completions with one model, tokenizer and mesh. Prompt tokens are cached by example id."""
+    """Examples -> completions with one model, tokenizer, mesh and rollout engine (a name registered in
+    `grpo_jax.rollout`, or an engine object). Prompt tokens are cached by example id."""
 
-    def __init__(self, model_config, tokenizer, mesh, *, bucket: int = 16):
+    def __init__(self, model_config, tokenizer, mesh, *, bucket: int = 16, engine="jitted"):
         if tokenizer is None:
             raise ValueError("the model has no tokenizer (a checkpoint dir without tokenizer files); training "
                              "needs one to build prompts and read completions")
         self.model_config, self.tokenizer, self.mesh, self.bucket = model_config, tokenizer, mesh, bucket
+        self.engine = rollout.make(engine, model_config, mesh) if isinstance(engine, str) else engine
         self.stop_ids = stop_ids(model_config, tokenizer)
         self.pad_id = pad_id(model_config, tokenizer)
         self._cache: dict[str, list[int]] = {}
@@ -137,16 +139,16 @@ class Sampler:
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False):
         """((prompt tokens, mask), rollout of all P * G rows as global arrays, Completions of this process's rows)."""
         tokens, mask = self.encode(examples)
-        rollout = sampling.generate(self.model_config, params, tokens, mask, key, group_size=group_size,
-                                    max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                    top_p=top_p, greedy=greedy, stop_ids=self.stop_ids, pad_id=self.pad_id,
-                                    mesh=self.mesh)
-        start, local_tokens = distributed.local_part(rollout.tokens)
-        _, lengths = distributed.local_part(rollout.lengths)
-        _, truncated = distributed.local_part(rollout.truncated)
+        settings = rollout.Settings(group_size=group_size, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_k=top_k, top_p=top_p, greedy=greedy, stop_ids=self.stop_ids,
+                                    pad_id=self.pad_id)
+        out = self.engine.generate(params, tokens, mask, key, settings)
+        start, local_tokens = distributed.local_part(out.tokens)
+        _, lengths = distributed.local_part(out.lengths)
+        _, truncated = distributed.local_part(out.truncated)
         texts = [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
                  for row, n in zip(local_tokens, lengths)]
-        return (tokens, mask), rollout, Completions(start, texts, np.asarray(lengths), np.asarray(truncated))
+        return (tokens, mask), out, Completions(start, texts, np.asarray(lengths), np.asarray(truncated))
 
 
 def score(reward_fn: Callable, examples: Sequence[dict], completions: Completions, group_size: int):
@@ -176,18 +178,24 @@ def _batches(n: int, size: int):
 
 
 def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_fn: Callable, accuracy_fn: Callable,
-             config, num_samples_shown: int = 4) -> EvalResult:
-    """Greedy accuracy, pass@k, format rate and mean reward over every example of `examples`.
+             config, num_samples_shown: int = 4, eval_metrics: Mapping[str, Callable[[str], float]] = None
+             ) -> EvalResult:
+    """Greedy accuracy, pass@k, mean reward and the task's own metrics over every example of `examples`.
 
     reward_fn: the config's combined reward; accuracy_fn: the task's accuracy reward, combined alone
-    (`rewards.combine({task.accuracy_reward: 1.0})`): 1.0 means solved.
+    (`rewards.combine({task.accuracy_reward: 1.0})`): 1.0 means solved. eval_metrics: the task's
+    `Task.eval_metrics` (name -> fn(greedy completion text) -> float), logged as eval/<name> means.
     config: the whole ConfigDict (eval.* and rollout.*)."""
     shards = int(sampler.mesh.shape["data"]) * int(sampler.mesh.shape["fsdp"])
     batch = max(shards, int(config.eval.batch_size) // shards * shards)
     max_new = int(config.eval.max_new_tokens) or int(config.rollout.max_new_tokens)
     k = int(config.eval.pass_k)
     n = int(config.eval.num_samples) or k
-    rows = []  # per problem: reward, correct, format, answer, length, passes
+    own = dict(eval_metrics or {})
+    for name in own:
+        if name in ("accuracy", "mean_reward", "mean_length", "num_examples") or name.startswith("pass@"):
+            raise ValueError(f"task eval metric {name!r} has the name of a built-in eval metric")
+    rows = []  # per problem: reward, correct, length, the task's metrics..., passes
     shown = []
     for b, (lo, hi) in enumerate(_batches(len(examples), batch)):
         chunk = list(examples[lo:hi])
@@ -197,10 +205,9 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
         _, _, greedy = sampler.sample(params, chunk, batch_key, group_size=1, max_new_tokens=max_new, greedy=True)
         total, _, _ = score(reward_fn, chunk, greedy, 1)
         correct = np.asarray(score(accuracy_fn, chunk, greedy, 1)[0]) >= 1.0 - 1e-6
-        fmt = np.asarray([follows_format(t) for t in greedy.texts], np.float32)
-        has_answer = np.asarray([answer_block(t) is not None for t in greedy.texts], np.float32)
-        local = np.stack([np.asarray(total, np.float32), correct.astype(np.float32), fmt, has_answer,
-                          greedy.lengths.astype(np.float32)], axis=1)
+        task_columns = [np.asarray([float(fn(t)) for t in greedy.texts], np.float32) for fn in own.values()]
+        local = np.stack([np.asarray(total, np.float32), correct.astype(np.float32),
+                          greedy.lengths.astype(np.float32)] + task_columns, axis=1)
         passes = np.zeros((len(local), 1), np.float32)
         if k:
             _, _, sampled = sampler.sample(params, chunk, jax.random.fold_in(batch_key, 1), group_size=n,
@@ -217,14 +224,14 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
     table = np.concatenate(rows, axis=0)
     metrics = {
         "eval/accuracy": float(table[:, 1].mean()),
-        "eval/format_rate": float(table[:, 2].mean()),
-        "eval/answer_rate": float(table[:, 3].mean()),
         "eval/mean_reward": float(table[:, 0].mean()),
-        "eval/mean_length": float(table[:, 4].mean()),
+        "eval/mean_length": float(table[:, 2].mean()),
         "eval/num_examples": int(len(table)),
     }
+    for i, name in enumerate(own):
+        metrics[f"eval/{name}"] = float(table[:, 3 + i].mean())
     if k:
-        metrics[f"eval/pass@{k}"] = float(table[:, 5].mean())
+        metrics[f"eval/pass@{k}"] = float(table[:, -1].mean())
     return EvalResult(metrics, shown)
 
 

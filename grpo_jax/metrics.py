@@ -2,8 +2,9 @@
 
 Rows carry `step` and TRL's metric names (DESIGN.md): reward, reward_std, rewards/<name>/mean,
 frac_reward_zero_std, completions/mean_length, completions/clipped_ratio, kl, entropy, clip_ratio/region_mean,
-loss, grad_norm, learning_rate, step_time; eval rows carry eval/accuracy, eval/pass@k, eval/format_rate,
-eval/mean_reward.
+loss, grad_norm, learning_rate, step_time, and every other metric the train step returns (a plug-in's own under
+its name); eval rows carry eval/accuracy, eval/pass@k, eval/mean_reward and the task's own eval metrics (e.g.
+eval/format_rate for the R1-format tasks).
 
 Resuming from the checkpoint of step k keeps the rows with step <= k and drops the later ones (they were written by
 the interrupted run after its last checkpoint and are computed again), so a resumed run's file equals an

@@ -42,10 +42,6 @@ from grpo_jax.checkpoint import Checkpointer, check_workdir, export_policy
 
 WIDTH_BUCKET = 16  # the train step's completion width is a multiple of this: a handful of compiled programs
 SAMPLE_TAG, EVAL_TAG = 0, 1  # key of a step = fold_in(fold_in(base key = PRNGKey(seed), TAG), step)
-# Train-step metrics copied to the row under the same name (those present).
-TRAIN_METRICS = ("loss", "policy_loss", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
-                 "clip_ratio/region_mean", "ratio/mean", "ratio/max", "ratio/min", "dual_clip_ratio", "grad_norm",
-                 "learning_rate", "logp_mismatch/max", "logp_mismatch/mean")
 
 
 @dataclasses.dataclass
@@ -132,7 +128,7 @@ class Experiment:
         policy = models.load(config.model.path, config.model.dtype, config.model.compute_dtype,
                              with_tokenizer=not config.model.tokenizer)
         self.model_config, self.tokenizer = policy.config, _tokenizer(config, policy)
-        self.sampler = evaluation.Sampler(policy.config, self.tokenizer, self.mesh)
+        self.sampler = evaluation.Sampler(policy.config, self.tokenizer, self.mesh, engine=config.rollout.engine)
         self.state, self.frozen = init_train_state(policy.config, policy.params, config, self.mesh)
         use_ref = float(config.loss.kl_beta) > 0 and int(config.model.lora_rank) == 0
         self.ref = sharding.shard_params(policy.params, policy.config, self.mesh) if use_ref else None
@@ -226,7 +222,8 @@ def _eval(exp: Experiment, step: int, writer) -> dict:
     result = evaluation.evaluate(exp.sampler, exp.policy_params(), exp.eval_examples,
                                  _key(exp.base_key, EVAL_TAG, step),
                                  reward_fn=exp.reward_fn, accuracy_fn=exp.accuracy_fn, config=config,
-                                 num_samples_shown=int(config.logging.num_samples))
+                                 num_samples_shown=int(config.logging.num_samples),
+                                 eval_metrics=exp.task.eval_metrics)
     row = {"step": step, **result.metrics, "eval/time": time.time() - t0}
     writer.write(row)
     shown = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in result.metrics.items()
@@ -324,7 +321,10 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     total, per_reward, num_errors = evaluation.score(exp.reward_fn, examples, completions, G)
     scores = _gather_scores(total, per_reward, completions)
     rewards_pg = scores[:, 0].reshape(P, G)
-    adv = np.asarray(advantages.group_advantages(rewards_pg, cfg.loss), np.float32).reshape(-1)
+    per_reward_pgr = scores[:, 3:].reshape(P, G, len(per_reward))  # unweighted, in config.rewards' order
+    weights = np.asarray([float(cfg.rewards[name]) for name in per_reward], np.float32)
+    adv = np.asarray(advantages.group_advantages(rewards_pg, cfg.loss, per_reward=per_reward_pgr,
+                                                 reward_weights=weights), np.float32).reshape(-1)
     stats = advantages.group_stats(rewards_pg, cfg.loss)
     columns = (rollout.tokens, rollout.mask, rollout.logps)
     width = completion_width(scores[:, 1].max(), rollout.tokens.shape[1])
@@ -354,7 +354,8 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": float(truncated.mean()),
     })
-    row.update({k: train_metrics[k] for k in TRAIN_METRICS if k in train_metrics})
+    # Every metric the train step returns (the loss's, its plug-ins', the step's own), under its own name.
+    row.update({(f"train/{k}" if k in row else k): v for k, v in train_metrics.items()})
     if "logp_mismatch/max" in train_metrics:
         row["logp_mismatch"] = train_metrics["logp_mismatch/max"]
     row["step_time"] = time.time() - t0

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from grpo_jax.rewards.columns import integer
 from grpo_jax.tasks.base import EVAL_STREAM, TRAIN_STREAM, Task, check_seed, make_example, rng
+from grpo_jax.tasks.eval_metrics import ANSWER_TAGS
 from grpo_jax.tasks.registry import TASKS
 
 OPERATORS = ("+", "-", "*", "/")
@@ -51,6 +52,7 @@ class ArithmeticTask(Task):
     name = "arithmetic"
     reward_names = ("arithmetic",)
     accuracy_reward = "arithmetic"
+    eval_metrics = ANSWER_TAGS
 
     def __init__(self, *, operators: Sequence[str], digits: int, num_operands: int, eval_size: int | None,
                  split_seed: int):

@@ -56,12 +56,15 @@ def reward_columns(examples: list[dict[str, Any]], repeat: int = 1) -> dict[str,
 
 
 class Task:
-    """Base class. Subclasses set `name`, `reward_names`, `accuracy_reward` and implement `train_example` and
-    `_eval_examples`."""
+    """Base class. Subclasses set `name`, `reward_names`, `accuracy_reward`, `eval_metrics` and implement
+    `train_example` and `_eval_examples`. A task's config fields are its factory's keyword options (`task.*`)."""
 
     name: str = ""
     reward_names: tuple[str, ...] = ()  # default rewards for training (all weight 1.0 unless the config says so)
     accuracy_reward: str = ""  # the reward whose value 1.0 means "solved": eval/accuracy and pass@k use it
+    # The task's own eval metrics, name -> fn(completion text) -> float, logged as eval/<name> means: those of the
+    # format its prompt asks for (see tasks/eval_metrics.py); none by default.
+    eval_metrics: dict = {}
 
     def train_example(self, seed: int, index: int) -> dict[str, Any]:
         raise NotImplementedError

@@ -20,6 +20,7 @@ from grpo_jax.tasks import data
 from grpo_jax.tasks.base import (
     EVAL_STREAM, R1_PREFILL, R1_SYSTEM, TRAIN_STREAM, RowsTask, Task, check_seed, make_example, rng,
 )
+from grpo_jax.tasks.eval_metrics import R1_FORMAT
 from grpo_jax.tasks.registry import TASKS
 
 HUB_ID = "Jiayi-Pan/Countdown-Tasks-3to4"
@@ -50,6 +51,7 @@ class CountdownTask(Task):
     name = "countdown"
     reward_names = ("format", "countdown")
     accuracy_reward = "countdown"
+    eval_metrics = R1_FORMAT
 
     def to_example(self, row: dict[str, Any]) -> dict[str, Any]:
         nums, target = list(row["nums"]), int(row["target"])

@@ -14,6 +14,7 @@ from grpo_jax.rewards.columns import integer
 from grpo_jax.rewards.extract import reference_number
 from grpo_jax.tasks import data
 from grpo_jax.tasks.base import R1_PREFILL, R1_SYSTEM, RowsTask, Task, check_seed, make_example
+from grpo_jax.tasks.eval_metrics import R1_FORMAT
 from grpo_jax.tasks.registry import TASKS
 
 HUB_ID = "openai/gsm8k"
@@ -40,6 +41,7 @@ class GSM8KTask(RowsTask):
     name = "gsm8k"
     reward_names = ("format", "gsm8k")
     accuracy_reward = "gsm8k"
+    eval_metrics = R1_FORMAT
 
     def __init__(self, train_rows: list[dict], test_rows: list[dict], eval_size: int | None, split_seed: int,
                  test_source: str):
