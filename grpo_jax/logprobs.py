@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from grpo_jax.models.config import ModelConfig
-from grpo_jax.models.transformer import PrefixKV, causal_mask, hidden_states, padded_positions, unembed
+from grpo_jax.models.decoder import PrefixKV, causal_mask, hidden_states, padded_positions, unembed
 
 
 class Prompt(NamedTuple):
@@ -26,8 +26,9 @@ class Prompt(NamedTuple):
 def encode_prompt(config: ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array) -> Prompt:
     """Prefill: run the left-padded prompts [P, S] once."""
     mask = prompt_mask.astype(bool)
-    hidden, (k, v) = hidden_states(config, params, prompt_tokens, padded_positions(mask), causal_mask(mask))
-    return Prompt(PrefixKV(k, v, mask), hidden[:, -1], jnp.sum(mask, axis=-1).astype(jnp.int32))
+    positions = padded_positions(mask)
+    hidden, (k, v) = hidden_states(config, params, prompt_tokens, positions, causal_mask(mask))
+    return Prompt(PrefixKV(k, v, mask, positions), hidden[:, -1], jnp.sum(mask, axis=-1).astype(jnp.int32))
 
 
 def token_logprobs(config: ModelConfig, params, hidden: jax.Array, targets: jax.Array, temperature: float = 1.0,

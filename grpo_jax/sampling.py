@@ -7,18 +7,18 @@ One call is one jitted program (compiled once per shapes and static settings):
 
   1. prefill: each prompt is run once (`logprobs.encode_prompt`, the trainer's function); its keys/values are read
      by all G completions of the group -- no G copies of the prompt cache;
-  2. completion token 0 is drawn from the prompt's last hidden state (`decoding.vocab_logits`);
+  2. completion token 0 is drawn from the prompt's last hidden state (`models.unembed`, the trainer's head);
   3. a `lax.while_loop` decodes one token per step for all N = P * G rows and stops as soon as every row has
-     emitted a stop token (or after `max_new_tokens`); no host round-trip per token. The rows' own keys/values live
-     in the loop carry, one buffer per layer, each updated in place at one slot per step. The loop runs in phases
-     whose caches double in size (`cache_phases`: 64, 128, ... slots), so a step reads at most twice the slots
-     written so far, not all max_new_tokens of them, and a run that ends early never allocates the larger caches.
+     emitted a stop token (or after `max_new_tokens`); no host round-trip per token. The rows' own keys/values
+     live in the loop carry (`models.KVCache`, [L, N, slots, Hkv, hd]), one slot written per step. The loop runs
+     in phases whose caches double in size (`cache_phases`: 64, 128, ... slots), so a step reads at most twice the
+     slots written so far, not all max_new_tokens of them, and a run that ends early never allocates the larger
+     caches.
 
-The decode step (`decoding.decode_step`) computes what the trainer's `logprobs.completion_logprobs` computes for
-one token per row (same norms, rope, float32 softmax over [prompt keys ++ own keys]), in a feature-major layout
-that suits a batch of ~64 rows on CPU (see `decoding`). The sampler's log-probs therefore equal the trainer's
-(|difference| <= 1e-5 in float32, tested): GRPO's ratio is 1 at the first iteration and needs no sampler/trainer
-mismatch correction.
+The decode step is the model's own (`models.decode_step`): the same decoder, layers scanned, that the trainer's
+`logprobs.completion_logprobs` runs over all completion tokens at once, on one token per row with a cache. The
+sampler's log-probs therefore equal the trainer's (|difference| <= 1e-5 in float32, tested): GRPO's ratio is 1
+at the first iteration and needs no sampler/trainer mismatch correction.
 
 Log-probs are log softmax(logits / temperature) of the chosen token over the FULL vocabulary, even when top-k/top-p
 truncate the distribution the token is drawn from; that is what the trainer computes. Greedy decoding reports
@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grpo_jax import decoding
 from grpo_jax.logprobs import encode_prompt
+from grpo_jax.models import decoder
 from grpo_jax.models.config import ModelConfig
 
 
@@ -210,17 +210,13 @@ _FIRST_PHASE_SLOTS = 64  # cache slots of the decode loop's first phase (see `ca
 
 def cache_phases(max_new_tokens: int, first: int = _FIRST_PHASE_SLOTS) -> tuple:
     """Cache capacities (slots) of the decode loop's phases: `first`, doubling, then all T - 1 slots (the last token
-    is never fed back), each a multiple of 16 so that a key row [.., hd, slots] is whole 64-byte lines (63 -> 64
-    slots took the own-score reduction from ~290 to ~160 us a layer).
+    is never fed back), each a multiple of 16 (whole, aligned slot rows).
 
-    Every step reads each row's whole own cache, so with one cache of T - 1 slots the step at t reads T - 1 slots
-    where t are written (SmolLM2-135M, 64 rows, 2 CPU cores, `benchmark sampler_profile --new-tokens 256`: a step
-    took ~160 ms reading 256 slots, ~122 ms reading 64). Phase k runs the steps that write slots
-    [phases[k-1], phases[k]) with a cache of phases[k] slots (the previous one padded once), so a step reads at most
-    twice the slots it needs, and a run that ends early never allocates the larger caches (`benchmark sampler
-    --new-tokens 256 --no-transformers`, one cache vs phases: 43.1 -> 39.4 s a call, best of 3). Each phase is one
-    more compiled loop body (5 for T = 1024; at T = 256, 3 of them, compile_s went 10.9 -> 19.9 s); a last phase
-    shorter than a quarter of the one before is merged into it."""
+    Every step reads each row's whole own cache, so with one cache of T - 1 slots the step at t would read T - 1
+    slots where t are written. Phase k runs the steps that write slots [phases[k-1], phases[k]) with a cache of
+    phases[k] slots (the previous one padded once), so a step reads at most twice the slots it needs, and a run
+    that ends early never allocates the larger caches. Each phase is one more compiled loop body; a last phase
+    shorter than a quarter of the one before is merged into it. (README, Performance: what this saves.)"""
     def up16(x):
         return -(-x // 16) * 16
     total = up16(max(max_new_tokens - 1, 1))
@@ -247,33 +243,31 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
         spec[axis] = axes
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
+    def constrain_cache(cache):  # k, v [L, N, S, Hkv, hd]: rows split like the batch
+        return cache._replace(k=constrain(cache.k, 1), v=constrain(cache.v, 1), start=constrain(cache.start))
+
     def program(params, prompt_tokens, prompt_mask, key, temperature, top_p):
         p = prompt_tokens.shape[0]
         n = p * g
         prompt = encode_prompt(config, params, prompt_tokens, prompt_mask)
-        state = decoding.decode_state(config, params, prompt)
         row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n, dtype=jnp.int32))
         draw = functools.partial(sample_logits, temperature=temperature, top_p=top_p, top_k=top_k,
-                                 use_top_p=use_top_p, greedy=greedy, axis=0)   # logits are [V, N]
+                                 use_top_p=use_top_p, greedy=greedy)
 
-        first_logits = jnp.repeat(decoding.vocab_logits(state, prompt.last_hidden.T), g, axis=1)
-        tok0, lp0 = draw(constrain(first_logits, axis=1), _uniforms(row_keys, 0))
+        first_logits = jnp.repeat(decoder.unembed(config, params, prompt.last_hidden), g, axis=0)   # [N, V]
+        tok0, lp0 = draw(constrain(first_logits), _uniforms(row_keys, 0))
         tokens = jnp.full((n, t_max), pad_id, jnp.int32).at[:, 0].set(tok0)
         logps = jnp.zeros((n, t_max), jnp.float32).at[:, 0].set(lp0)
         done = _is_stop(tok0, stop_ids)
         lengths = jnp.ones((n,), jnp.int32)
-        # Every row's rope angles for all its positions, once per call: computed in the loop, XLA fused cos and sin
-        # into each layer's rope and evaluated them for every head (~0.2 ms a layer at 64 rows).
-        positions = jnp.repeat(prompt.length, g)[:, None] + jnp.arange(t_max, dtype=jnp.int32)[None, :]
-        rope = decoding.rope_table(config, positions)                                          # [T, hd, N]
+        start = jnp.repeat(prompt.length, g)  # completion token j sits at position length + j, in cache slot j
 
         def body(carry):
             t, tokens, logps, done, lengths, cache = carry
             prev = jax.lax.dynamic_index_in_dim(tokens, t - 1, axis=1, keepdims=False)
             prev = jnp.where(done, 0, prev)  # finished rows feed a valid id (pad_id may be outside the vocab)
-            angles = tuple(jax.lax.dynamic_index_in_dim(a, t - 1, keepdims=False) for a in rope)
-            hidden, cache = decoding.decode_step(config, params, state, cache, prev, angles, t - 1)
-            tok, lp = draw(decoding.vocab_logits(state, hidden), _uniforms(row_keys, t))
+            hidden, cache = decoder.decode_step(config, params, prev, prompt.prefix, cache)   # writes slot t - 1
+            tok, lp = draw(decoder.unembed(config, params, hidden), _uniforms(row_keys, t))
             tok = jnp.where(done, pad_id, tok)
             lp = jnp.where(done, 0.0, lp)
             tokens = jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
@@ -281,7 +275,7 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
             lengths = lengths + (~done).astype(jnp.int32)
             done = done | _is_stop(tok, stop_ids)
             return (t + 1, constrain(tokens), constrain(logps), constrain(done), constrain(lengths),
-                    jax.tree.map(constrain, cache))
+                    constrain_cache(cache))
 
         phases = cache_phases(t_max)
 
@@ -293,11 +287,11 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
             phase's cache, padded), then -- unless every row is done -- phase k + 1. Returns the carry without
             the cache."""
             slots = phases[k]
-            cache = (decoding.new_cache(config, n, slots) if cache is None
-                     else decoding.grow_cache(cache, slots))
+            cache = (decoder.new_cache(config, n, slots, start) if cache is None
+                     else decoder.grow_cache(cache, slots))
             last_step = min(t_max - 1, slots)  # step t writes slot t - 1
             *carry, cache = jax.lax.while_loop(functools.partial(running, last_step=last_step), body,
-                                               (*carry, jax.tree.map(constrain, cache)))
+                                               (*carry, constrain_cache(cache)))
             if k + 1 == len(phases):
                 return tuple(carry)
             return jax.lax.cond(running(carry, t_max - 1), functools.partial(run_phase, k + 1), lambda c, _: c,

@@ -46,7 +46,7 @@ from grpo_jax import logprobs, losses, sharding
 from grpo_jax import step_metrics
 from grpo_jax.models import lora
 from grpo_jax.models.config import ModelConfig
-from grpo_jax.models.transformer import init_params, param_logical_axes
+from grpo_jax.models.decoder import init_params, param_logical_axes
 from grpo_jax.optim import make_optimizer, make_schedule
 
 PROMPT_KEYS = ("prompt_tokens", "prompt_mask")

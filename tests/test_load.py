@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 from grpo_jax import models
 from grpo_jax.models.config import ModelConfig, UnsupportedModelError
+from grpo_jax.models.gguf_io import config_from_gguf_metadata
 from grpo_jax.models.errors import CheckpointError
 from grpo_jax.models.export import export_hf
 from grpo_jax.models.load import Policy, load, resolve_source
@@ -261,7 +262,8 @@ def test_dir_without_config_or_weights(tmp_path, tiny):
 def test_unsupported_architecture(tmp_path):
     path = make_checkpoint("llama", tmp_path / "gpt2")
     _edit_config(path, model_type="gpt2")
-    with pytest.raises(UnsupportedModelError, match=r"config\.json: model_type 'gpt2' is not supported"):
+    with pytest.raises(UnsupportedModelError, match=r"config\.json: model_type 'gpt2' is not supported; grpo_jax "
+                                                   r"implements llama, qwen2, qwen3, gemma2, gemma3_text, gemma3"):
         load(path)
 
 
@@ -373,6 +375,8 @@ def test_runtime_path_works_without_torch(tmp_path, tiny_gguf_with_tokenizer):
                                            ("qwen3", {"attention_bias": True}),
                                            ("qwen2", {"use_sliding_window": True, "sliding_window": 4}),
                                            ("llama", {"hidden_act": "gelu"}),
+                                           ("gemma2", {"hidden_activation": "relu"}),
+                                           ("gemma3", {"use_bidirectional_attention": True}),
                                            ("llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}})])
 def test_unsupported_options_are_refused_not_silently_wrong(tmp_path, family, change):
     path = make_checkpoint(family, tmp_path / "opt")
@@ -387,13 +391,13 @@ def test_config_from_gguf_metadata_by_hand():
             "qwen3.block_count": 2, "qwen3.vocab_size": 256, "qwen3.context_length": 4096,
             "qwen3.attention.layer_norm_rms_epsilon": np.float32(1e-6), "qwen3.rope.freq_base": 1e6,
             "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2}
-    c = ModelConfig.from_gguf_metadata(meta, ["token_embd.weight", "blk.0.attn_q_norm.weight"])
+    c = config_from_gguf_metadata(meta, ["token_embd.weight", "blk.0.attn_q_norm.weight"])
     assert (c.model_type, c.head_dim, c.num_kv_heads, c.qk_norm, c.tie_word_embeddings) == ("qwen3", 32, 2, True, True)
     assert (c.rms_norm_eps, c.rope_theta, c.attention_bias, c.eos_token_ids) == (1e-6, 1e6, False, (2,))
     qwen2_meta = {k.replace("qwen3.", "qwen2."): v for k, v in meta.items()}
     qwen2_meta.update({"general.architecture": "qwen2"})
     del qwen2_meta["qwen2.attention.key_length"]
-    c2 = ModelConfig.from_gguf_metadata(qwen2_meta, ["output.weight", "blk.0.attn_q.bias"])
+    c2 = config_from_gguf_metadata(qwen2_meta, ["output.weight", "blk.0.attn_q.bias"])
     assert c2.attention_bias and not c2.tie_word_embeddings and not c2.qk_norm and c2.head_dim == 16
     with pytest.raises(CheckpointError, match=r"x\.gguf: GGUF metadata has no 'qwen3\.block_count'"):
-        ModelConfig.from_gguf_metadata({k: v for k, v in meta.items() if k != "qwen3.block_count"}, [], "x.gguf")
+        config_from_gguf_metadata({k: v for k, v in meta.items() if k != "qwen3.block_count"}, [], "x.gguf")

@@ -18,7 +18,7 @@ from experiments import parity as parity_cli
 from grpo_jax import models
 from grpo_jax.models.export import export_hf
 from grpo_jax.models.load import load, resolve_source
-from grpo_jax.models.transformer import padded_positions
+from grpo_jax.models.decoder import padded_positions
 from tiny_checkpoints import load_torch_model, make_checkpoint, make_gguf, random_tokens, torch_logits
 
 forward = jax.jit(models.forward, static_argnums=0)
@@ -34,6 +34,11 @@ CASES = {
     "qwen2-tied-sharded": dict(tied=True, sharded=True),
     "qwen3": dict(),                                  # q/k norm, head_dim 32 != 64 / 4, tied
     "qwen3-untied-mha": dict(tied=False, num_key_value_heads=4),
+    "gemma2": dict(),                                 # sliding window 4 < 12 tokens, both soft-caps, scalar 24
+    "gemma2-untied-sharded": dict(tied=False, sharded=True),
+    "gemma3": dict(),                                 # q/k norms, local rope base, linear scaling on global
+    "gemma3-mha-window3": dict(num_key_value_heads=4, sliding_window=3,
+                               layer_types=["full_attention", "sliding_attention"]),
 }
 CASES["llama-gqa-tied"]["num_key_value_heads"] = 2
 
@@ -58,9 +63,11 @@ def test_logits_match_transformers(tmp_path, case):
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
 
-def test_left_padded_batch_matches_transformers(tmp_path):
-    """Real tokens of a left-padded batch match transformers given the same mask and position ids."""
-    path = make_checkpoint("qwen3", tmp_path / "pad", tied=False)
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3"])
+def test_left_padded_batch_matches_transformers(tmp_path, family):
+    """Real tokens of a left-padded batch match transformers given the same mask and position ids (Gemma: the
+    sliding window of 4 counts positions of real tokens, as transformers' mask does)."""
+    path = make_checkpoint(family, tmp_path / "pad", tied=False)
     policy = load(path)
     tokens = random_tokens(policy.config.vocab_size, batch=3, length=12, seed=2)
     mask = np.ones_like(tokens)
@@ -94,16 +101,78 @@ def test_qwen3_gguf_matches_its_hf_checkpoint(tmp_path):
     np.testing.assert_allclose(ours, torch_logits(load_torch_model(path + ".hf"), tokens), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llama3", "smollm2", "qwen2", "qwen3"])
+EXPORT_CLASSES = {"llama3": "LlamaForCausalLM", "smollm2": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                  "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+
+
+@pytest.mark.parametrize("family", sorted(EXPORT_CLASSES))
 def test_export_opens_in_transformers_with_the_same_logits(tmp_path, family):
     policy = load(make_checkpoint(family, tmp_path / "src", seed=5))
     out = export_hf(policy, str(tmp_path / "export"))
     tokens = random_tokens(policy.config.vocab_size, batch=2, length=12, seed=5)
     ours = np.asarray(forward(policy.config, policy.params, tokens))
     model = load_torch_model(out)
-    assert type(model).__name__ == {"llama3": "LlamaForCausalLM", "smollm2": "LlamaForCausalLM",
-                                    "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family]
+    assert type(model).__name__ == EXPORT_CLASSES[family]
     np.testing.assert_allclose(torch_logits(model, tokens), ours, atol=1e-4, rtol=0)
+    again = load(out)
+    assert again.config == policy.config  # the exported config.json reads back to the same ModelConfig
+
+
+def test_gemma3_multimodal_checkpoint_loads_its_text_tower(tmp_path):
+    """A gemma3 (image-text) checkpoint: config.json with a text_config, text weights under
+    model.language_model.*, a vision tower beside them. models.load reads the text tower alone."""
+    from safetensors.numpy import load_file, save_file
+
+    src = make_checkpoint("gemma3", tmp_path / "text", seed=8)
+    with open(os.path.join(src, "config.json")) as f:
+        text_config = json.load(f)
+    tensors = {name.replace("model.", "model.language_model.", 1): x
+               for name, x in load_file(os.path.join(src, "model.safetensors")).items()}
+    tensors["model.vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.ones((4, 3, 2, 2), np.float32)
+    tensors["model.multi_modal_projector.mm_input_projection_weight"] = np.ones((4, 64), np.float32)
+    mm = tmp_path / "mm"
+    mm.mkdir()
+    save_file(tensors, str(mm / "model.safetensors"))
+    with open(mm / "config.json", "w") as f:
+        json.dump({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+                   "text_config": text_config, "vision_config": {"model_type": "siglip_vision_model"}}, f)
+    policy, text = load(str(mm)), load(src)
+    assert policy.config == text.config and policy.config.model_type == "gemma3_text"
+    tokens = random_tokens(text.config.vocab_size, batch=2, length=10, seed=8)
+    np.testing.assert_array_equal(np.asarray(forward(policy.config, policy.params, tokens)),
+                                  np.asarray(forward(text.config, text.params, tokens)))
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "gemma3"])
+def test_attention_implementations_agree(tmp_path, family):
+    """model.attention 'dot_product' (jax.nn.dot_product_attention over the concatenated key blocks) equals the
+    einsum path within 1e-5, for a left-padded prefill and for completions over a shared prompt."""
+    from grpo_jax import logprobs
+
+    policy = load(make_checkpoint(family, tmp_path / family, seed=9))
+    tokens = random_tokens(policy.config.vocab_size, batch=3, length=12, seed=9)
+    mask = np.ones_like(tokens)
+    mask[0, :4] = 0
+    other = policy.config.replace(attention="dot_product")
+    np.testing.assert_allclose(np.asarray(forward(other, policy.params, tokens, mask))[mask.astype(bool)],
+                               np.asarray(forward(policy.config, policy.params, tokens, mask))[mask.astype(bool)],
+                               atol=1e-5, rtol=0)
+    completions = random_tokens(policy.config.vocab_size, batch=6, length=7, seed=10)
+    lp = [np.asarray(logprobs.completion_logprobs(c, policy.params, tokens, mask, completions, 2)[0])
+          for c in (policy.config, other)]
+    np.testing.assert_allclose(lp[1], lp[0], atol=1e-5, rtol=0)
+
+
+def test_unavailable_attention_is_a_clear_error(tmp_path):
+    policy = load(make_checkpoint("gemma2", tmp_path / "g2"))
+    with pytest.raises(ValueError, match="soft-capping"):
+        policy.config.replace(attention="dot_product")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        policy.config.replace(attention="flash")
+    if jax.default_backend() != "gpu":
+        cfg = load(make_checkpoint("qwen2", tmp_path / "q2")).config.replace(attention="cudnn")
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            models.forward(cfg, models.init_params(cfg, jax.random.PRNGKey(0)), random_tokens(cfg.vocab_size, 1, 4))
 
 
 def test_bfloat16_compute_is_close_to_float32(tmp_path):

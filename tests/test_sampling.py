@@ -123,14 +123,15 @@ LONG = LLAMA.replace(max_position_embeddings=256)
 
 
 def test_decode_loop_has_one_cache_per_phase():
-    """The compiled program holds a key cache of each phase's size (12 rows, 2 kv heads, hd 8, 64/128/160 slots),
-    so early steps read the small caches; with a single cache only the 160-slot one would exist."""
+    """The compiled program holds a key cache [L, rows, slots, Hkv, hd] of each phase's size (12 rows, 2 kv heads,
+    hd 8, 64/128/160 slots), so early steps read the small caches; with a single cache only the 160-slot one would
+    exist."""
     tokens, mask = _prompts()
     program = sampling._compiled(LONG, 3, 150, 0, False, False, (1, 2), 0, None)
     text = program.lower(_params(LONG), tokens, mask.astype(bool), jax.random.PRNGKey(0), jnp.float32(1.0),
                          jnp.float32(1.0)).as_text()
     for slots in (64, 128, 160):
-        assert f"tensor<12x2x8x{slots}xf32>" in text, slots
+        assert f"tensor<{LONG.num_layers}x12x{slots}x2x8xf32>" in text, slots
 
 
 @pytest.mark.parametrize("stop_ids,key,longest", [((), 7, (150, 150)), ((1, 2), 2, (129, 150)), ((1, 2), 4, (65, 128))],
@@ -450,7 +451,7 @@ def test_greedy_equals_transformers_generate_on_smollm2():
     against transformers' own GGUF loading), generating greedily from the same left-padded batch."""
     import torch
 
-    from experiments.bench_sampler import torch_model
+    from benchmarks.sampler import torch_model
     from grpo_jax import models
 
     new = 32

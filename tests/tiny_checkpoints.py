@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-FAMILIES = ("llama", "llama3", "smollm2", "qwen2", "qwen3")
+FAMILIES = ("llama", "llama3", "smollm2", "qwen2", "qwen3", "gemma2", "gemma3")
 
 _TINY = dict(
     vocab_size=256,
@@ -54,6 +54,21 @@ _FAMILY_SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM",
               dict(head_dim=32, rope_theta=1000000.0, tie_word_embeddings=True, attention_bias=False,
                    use_sliding_window=False)),
+    # Gemma 2: (1 + w) norms, scaled embeddings, sandwich norms, GeGLU; a sliding window of 4 (shorter than the
+    # tests' sequences) on layer 0, global layer 1; query_pre_attn_scalar != head_dim; soft-caps small enough to
+    # bend O(1) scores and logits.
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+               dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=4, attn_logit_softcapping=2.0,
+                    final_logit_softcapping=3.0, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                    rms_norm_eps=1e-6)),
+    # Gemma 3 (text): adds per-head q/k norms; layer types [sliding, full] with their own rope bases, linear rope
+    # scaling on the global layer; no soft-capping.
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               dict(head_dim=16, query_pre_attn_scalar=20, sliding_window=4,
+                    layer_types=["sliding_attention", "full_attention"],
+                    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+                    hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, rms_norm_eps=1e-6)),
 }
 
 

@@ -1,21 +1,21 @@
-"""ModelConfig: the architecture switches of the Llama family, built from an HF config.json or GGUF metadata.
+"""ModelConfig: the architecture of one checkpoint as data, read by the one decoder (`models.decoder`).
 
-One decoder covers Llama 2/3.x, SmolLM2, Qwen2/2.5 and Qwen3; what differs between them is data, not code:
+Each family's file in `models/families/` builds it from an HF config.json (or GGUF metadata); what differs between
+families is a field here, not a copy of the decoder:
   - Qwen2/2.5 put a bias on the q/k/v projections (`attention_bias`).
-  - Qwen3 RMS-normalises queries and keys per head (`qk_norm`) and states `head_dim` explicitly.
+  - Qwen3 and Gemma 3 RMS-normalise queries and keys per head (`qk_norm`).
   - Llama 3.1+ rescales RoPE frequencies (`rope_scaling = {"rope_type": "llama3", ...}`).
+  - Gemma 2/3: (1 + w) norms, scaled embeddings, sandwich norms, GeGLU, `query_pre_attn_scalar`, soft-capping,
+    sliding-window layers with their own rope base.
   - Small models tie the output projection to the embedding (`tie_word_embeddings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from typing import Any, Optional
+from typing import Optional
 
-# HF `model_type` values the one decoder implements. Anything else is refused with a clear error.
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+from grpo_jax.models.layers import ACTIVATIONS, ATTENTION_IMPLEMENTATIONS
 
 
 class UnsupportedModelError(ValueError):
@@ -47,6 +47,20 @@ class ModelConfig:
     compute_dtype: str = "float32"
     # Rematerialise each decoder layer in the backward pass (trades FLOPs for memory).
     remat: bool = False
+    # Attention kernel: 'xla' (the einsum path of `layers.attention`), 'dot_product' (jax.nn.dot_product_attention,
+    # the backend's choice), 'cudnn' (its cuDNN flash attention; GPU only).
+    attention: str = "xla"
+    # --- what differs between families (set by the family's config parser, see models/families/) ---
+    norm_offset: float = 0.0          # RMSNorm scale = offset + weight (Gemma: 1)
+    embed_scale: bool = False         # embeddings times sqrt(hidden_size) (Gemma)
+    sandwich_norms: bool = False      # extra norms on the attention and MLP outputs (Gemma 2/3)
+    activation: str = "silu"          # gated-MLP activation: 'silu' (SwiGLU) | 'gelu_tanh' (GeGLU)
+    query_pre_attn_scalar: Optional[float] = None  # q.k scaled by its -1/2 power; None = head_dim
+    attn_softcap: Optional[float] = None   # attention scores soft-capped as c * tanh(s / c) (Gemma 2)
+    final_softcap: Optional[float] = None  # logits soft-capped the same way (Gemma 2)
+    sliding_window: Optional[int] = None   # key j is read by query i only if pos_i - pos_j < window ...
+    layer_types: tuple = ()                # ... on the layers marked "sliding_attention" (() = every layer)
+    rope_local_theta: Optional[float] = None  # rope base of the sliding layers (Gemma 3); None = rope_theta
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -54,95 +68,34 @@ class ModelConfig:
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, "
+                             f"got {self.attention!r}")
+        if self.attention != "xla" and self.attn_softcap is not None:
+            raise ValueError(f"attention={self.attention!r} has no attention-logit soft-capping, which this "
+                             f"{self.model_type} model uses (attn_softcap={self.attn_softcap}); use 'xla'")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
 
     @property
     def rope_scaling_dict(self) -> Optional[dict]:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
+    @property
+    def sliding_layers(self) -> tuple:
+        """One bool per layer: True where the layer attends within `sliding_window` positions only."""
+        if self.sliding_window is None:
+            return (False,) * self.num_layers
+        if not self.layer_types:
+            return (True,) * self.num_layers
+        return tuple(t == "sliding_attention" for t in self.layer_types)
+
+    @property
+    def attention_scale(self) -> float:
+        """The factor on q.k: 1/sqrt(query_pre_attn_scalar) (Gemma), else 1/sqrt(head_dim)."""
+        return float(self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
-
-    @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
-        """Builds the config from a transformers config.json dict; `source` names the file in errors."""
-        model_type = d.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UnsupportedModelError(
-                f"{source}: model_type {model_type!r} is not supported; grpo_jax implements "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)} (the Llama family)")
-        try:
-            hidden = int(d["hidden_size"])
-            heads = int(d["num_attention_heads"])
-            cfg = dict(
-                vocab_size=int(d["vocab_size"]),
-                hidden_size=hidden,
-                intermediate_size=int(d["intermediate_size"]),
-                num_layers=int(d["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=int(d.get("num_key_value_heads") or heads),
-                head_dim=int(d.get("head_dim") or hidden // heads),
-            )
-        except KeyError as e:
-            raise ValueError(f"{source}: missing required field {e.args[0]!r}") from None
-        if d.get("hidden_act", "silu") not in ("silu", "swish"):
-            raise UnsupportedModelError(f"{source}: hidden_act {d.get('hidden_act')!r} is not supported (only silu)")
-        if d.get("mlp_bias"):
-            raise UnsupportedModelError(f"{source}: mlp_bias=True is not supported (the MLP has no biases)")
-        if model_type != "qwen2" and d.get("attention_bias"):
-            # HF Llama/Qwen3 put this bias on q/k/v *and* o_proj; only Qwen2's q/k/v biases are implemented.
-            raise UnsupportedModelError(f"{source}: attention_bias=True for model_type {model_type!r} (biases on "
-                                        "q/k/v/o_proj) is not supported; only Qwen2-style q/k/v biases are")
-        if d.get("use_sliding_window"):
-            raise UnsupportedModelError(f"{source}: use_sliding_window=True is not supported (full attention only)")
-        rope_scaling = d.get("rope_scaling") or None
-        rope_theta = d.get("rope_theta")
-        # transformers >= 5 may keep rope settings under `rope_parameters`.
-        rp = d.get("rope_parameters")
-        if isinstance(rp, dict):
-            rope_theta = rope_theta or rp.get("rope_theta")
-            if rp.get("rope_type", "default") != "default":
-                rope_scaling = rope_scaling or rp
-        if rope_scaling is not None:
-            rtype = rope_scaling.get("rope_type", rope_scaling.get("type"))
-            if rtype not in ("default", "llama3", None):
-                raise UnsupportedModelError(f"{source}: rope_scaling type {rtype!r} is not supported "
-                                            "(supported: default, llama3)")
-            if rtype in ("default", None):
-                rope_scaling = None
-            else:
-                rope_scaling = tuple(sorted((k, v) for k, v in rope_scaling.items()
-                                            if isinstance(v, (int, float, str)) and k != "rope_theta"))
-        eos = d.get("eos_token_id")
-        eos = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
-        return cls(
-            **cfg,
-            max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(rope_theta or 10000.0),
-            rope_scaling=rope_scaling,
-            attention_bias=True if model_type == "qwen2" else bool(d.get("attention_bias", False)),
-            qk_norm=(model_type == "qwen3"),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            model_type=model_type,
-            bos_token_id=d.get("bos_token_id"),
-            eos_token_ids=eos,
-            pad_token_id=d.get("pad_token_id"),
-        )
-
-    @classmethod
-    def from_gguf_metadata(cls, metadata: dict[str, Any], tensor_names, source: str = "model.gguf") -> "ModelConfig":
-        """Builds the config from llama.cpp GGUF metadata (e.g. "llama.embedding_length") and the file's tensor
-        names (they tell tied embeddings and q/k/v biases); see grpo_jax.models.gguf_io."""
-        from grpo_jax.models.gguf_io import config_from_gguf_metadata
-        return config_from_gguf_metadata(metadata, tensor_names, source)
-
-    @classmethod
-    def from_hf_json(cls, path: str) -> "ModelConfig":
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such file (a checkpoint dir needs config.json)")
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_hf_dict(d, source=path)

@@ -16,11 +16,10 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from grpo_jax.models import families
 from grpo_jax.models.config import ModelConfig, UnsupportedModelError
 from grpo_jax.models.errors import CheckpointError
 
-# GGUF `general.architecture` -> HF model_type.
-GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _BLOCK_NAMES = {
@@ -83,10 +82,7 @@ def config_from_gguf_metadata(meta: dict[str, Any], tensor_names: Iterable[str],
     """
     names = set(tensor_names)
     arch = meta.get("general.architecture")
-    if arch not in GGUF_ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"{source}: GGUF architecture {arch!r} is not supported; grpo_jax implements "
-            f"{', '.join(GGUF_ARCHITECTURES)} (the Llama family)")
+    fam = families.gguf_family(arch, source)
 
     def get(key: str, default: Any = None, required: bool = False):
         full = f"{arch}.{key}"
@@ -123,10 +119,8 @@ def config_from_gguf_metadata(meta: dict[str, Any], tensor_names: Iterable[str],
         rms_norm_eps=_clean_float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         rope_theta=_clean_float(get("rope.freq_base", 10000.0)),
         rope_scaling=None,
-        attention_bias="blk.0.attn_q.bias" in names,
-        qk_norm=(arch == "qwen3"),
         tie_word_embeddings="output.weight" not in names,
-        model_type=GGUF_ARCHITECTURES[arch],
+        **fam.config_from_gguf(get, arch, names, source),
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=(int(eos),) if eos is not None else (),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),

@@ -1,4 +1,4 @@
-"""HF state-dict names <-> the grpo_jax params pytree (layout in .notes/PARAMS.md).
+"""HF state-dict names <-> the grpo_jax params pytree (`models.decoder` defines it; each family file lists its HF names).
 
 HF stores one Linear weight per layer as [out, in]; grpo_jax stacks the L layers on a leading axis and stores Flax
 kernels as [in, out]. This module is the single place that knows both naming schemes, used by every loader
@@ -13,8 +13,10 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
+from grpo_jax.models import families
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.errors import CheckpointError
+from grpo_jax.models.families import common
 
 # Tensors some checkpoints carry that the model recomputes (rotary tables): skipped silently.
 _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
@@ -34,31 +36,37 @@ class TensorSource(Protocol):
 
 def _layer_entries(c: ModelConfig):
     """(params path inside "layers", HF name suffix after model.layers.{i}., is a Linear weight, HF shape)."""
-    D, F, hd = c.hidden_size, c.intermediate_size, c.head_dim
-    q, kv = c.num_heads * hd, c.num_kv_heads * hd
-    out = [(("input_norm", "scale"), "input_layernorm.weight", False, (D,))]
-    for proj, width in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
-        out.append((("attn", proj, "kernel"), f"self_attn.{proj}.weight", True, (width, D)))
-        if c.attention_bias:
-            out.append((("attn", proj, "bias"), f"self_attn.{proj}.bias", False, (width,)))
-    out.append((("attn", "o_proj", "kernel"), "self_attn.o_proj.weight", True, (D, q)))
-    if c.qk_norm:
-        out.append((("attn", "q_norm", "scale"), "self_attn.q_norm.weight", False, (hd,)))
-        out.append((("attn", "k_norm", "scale"), "self_attn.k_norm.weight", False, (hd,)))
-    out.append((("post_attn_norm", "scale"), "post_attention_layernorm.weight", False, (D,)))
-    out.append((("mlp", "gate_proj", "kernel"), "mlp.gate_proj.weight", True, (F, D)))
-    out.append((("mlp", "up_proj", "kernel"), "mlp.up_proj.weight", True, (F, D)))
-    out.append((("mlp", "down_proj", "kernel"), "mlp.down_proj.weight", True, (D, F)))
-    return out
+    return families.family(c.model_type).layer_entries(c)
 
 
 def _top_entries(c: ModelConfig):
     """(params path, HF name, is a Linear weight, HF shape) of the non-layer tensors."""
-    out = [(("embed", "embedding"), "model.embed_tokens.weight", False, (c.vocab_size, c.hidden_size)),
-           (("final_norm", "scale"), "model.norm.weight", False, (c.hidden_size,))]
-    if not c.tie_word_embeddings:
-        out.append((("lm_head", "kernel"), "lm_head.weight", True, (c.vocab_size, c.hidden_size)))
-    return out
+    return common.top_entries(c)
+
+
+class RenamedSource:
+    """A TensorSource seen through a family's `rename_tensor` (e.g. a multimodal checkpoint's text tower):
+    names mapped to None are not part of the model and are hidden."""
+
+    def __init__(self, source: TensorSource, rename):
+        self._source = source
+        self._names = {}
+        for name in source.names():
+            new = rename(name)
+            if new is not None:
+                self._names[new] = name
+
+    def names(self):
+        return list(self._names)
+
+    def shape(self, name):
+        return self._source.shape(self._names[name])
+
+    def get(self, name):
+        return self._source.get(self._names[name])
+
+    def file_of(self, name):
+        return self._source.file_of(self._names.get(name, name))
 
 
 def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -129,6 +137,9 @@ def hf_to_params(config: ModelConfig, source: TensorSource, dtype: str = "float3
     """Reads every tensor of `source` into the params pytree (jax arrays of `dtype`), checking shapes first."""
     import jax.numpy as jnp
 
+    rename = getattr(families.family(config.model_type), "rename_tensor", None)
+    if rename is not None:
+        source = RenamedSource(source, rename)
     check_tensors(config, source, config_source)
     np_dtype = _np_dtype(dtype)
 

@@ -20,6 +20,7 @@ import os
 import re
 from typing import Any, Optional
 
+from grpo_jax.models import families
 from grpo_jax.models.config import ModelConfig, UnsupportedModelError
 from grpo_jax.models.errors import CheckpointError
 from grpo_jax.models.gguf_io import GGUFCheckpoint, load_gguf_tokenizer
@@ -48,7 +49,7 @@ _SOURCES_HELP = ("models.load takes a checkpoint dir (config.json + model.safete
 
 @dataclasses.dataclass
 class Policy:
-    """A loaded model: its config, params pytree (layout in .notes/PARAMS.md) and transformers tokenizer (or None).
+    """A loaded model: its config, params pytree (`models.decoder`'s layout) and transformers tokenizer (or None).
 
     `source` records where it came from (the resolved local path)."""
     config: ModelConfig
@@ -136,7 +137,7 @@ def load_dir_config(directory: str) -> ModelConfig:
         raise CheckpointError(f"{directory}: no config.json; a checkpoint dir needs config.json and "
                               "model.safetensors (or model.safetensors.index.json and its shards)")
     try:
-        config = ModelConfig.from_hf_json(config_path)
+        config = families.config_from_hf_json(config_path)
     except UnsupportedModelError:
         raise
     except (ValueError, TypeError) as e:  # bad JSON, missing field, inconsistent heads

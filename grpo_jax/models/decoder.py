@@ -1,0 +1,270 @@
+"""The one decoder of every family (Llama, Qwen2/3, Gemma 2/3), built from `models.layers`.
+
+Everything is a pure function of (config, params, inputs). Layers are stacked and scanned (`nn.scan`), so a
+30-layer model compiles as one layer, in the trainer and in the sampler's decode step alike. One block covers
+every family; `ModelConfig` switches its parts (see models/families/):
+
+    h = x + out_norm?(attn(norm(x)))          out_norm: Gemma's sandwich norms
+    y = h + out_norm?(mlp(norm(h)))
+
+The same code runs the three shapes GRPO needs:
+  * a plain causal pass over a left-padded batch (`forward`, prompt prefill),
+  * completions attending to a shared prefix (`PrefixKV`: the G completions of a prompt read its keys/values
+    [P, S, ...] broadcast over the group), the trainer's pass over all completion tokens at once,
+  * the sampler's one-token step (`decode_step`) over the prefix and a KV cache of the tokens decoded so far.
+Sampler and trainer therefore compute the same log-probs.
+
+Parameters carry logical axis names (`nn.with_logical_partitioning`), activations and caches are constrained by
+name (`nn.with_logical_constraint`, a no-op without active rules); `grpo_jax.sharding` maps the names onto a mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from grpo_jax.models import layers
+from grpo_jax.models.config import ModelConfig
+
+BATCH, LENGTH, EMBED = "activation_batch", "activation_length", "activation_embed"
+HEADS, KV_HEADS, HEAD_DIM = "activation_heads", "activation_kv_heads", "activation_head_dim"
+CACHE_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+
+
+class PrefixKV(NamedTuple):
+    """Keys/values of a shared prefix (the prompt), stacked over layers: k, v [L, P, S, Hkv, hd]."""
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array       # bool [P, S]: True on real (non-pad) prefix tokens
+    positions: jax.Array  # int32 [P, S]: their positions
+
+
+class KVCache(NamedTuple):
+    """The rows' own keys/values while decoding: k, v [L, B, S, Hkv, hd]; slots [0, index) are written, and slot
+    s of row b holds position start[b] + s."""
+    k: jax.Array
+    v: jax.Array
+    index: jax.Array  # int32 scalar
+    start: jax.Array  # int32 [B]
+
+
+def rope_tables(config: ModelConfig, positions: jax.Array) -> tuple:
+    """(cos, sin) float32 [B, T, 1, hd] of the global layers, and those of the sliding layers (Gemma 3's own
+    base; the same arrays when the model has one base)."""
+    scaling = config.rope_scaling_dict
+    glob = layers.rope_cos_sin(positions, layers.rope_inv_freq(config.head_dim, config.rope_theta, scaling))
+    if config.rope_local_theta is None:
+        return glob, glob
+    local = layers.rope_cos_sin(positions, layers.rope_inv_freq(config.head_dim, config.rope_local_theta))
+    return glob, local
+
+
+class _Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, rope, sliding, own_mask, prefix, cache):
+        cfg = self.config
+        dt = layers.compute_dtype(cfg.compute_dtype)
+        h, hkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        b, t, _ = x.shape
+        bias = cfg.attention_bias
+        q = layers.dense(h * hd, ("embed", "q_heads"), "q_proj", dt, bias)(x).reshape(b, t, h, hd)
+        k = layers.dense(hkv * hd, ("embed", "kv_heads"), "k_proj", dt, bias)(x).reshape(b, t, hkv, hd)
+        v = layers.dense(hkv * hd, ("embed", "kv_heads"), "v_proj", dt, bias)(x).reshape(b, t, hkv, hd)
+        if cfg.qk_norm:
+            q = layers.RMSNorm(cfg.rms_norm_eps, dt, cfg.norm_offset, "head_dim", name="q_norm")(q)
+            k = layers.RMSNorm(cfg.rms_norm_eps, dt, cfg.norm_offset, "head_dim", name="k_norm")(k)
+        (cos, sin), (cos_l, sin_l) = rope
+        if cfg.rope_local_theta is not None:
+            cos, sin = jnp.where(sliding, cos_l, cos), jnp.where(sliding, sin_l, sin)
+        q = nn.with_logical_constraint(layers.rotate(q, cos, sin), (BATCH, LENGTH, HEADS, HEAD_DIM))
+        k = nn.with_logical_constraint(layers.rotate(k, cos, sin), (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
+        v = nn.with_logical_constraint(v, (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
+        blocks = []
+        if prefix is not None:
+            pk, pv, pmask, ppos = prefix
+            blocks.append(layers.KVBlock(pk.astype(dt), pv.astype(dt), pmask, ppos, shared=True))
+        if cache is not None:
+            ck, cv, cmask, cpos = cache
+            blocks.append(layers.KVBlock(ck.astype(dt), cv.astype(dt), cmask, cpos))
+        blocks.append(layers.KVBlock(k, v, own_mask, positions))
+        out = layers.attention(q, positions, blocks, scale=cfg.attention_scale, softcap=cfg.attn_softcap,
+                               window=cfg.sliding_window, window_on=sliding, implementation=cfg.attention)
+        out = layers.dense(cfg.hidden_size, ("q_heads", "embed"), "o_proj", dt)(out.reshape(b, t, h * hd))
+        return out, (k, v)
+
+
+class DecoderLayer(nn.Module):
+    """One block (see the module docstring). Scanned over layers: `layer_in` holds this layer's slice of the
+    prefix and cache keys/values and whether it is a sliding-window layer."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_in, positions, rope, own_mask, prefix_meta, cache_meta):
+        cfg = self.config
+        dt = layers.compute_dtype(cfg.compute_dtype)
+        prefix_kv, cache_kv, sliding = layer_in
+        prefix = None if prefix_kv is None else (*prefix_kv, *prefix_meta)
+        cache = None if cache_kv is None else (*cache_kv, *cache_meta)
+
+        def norm(name):
+            return layers.RMSNorm(cfg.rms_norm_eps, dt, cfg.norm_offset, "embed", name=name)
+
+        y, kv = _Attention(cfg, name="attn")(norm("input_norm")(x), positions, rope, sliding, own_mask, prefix,
+                                             cache)
+        if cfg.sandwich_norms:
+            y = norm("attn_out_norm")(y)
+        x = nn.with_logical_constraint(x + y, (BATCH, LENGTH, EMBED))
+        y = layers.GatedMlp(cfg.intermediate_size, cfg.hidden_size, cfg.activation, dt,
+                            name="mlp")(norm("post_attn_norm")(x))
+        if cfg.sandwich_norms:
+            y = norm("mlp_out_norm")(y)
+        return nn.with_logical_constraint(x + y, (BATCH, LENGTH, EMBED)), kv
+
+
+def embed_scale(config: ModelConfig, dtype) -> Optional[jax.Array]:
+    """sqrt(hidden_size) in the compute dtype (Gemma scales its embeddings by it), or None."""
+    return jnp.asarray(math.sqrt(config.hidden_size), dtype) if config.embed_scale else None
+
+
+class Decoder(nn.Module):
+    """Embedding -> scanned decoder layers -> final norm. Returns the final hidden states and the per-layer own
+    keys/values of this call's tokens (stacked [L, B, T, Hkv, hd]); with `compute_logits` also the float32
+    logits (used by `init` to create the head)."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions, own_mask, prefix: Optional[PrefixKV] = None,
+                 cache: Optional[KVCache] = None, compute_logits: bool = False):
+        cfg = self.config
+        dt = layers.compute_dtype(cfg.compute_dtype)
+        embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, name="embed",
+                         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                     ("vocab", "embed")))
+        x = embed(tokens)
+        scale = embed_scale(cfg, dt)
+        if scale is not None:
+            x = x * scale
+        x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+        layer = DecoderLayer
+        if cfg.remat:
+            layer = nn.remat(layer, prevent_cse=False)
+        stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+        prefix_kv = prefix_meta = cache_kv = cache_meta = None
+        if prefix is not None:
+            prefix_kv, prefix_meta = (prefix.k, prefix.v), (prefix.mask, prefix.positions)
+        if cache is not None:
+            slots = cache.k.shape[2]
+            written = jnp.broadcast_to(jnp.arange(slots)[None, :] < cache.index, (tokens.shape[0], slots))
+            cache_kv = (cache.k, cache.v)
+            cache_meta = (written, cache.start[:, None] + jnp.arange(slots, dtype=jnp.int32)[None, :])
+        sliding = jnp.asarray(cfg.sliding_layers, bool)
+        x, kv = stack(cfg, name="layers")(x, (prefix_kv, cache_kv, sliding), positions, rope_tables(cfg, positions),
+                                          own_mask, prefix_meta, cache_meta)
+        x = layers.RMSNorm(cfg.rms_norm_eps, dt, cfg.norm_offset, "embed", name="final_norm")(x)
+        if not compute_logits:
+            return x, kv
+        if cfg.tie_word_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = layers.dense(cfg.vocab_size, ("embed", "vocab"), "lm_head", dt)(x)
+        return x, kv, logits.astype(jnp.float32)
+
+
+def _boxed_init(config: ModelConfig, key):
+    tokens = jnp.zeros((1, 2), jnp.int32)
+    positions = jnp.zeros((1, 2), jnp.int32)
+    mask = jnp.ones((1, 2, 2), bool)
+    return Decoder(config).init(key, tokens, positions, mask, compute_logits=True)["params"]
+
+
+def init_params(config: ModelConfig, key, dtype: str = "float32"):
+    """Random parameters (tests, LoRA shapes); real weights come from `models.load`."""
+    params = nn.meta.unbox(_boxed_init(config, key))
+    return jax.tree.map(lambda a: a.astype(layers.compute_dtype(dtype)), params)
+
+
+def param_logical_axes(config: ModelConfig):
+    """A pytree like params whose leaves are `PartitionSpec`s of logical axis names (e.g. ('layers', 'embed',
+    'mlp')), mapped onto a mesh by `grpo_jax.sharding`."""
+    boxed = jax.eval_shape(lambda: _boxed_init(config, jax.random.PRNGKey(0)))
+    return nn.get_partition_spec(boxed)
+
+
+def unembed(config: ModelConfig, params, hidden: jax.Array) -> jax.Array:
+    """Final hidden states [..., D] -> float32 logits [..., V] (tied embedding or lm_head), soft-capped as
+    c * tanh(logits / c) when the model has a final soft-cap (Gemma 2)."""
+    dt = layers.compute_dtype(config.compute_dtype)
+    if config.tie_word_embeddings:
+        w = params["embed"]["embedding"].astype(dt)
+        logits = jnp.einsum("...d,vd->...v", hidden.astype(dt), w, preferred_element_type=jnp.float32)
+    else:
+        w = params["lm_head"]["kernel"].astype(dt)
+        logits = jnp.einsum("...d,dv->...v", hidden.astype(dt), w, preferred_element_type=jnp.float32)
+    if config.final_softcap is not None:
+        logits = config.final_softcap * jnp.tanh(logits / config.final_softcap)
+    return logits
+
+
+def hidden_states(config: ModelConfig, params, tokens, positions, own_mask, prefix: Optional[PrefixKV] = None,
+                  cache: Optional[KVCache] = None):
+    """The decoder without the head: (hidden [B, T, D], (k, v) of this call's tokens, stacked [L, B, T, Hkv, hd]).
+    `own_mask` bool [B, T, T] says which of this call's tokens each query may read; the prefix and the cache's
+    written slots are read by every query (within the sliding window, on sliding layers)."""
+    return Decoder(config).apply({"params": params}, tokens, positions, own_mask, prefix, cache)
+
+
+def new_cache(config: ModelConfig, rows: int, slots: int, start: jax.Array) -> KVCache:
+    """An empty cache of `slots` slots for `rows` rows whose slot 0 sits at position start [rows]."""
+    shape = (config.num_layers, rows, slots, config.num_kv_heads, config.head_dim)
+    zeros = nn.with_logical_constraint(jnp.zeros(shape, layers.compute_dtype(config.compute_dtype)), CACHE_AXES)
+    return KVCache(zeros, zeros, jnp.int32(0), start.astype(jnp.int32))
+
+
+def grow_cache(cache: KVCache, slots: int) -> KVCache:
+    """`cache` padded with empty slots at the end to `slots` slots; what was written stays put."""
+    def pad(a):
+        return nn.with_logical_constraint(jnp.pad(a, ((0, 0), (0, 0), (0, slots - a.shape[2]), (0, 0), (0, 0))),
+                                          CACHE_AXES)
+    return cache._replace(k=pad(cache.k), v=pad(cache.v))
+
+
+def decode_step(config: ModelConfig, params, tokens: jax.Array, prefix: Optional[PrefixKV], cache: KVCache):
+    """The decoder on one new token per row, tokens int32 [N] at positions cache.start + cache.index: each row
+    reads its prefix (if any), its cache's written slots and itself. Returns (final hidden states [N, D], the
+    cache with the new keys/values written at slot `index`, index + 1)."""
+    n = tokens.shape[0]
+    positions = (cache.start + cache.index)[:, None]
+    hidden, (k, v) = hidden_states(config, params, tokens[:, None], positions, jnp.ones((n, 1, 1), bool), prefix,
+                                   cache)
+    at = (0, 0, cache.index, 0, 0)
+    ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), at)
+    cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), at)
+    return hidden[:, 0], KVCache(ck, cv, cache.index + 1, cache.start)
+
+
+def padded_positions(mask: jax.Array) -> jax.Array:
+    """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0)."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def causal_mask(mask: jax.Array) -> jax.Array:
+    """bool [B, T, T]: query i reads key j <= i when key j is a real token."""
+    t = mask.shape[-1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    return causal[None] & mask[:, None, :].astype(bool)
+
+
+def forward(config: ModelConfig, params, tokens: jax.Array, attention_mask: Optional[jax.Array] = None):
+    """Causal LM logits: int32 tokens [B, T] (left-padded if `attention_mask` is given) -> float32 [B, T, V]."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    mask = jnp.ones(tokens.shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
+    hidden, _ = hidden_states(config, params, tokens, padded_positions(mask), causal_mask(mask))
+    return unembed(config, params, hidden)
