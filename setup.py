@@ -22,23 +22,30 @@ RUNTIME = [
     "tensorboardX==2.6.5",
 ]
 
-# torch (CPU) is a reference for tests and benchmarks only; the library never imports it.
-# trl runs the tiny TRL side of the benchmarks in tests (tests/test_bench_grpo.py); with the pins above it adds only
-# itself (accelerate, datasets, pandas are already here).
-TEST = ["torch==2.13.0", "accelerate==1.15.0", "trl==1.16.0", "pytest==9.2.0", "pytest-xdist==3.8.0",
-        "hypothesis==6.170.17"]
+# torch (CPU) is a reference for tests, benchmarks and experiments.parity only; the library never imports it.
+TORCH = ["torch==2.13.0"]
+# The benchmark harness (benchmarks/, run from a checkout: `python -m benchmarks`) compares against transformers'
+# PyTorch models and TRL's GRPOTrainer; with the pins above trl adds only itself.
+BENCH = TORCH + ["accelerate==1.15.0", "trl==1.16.0"]
+# The tests run the benchmarks' tiny configurations too (tests/test_bench_*.py).
+TEST = BENCH + ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17"]
+
+# The runtime wheel: the library, the CLIs (experiments/: train, demo, parity, plot) and the experiment configs.
+# benchmarks/ and tests/ stay in the source checkout.
+PACKAGES = find_packages(include=["grpo_jax", "grpo_jax.*", "experiments", "configs", "configs.*"])
 
 setup(
     name="grpo_jax",
     version="0.1.0",
     description="GRPO finetuning of LLMs on verifiable reasoning tasks, in JAX/Flax",
-    packages=find_packages(include=["grpo_jax", "grpo_jax.*", "experiments", "configs", "configs.*"]),
+    packages=PACKAGES,
     python_requires=">=3.10",
     install_requires=RUNTIME,
     extras_require={
         "test": TEST,
         "math": ["math-verify==0.9.0"],
-        "bench": ["torch==2.13.0", "accelerate==1.15.0", "trl==1.16.0"],
+        "bench": BENCH,
+        "parity": TORCH,
         "wandb": ["wandb"],
     },
 )

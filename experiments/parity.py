@@ -9,8 +9,8 @@ the tokenised prompt and prints ONE JSON line:
   {"checkpoint", "model_type", "max_abs_logit_diff", "mean_abs_logit_diff", "argmax_agreement", "num_tokens",
    "dtype", "tol"}
 Exit status 1 when max_abs_logit_diff > tol (default 1e-4 for float32 safetensors, 1e-3 for float32 GGUF, and
-5% of the largest reference logit for bfloat16). Takes ~30 s for SmolLM2-135M on a 2-core CPU.
-torch is imported here (a test-time reference), never by grpo_jax itself.
+5% of the largest reference logit for bfloat16). The reference needs torch (`pip install -e ".[parity]"`); it is
+imported here only, never by grpo_jax itself.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ import os
 import sys
 
 import numpy as np
+
+
+class MissingReference(RuntimeError):
+    """The reference implementation (torch) is not installed."""
+
 
 DEFAULT_PROMPT = "The capital of France is Paris. 12 + 30 = 42; def f(x): return x ** 2  # héllo 世界"
 
@@ -36,7 +41,11 @@ def prompt_tokens(policy, prompt: str) -> np.ndarray:
 
 def reference_logits(policy, tokens: np.ndarray) -> np.ndarray:
     """float32 logits of transformers' PyTorch model of the same source."""
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise MissingReference("the reference is transformers' PyTorch model, and torch is not installed: "
+                               "pip install -e \".[parity]\"") from None
     import transformers
 
     path = policy.source
@@ -93,7 +102,7 @@ def main(argv=None) -> int:
 
     try:
         report = parity(args.checkpoint, args.prompt, args.dtype, args.tol)
-    except (CheckpointError, UnsupportedModelError) as e:
+    except (CheckpointError, UnsupportedModelError, MissingReference) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report))

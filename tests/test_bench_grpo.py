@@ -1,8 +1,7 @@
-"""The side-by-side benchmarks with TRL (experiments/bench_grpo_step.py, bench_learning.py, trl_reference.py) in tiny
-configurations, so they cannot rot; no timing is asserted.
+"""The side-by-side benchmarks with TRL (benchmarks/grpo_step.py, learning_curves.py, trl_reference.py) in tiny
+configurations, so they cannot rot; no timing is asserted. (Their FLOP model: tests/test_bench_flops.py.)
 
 Checked against hand-computed values or an independent reference:
-  * the FLOP count of the roofline and SmolLM2-135M's matmul parameters (by hand);
   * both systems get the same settings: the TRL GRPOConfig and the grpo_jax config built from one `Settings`;
   * both systems see the same model and prompts: the HF copy TRL trains has grpo_jax's logits, TRL tokenises each
     prompt to grpo_jax's tokens, and TRL's first generation is the task's training batch 0, each prompt G times;
@@ -18,11 +17,10 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import bench_grpo_step, bench_learning
-from experiments import trl_reference as ref
+from benchmarks import flops, grpo_step, learning_curves
+from benchmarks import trl_reference as ref
 from grpo_jax import models, tasks
 from grpo_jax.evaluation import Sampler
-from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.load import load
 from tiny_checkpoints import make_gguf
 
@@ -50,21 +48,6 @@ def cache_env(tmp_path, monkeypatch, caches):
     return tmp_path
 
 
-def test_step_flops_by_hand():
-    # N = 10 matmul params, P = 2 prompts of S = 5 tokens, G = 3, T = 4 new tokens:
-    # sampling 2 * 10 * (2 * 5 + 6 * 4) = 680; policy 6 * 10 * 6 * 9 = 3240; reference 2 * 10 * 54 = 1080.
-    assert bench_grpo_step.step_flops(10, 2, 3, 5, 4, True) == {
-        "sampling": 680, "policy_fwd_bwd": 3240, "reference_fwd": 1080, "total": 5000}
-    assert bench_grpo_step.step_flops(10, 2, 3, 5, 4, False)["total"] == 3920
-
-
-def test_matmul_params_of_smollm2_135m():
-    # 30 layers x (576 x 64 x (2 x 9 + 2 x 3) attention + 3 x 576 x 1536 MLP) + 49152 x 576 LM head (tied).
-    config = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
-                         num_kv_heads=3, head_dim=64, tie_word_embeddings=True)
-    assert bench_grpo_step.matmul_params(config) == 30 * (884_736 + 2_654_208) + 28_311_552 == 134_479_872
-
-
 def test_both_systems_get_the_same_settings(tmp_path):
     s = ref.Settings(prompts_per_step=4, group_size=8, max_new_tokens=48, kl_beta=0.04, lr=1e-5,
                      micro_batch_size=16, seed=3)
@@ -80,7 +63,7 @@ def test_both_systems_get_the_same_settings(tmp_path):
     assert not trl_args.bf16 and trl_args.use_cpu and not trl_args.use_vllm and not trl_args.gradient_checkpointing
     assert not trl_args.shuffle_dataset and trl_args.seed == 3
 
-    c = bench_grpo_step.grpo_jax_config(s, total_steps=20)
+    c = grpo_step.grpo_jax_config(s, total_steps=20)
     assert (c.rollout.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens) == (4, 8, 48)
     assert (c.loss.kl_beta, c.loss.kl_estimator, c.loss.aggregation, c.loss.advantage_scale) == (
         0.04, "k3", "seq_mean_token_mean", "group")
@@ -93,7 +76,7 @@ def test_both_systems_get_the_same_settings(tmp_path):
 
 
 def test_learning_config_file_is_the_trl_settings():
-    exp = bench_learning.experiment()
+    exp = learning_curves.experiment()
     s, c = exp.settings(), exp.get_config()
     assert (s.prompts_per_step, s.group_size, s.max_new_tokens, exp.steps()) == (4, 8, 48, 20)
     assert (c.rollout.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens, c.total_steps) == (4, 8, 48, 20)
@@ -151,7 +134,7 @@ def test_grpo_step_cli_runs_both_systems(tiny_gguf, cache_env):
     results = cache_env / "results.jsonl"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)  # with cache_env's XDG / JAX cache dirs
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.bench_grpo_step", "--vs-trl", "--model", tiny_gguf, "--prompts", "2",
+        [sys.executable, "-m", "benchmarks", "grpo_step", "--vs-trl", "--model", tiny_gguf, "--prompts", "2",
          "--group", "2", "--new-tokens", "8", "--steps", "1", "--warmup", "1", "--matmul-size", "128",
          "--results", str(results)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -170,8 +153,8 @@ def test_grpo_step_cli_runs_both_systems(tiny_gguf, cache_env):
     assert line["speedup"] == pytest.approx(line["trl"]["step_time_s"] / line["grpo_jax"]["step_time_s"])
     roof = line["roofline"]
     assert roof["seconds"] == pytest.approx(roof["flops"]["total"] / roof["matmul_flops_per_s"])
-    assert roof["flops"] == bench_grpo_step.step_flops(roof["matmul_params"], 2, 2, roof["mean_prompt_tokens"], 8,
-                                                       True)
+    want = flops.grpo_step(load(tiny_gguf).config, 2, 2, roof["mean_prompt_tokens"], 8, True)
+    assert roof["flops"] == pytest.approx(want) and roof["flops"] == line["grpo_jax"]["flops"]
     # grpo_jax's train step ran on its sampler's own log-probs: the importance ratio is 1 at the first iteration
     assert line["grpo_jax"]["last_metrics"]["logp_mismatch/max"] < 1e-4
 
@@ -183,7 +166,7 @@ def test_learning_summary_by_hand():
               for step, r in enumerate(rewards, 1)]
     evals = [{"system": s, "seed": k, "before": {"eval/accuracy": 0.5}, "after": {"eval/accuracy": 0.5 + k / 10},
               "wall_s": 10.0 if s == "trl" else 2.0, "train_s": 1.0} for s in ("trl", "grpo_jax") for k in (0, 1)]
-    summary = bench_learning.summarize(curves, evals)
+    summary = learning_curves.summarize(curves, evals)
     # step 1: grpo_jax mean 0.25 in TRL's [0.1, 0.3]; step 2: 0.9 outside [0.5, 0.6]
     assert summary["within_trl_spread"] == 0.5 and summary["steps_compared"] == 2
     assert summary["trl"]["mean_reward"]["mean"] == pytest.approx((0.3 + 0.45) / 2)
@@ -194,11 +177,11 @@ def test_learning_summary_by_hand():
 def test_learning_cli_runs_both_systems_piecewise(tiny_gguf, cache_env):
     out = cache_env / "learning"
     args = ["--config-arg", "tiny", "--model", tiny_gguf, "--seeds", "0", "--out", str(out), "--results", ""]
-    line = bench_learning.main(args + ["--systems", "trl"])
+    line = learning_curves.main(args + ["--systems", "trl"])
     assert line["trl"]["seeds"] == [0] and "grpo_jax" not in line and "within_trl_spread" not in line
     done = (out / "runs" / "trl-seed0" / "run.json").read_text()
 
-    line = bench_learning.main(args)  # both systems: the finished TRL piece is not run again
+    line = learning_curves.main(args)  # both systems: the finished TRL piece is not run again
     assert (out / "runs" / "trl-seed0" / "run.json").read_text() == done
     curve = [json.loads(x) for x in (out / "curves.jsonl").read_text().splitlines()]
     assert sorted((r["system"], r["seed"], r["step"]) for r in curve) == [

@@ -1,10 +1,17 @@
 """The sampler benchmark's code path, end to end on a tiny random model (no timing assertions)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from experiments import benchmark
+from benchmarks import __main__ as benchmark
+from benchmarks import flops
+from benchmarks.policy import TINY, load_policy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_ARGS = ["--model", "tiny-random", "--prompts", "2", "--group", "3", "--new-tokens", "4", "--repeats", "1",
              "--matmul-size", "128", "--torch-threads", "1"]
@@ -23,7 +30,10 @@ def test_sampler_benchmark_runs_and_appends_one_line(tmp_path, capsys):
     assert theirs["threads"] == 1 and theirs["tokens_per_s"] > 0
     assert line["speedup"] == pytest.approx(ours["tokens_per_s"] / theirs["tokens_per_s"], rel=0.02)
     roof = line["roofline"]
-    assert roof["flops"]["total"] == roof["flops"]["prefill"] + roof["flops"]["decode"] > 0
+    config, _, _ = load_policy(TINY)  # the roofline's FLOPs are the FLOP model's at the batch's mean prompt length
+    want = flops.sampling(config, 2, 3, line["settings"]["prompt_tokens_mean"], 4)
+    assert roof["flops"] == {k: round(v) for k, v in want.items()} and roof["flops"]["total"] > 0
+    assert roof["seconds"] == pytest.approx(roof["flops"]["total"] / roof["matmul_flops_per_s"], abs=1e-6)
     assert roof["best_tokens_per_s"] > 0 and roof["matmul_flops_per_s"] > 0
     assert line["machine"]["cores"] >= 1 and line["threads"]["torch"] == [1]
 
@@ -34,7 +44,24 @@ def test_benchmark_dispatcher_rejects_unknown_subcommand(capsys):
     assert e.value.code == 2
     assert "unknown subcommand 'nope'" in capsys.readouterr().err
     benchmark.main([])
-    assert "sampler" in capsys.readouterr().out
+    usage = capsys.readouterr().out
+    assert all(name in usage for name in benchmark.SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("module", ["benchmarks", "experiments.benchmark"])
+def test_the_commands_list_the_subcommands_and_reject_unknown_ones(module):
+    """`python -m benchmarks` and its deprecated spelling `python -m experiments.benchmark` (which says so)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    listed = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert listed.returncode == 0 and all(name in listed.stdout for name in benchmark.SUBCOMMANDS), listed.stderr
+    assert ("deprecated" in listed.stderr) == (module == "experiments.benchmark")
+    bad = subprocess.run([sys.executable, "-m", module, "nope"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and f"python -m {module}: unknown subcommand 'nope'" in bad.stderr
+    helped = subprocess.run([sys.executable, "-m", module, "sampler", "--help"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--new-tokens" in helped.stdout
 
 
 def test_transformers_side_runs_our_weights():
@@ -42,11 +69,11 @@ def test_transformers_side_runs_our_weights():
     import numpy as np
     import torch
 
-    from experiments import bench_sampler
+    from benchmarks import sampler
     from grpo_jax.models import forward
 
-    config, params, _ = bench_sampler.load_policy(bench_sampler.TINY)
+    config, params, _ = load_policy(TINY)
     tokens = np.random.RandomState(0).randint(0, config.vocab_size, (2, 9))
     with torch.inference_mode():
-        theirs = bench_sampler.torch_model(config, params)(torch.as_tensor(tokens)).logits.numpy()
+        theirs = sampler.torch_model(config, params)(torch.as_tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(theirs, np.asarray(forward(config, params, tokens)), atol=1e-4)

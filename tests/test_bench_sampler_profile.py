@@ -2,8 +2,8 @@
 
 import json
 
-from experiments import bench_sampler_profile as prof
-from experiments import benchmark
+from benchmarks import __main__ as benchmark
+from benchmarks import sampler_profile as prof
 
 HLO = """
   %ynn_fusion.3 = f32[97,4]{1,0} fusion(%a, %b), kind=kCustom, calls=%c, metadata={op_name="jit(program)/while/body/dot_general" stack_frame_id=1}

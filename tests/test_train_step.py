@@ -197,26 +197,6 @@ def test_bad_batches_name_the_value():
         step(state, None, p0, {k: v for k, v in b.items() if k != "advantages"})
 
 
-def test_benchmark_runs_on_a_tiny_model():
-    """The `train_step` benchmark's code path (AOT compile, timed steps, roofline) on a random 2-layer model."""
-    from experiments import bench_train_step, benchmark
-
-    out = benchmark.main(["train_step", "--results", "", "--lora-rank", "0", "--kl-beta", "0", "--model", bench_train_step.TINY, "--prompts",
-                                 "2", "--group", "2", "--prompt-tokens", "4", "--new-tokens", "3", "--steps", "1",
-                                 "--matmul-size", "32", "--fast-compile"])
-    assert out["benchmark"] == "train_step" and out["mode"] == "full" and out["settings"]["sequences"] == 4
-    assert out["step_time_s"] > 0 and out["tokens_per_s"] > 0 and out["peak_rss_gb"] > 0
-    assert out["first_step_metrics"]["logp_mismatch/max"] < 1e-5  # old log-probs were the policy's own
-    assert out["step_cpu_s"] > 0 and out["roofline"]["cpu_vs_nominal_roofline"] > 0
-    flops = bench_train_step.step_flops(CFG, 2, 2, 4, 3, True)
-    # nominal: (6 + 2) * params * 4 sequences * 7 tokens; params = layers + untied head + embedding
-    layer = 2 * (16 * 4 * (2 * 4 + 2 * 2) + 3 * 16 * 32)
-    assert flops["params"] == layer + 2 * 64 * 16 and flops["nominal"] == 8 * flops["params"] * 28
-    # executed forward: layers on 2*4 prompt + 4*2 completion tokens, head on 4*3 positions, attention scores
-    want = 2 * layer * 16 + 2 * 64 * 16 * 12 + 4 * 2 * 4 * 4 * (2 * 4 * 4 + 4 * 2 * 6)
-    assert flops["executed_forward"] == want and flops["executed"] == 4 * want
-
-
 @pytest.mark.parametrize("aggregation", sorted(losses.AGGREGATIONS))
 def test_padding_columns_change_nothing(aggregation):
     """The runner trains on the first `completion_width` columns only (runner.completion_width); columns that are

@@ -1,41 +1,36 @@
 """`grpo_step`: the time and peak memory of ONE full GRPO step, grpo_jax beside TRL's GRPOTrainer, same machine.
 
-    python -m experiments.benchmark grpo_step --vs-trl        # via the dispatcher
-    python -m experiments.bench_grpo_step --vs-trl            # the same, directly
-    python -m experiments.bench_grpo_step                     # grpo_jax and the roofline only
+    python -m benchmarks grpo_step --vs-trl        # both systems
+    python -m benchmarks grpo_step                 # grpo_jax and the roofline only
 
-The step (issue 7): 8 prompts x 8 completions x 64 new tokens of the arithmetic task, the embedded
-SmolLM2-135M-Instruct in float32, full finetuning, kl_beta 0.04 (so a reference forward pass), loss 'grpo',
-temperature 1.0, lr 1e-6, the whole batch in one micro-batch. One step = sampling + rewards + advantages + the
-train step (reference pass, policy forward/backward, AdamW update): for grpo_jax exactly the runner's step
-(`runner.Experiment.step`), for TRL one optimizer step of `GRPOTrainer.train()`. TRL's settings are mapped one to one in
-`experiments/trl_reference.py` (its docstring has the table).
+The step: 8 prompts x 8 completions x 64 new tokens of the arithmetic task, the embedded SmolLM2-135M-Instruct in
+float32, full finetuning, kl_beta 0.04 (so a reference forward pass), loss 'grpo', temperature 1.0, lr 1e-6, the
+whole batch in one micro-batch. One step = sampling + rewards + advantages + the train step (reference pass,
+policy forward/backward, AdamW update): for grpo_jax exactly the runner's step (`runner.Experiment.step`), for TRL
+one optimizer step of `GRPOTrainer.train()`. TRL's settings are mapped one to one in benchmarks/trl_reference.py
+(its docstring has the table).
 
 Each system runs in its OWN subprocess, so its peak memory is that process's VmHWM (model, optimizer, reference,
 activations, framework). In each: load, then `--warmup` steps (compilation for grpo_jax, lazy initialisation for
 TRL; reported separately as `warmup`), then `--steps` timed steady-state steps; `step_time_s` is their median.
 Steps use the task's training batches 0, 1, 2, ... in order on both sides (the same prompts).
 
-Roofline: matmul FLOPs of the step divided by the measured float32 matmul rate of this machine (a jitted
-2048 x 2048 matmul): sampling 2 N (P S + P G T) (each prompt prefilled once, then P G T decoded tokens) + policy
-forward/backward 6 N P G (S + T) + reference forward 2 N P G (S + T), with N the matmul parameters per token
-(every projection and the LM head; the embedding lookup is free), S the mean prompt length, T = max_new_tokens.
-Attention score FLOPs (~2% here) are left out, so the roofline is a lower bound.
+Roofline: the step's FLOPs (`flops.grpo_step`: sampling with each prompt prefilled once, then the train step as
+executed, with the reference forward when kl_beta > 0), at the mean prompt length of the steps run and
+T = max_new_tokens, divided by this machine's float32 matmul rate (`machine.matmul_rate`).
 
 Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append):
   {"benchmark": "grpo_step", "time", "machine", "settings",
    "grpo_jax": {"step_time_s", "step_times_s", "phases_s" (median sampling / reward_and_advantages / train),
                 "warmup", "load_s", "tokens_per_s" (completion tokens generated per second of step time),
-                "mean_completion_length", "peak_rss_gb", "versions"},
-   "trl": {same keys; phases: sampling / reward / scoring (reference pass + advantages) / train},
+                "mean_completion_length", "peak_rss_gb", "versions", "flops"},
+   "trl": {same keys but flops; phases: sampling / reward / scoring (reference pass + advantages) / train},
    "speedup" (TRL step time / grpo_jax step time), "memory_ratio" (TRL peak / grpo_jax peak),
-   "roofline": {"seconds", "flops", "matmul_flops_per_s", "matmul_params", "mean_prompt_tokens"}}
+   "roofline": {"seconds", "flops", "matmul_flops_per_s", "matmul_size", "mean_prompt_tokens"}}
 
-Expected runtime on a quiet 2-core CPU (DESIGN.md's measurements): TRL ~100 s per step, so 1 warm-up + 3 steps +
-loading ~7-8 min; grpo_jax a few minutes (compilation ~1 min); about 12 minutes in all. Run it alone on the machine:
-other load changes the numbers. Tiny smoke run (what the test does, ~1 min):
-    python -m experiments.bench_grpo_step --vs-trl --model tiny.gguf --prompts 2 --group 2 --new-tokens 8 \
-        --steps 1 --warmup 1 --matmul-size 256 --results ''
+Run it alone on the machine: other load changes the numbers. Tiny smoke run (what tests/test_bench_grpo.py does):
+    python -m benchmarks grpo_step --vs-trl --model tiny.gguf --prompts 2 --group 2 --new-tokens 8 \
+        --steps 1 --warmup 1 --matmul-size 128 --results ''
 """
 
 from __future__ import annotations
@@ -50,9 +45,8 @@ import sys
 import tempfile
 import time
 
-from experiments import bench_common
-from experiments.trl_reference import Settings, peak_rss_bytes
-
+from benchmarks import ROOT, child_env, flops, machine, results
+from benchmarks.trl_reference import Settings
 
 
 # ------------------------------------------------------------------------------------------------ grpo_jax side
@@ -144,11 +138,12 @@ def run_grpo_jax(settings: Settings, steps: int, warmup: int, workdir: str) -> d
     timed = [bench.step(warmup + i) for i in range(steps)]
     versions = {"jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend(),
                 "devices": jax.device_count()}
-    prompt_lengths = [n for i in range(warmup + steps) for n in bench.prompt_lengths(i)]
+    prompt_tokens = statistics.mean(n for i in range(warmup + steps) for n in bench.prompt_lengths(i))
     tokens = [r["completions/mean_length"] * settings.sequences for r in bench.rows[warmup:]]
+    need = flops.grpo_step(bench.exp.model_config, settings.prompts_per_step, settings.group_size, prompt_tokens,
+                           settings.max_new_tokens, settings.kl_beta > 0)
     return _summary(timed, warm, load_s, tokens, settings, versions,
-                    extra={"mean_prompt_tokens": statistics.mean(prompt_lengths),
-                           "matmul_params": matmul_params(bench.exp.model_config), "last_metrics": bench.rows[-1]})
+                    extra={"mean_prompt_tokens": prompt_tokens, "flops": need, "last_metrics": bench.rows[-1]})
 
 
 # ------------------------------------------------------------------------------------------------ TRL side
@@ -156,7 +151,7 @@ def run_grpo_jax(settings: Settings, steps: int, warmup: int, workdir: str) -> d
 
 def run_trl(settings: Settings, steps: int, warmup: int, workdir: str) -> dict:
     """Load, `warmup` + `steps` optimizer steps of TRL's GRPOTrainer in this process (timed by callbacks)."""
-    from experiments import trl_reference as ref
+    from benchmarks import trl_reference as ref
 
     t = time.perf_counter()
     trainer = ref.build_trainer(settings, warmup + steps, os.path.join(workdir or tempfile.mkdtemp(), "trl"))
@@ -183,49 +178,23 @@ def _summary(timed: list[dict], warm: list[dict], load_s: float, completion_toke
     tokens = statistics.mean(completion_tokens) if completion_tokens else float("nan")
     return {"step_time_s": median, "step_times_s": times, "phases_s": phases, "warmup": warm, "load_s": load_s,
             "tokens_per_s": tokens / median, "mean_completion_length": tokens / settings.sequences,
-            "peak_rss_gb": peak_rss_bytes() / 1e9, "versions": versions, **extra}
+            "peak_rss_gb": machine.peak_rss_bytes() / 1e9, "versions": versions, **extra}
 
 
-def matmul_params(model_config) -> int:
-    """Parameters in matmuls per token: attention and MLP projections of every layer, plus the LM head (tied or
-    not; the embedding lookup costs no FLOPs)."""
-    c = model_config
-    attention = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-    mlp = 3 * c.hidden_size * c.intermediate_size
-    return c.num_layers * (attention + mlp) + c.vocab_size * c.hidden_size
-
-
-def step_flops(n_params: int, prompts: int, group: int, prompt_tokens: float, new_tokens: int,
-               with_reference: bool) -> dict:
-    """Matmul FLOPs of one GRPO step (see the module docstring): sampling, policy forward/backward, reference."""
-    sequences = prompts * group
-    sampling = 2 * n_params * (prompts * prompt_tokens + sequences * new_tokens)
-    trained = sequences * (prompt_tokens + new_tokens)
-    policy = 6 * n_params * trained
-    reference = 2 * n_params * trained if with_reference else 0
-    return {"sampling": sampling, "policy_fwd_bwd": policy, "reference_fwd": reference,
-            "total": sampling + policy + reference}
-
-
-def roofline(settings: Settings, grpo_jax_result: dict, matmul_size: int) -> dict:
-    flops = step_flops(grpo_jax_result["matmul_params"], settings.prompts_per_step, settings.group_size,
-                       grpo_jax_result["mean_prompt_tokens"], settings.max_new_tokens, settings.kl_beta > 0)
-    rate = bench_common.matmul_flops_per_s(matmul_size)
-    return {"seconds": flops["total"] / rate, "flops": flops, "matmul_flops_per_s": rate,
-            "matmul_size": matmul_size, "matmul_params": grpo_jax_result["matmul_params"],
+def roofline(grpo_jax_result: dict, matmul_size: int) -> dict:
+    """The grpo_jax side's step FLOPs over this machine's matmul rate."""
+    need = grpo_jax_result["flops"]
+    rate = machine.matmul_rate(matmul_size).wall
+    return {"seconds": need["total"] / rate, "flops": need, "matmul_flops_per_s": rate, "matmul_size": matmul_size,
             "mean_prompt_tokens": grpo_jax_result["mean_prompt_tokens"]}
 
 
 def run_side(side: str, args, settings: Settings, workdir: str) -> dict:
     """Run one system in a fresh subprocess; returns its summary (peak memory is that process's own)."""
     out = os.path.join(workdir, f"{side}.json")
-    cmd = [sys.executable, "-m", "experiments.bench_grpo_step", "--side", side, "--out", out, "--workdir", workdir,
+    cmd = [sys.executable, "-m", "benchmarks", "grpo_step", "--side", side, "--out", out, "--workdir", workdir,
            "--steps", str(args.steps), "--warmup", str(args.warmup), *settings_args(settings)]
-    env = dict(os.environ)
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(cmd, env=env, cwd=root, stdout=sys.stderr)  # stdout stays ONE JSON line
+    proc = subprocess.run(cmd, env=child_env(), cwd=ROOT, stdout=sys.stderr)  # stdout stays ONE JSON line
     if proc.returncode != 0:
         raise RuntimeError(f"the {side} side of grpo_step failed (exit {proc.returncode}): {' '.join(cmd)}")
     with open(out) as f:
@@ -261,14 +230,14 @@ def settings_args(s: Settings) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_grpo_step", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks grpo_step", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings_arguments(p, Settings())
     p.add_argument("--vs-trl", action="store_true", help="also run TRL's GRPOTrainer (needs the bench extra)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per system (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps (compile / lazy init)")
     p.add_argument("--matmul-size", type=int, default=2048, help="matmul size of the FLOP/s measurement")
-    p.add_argument("--results", default=bench_common.RESULTS, help="JSONL file to append to ('' = do not append)")
+    p.add_argument("--results", default=results.RESULTS, help="JSONL file to append to ('' = do not append)")
     p.add_argument("--workdir", default="", help="scratch dir (default: a temporary dir)")
     p.add_argument("--side", choices=("grpo_jax", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -292,18 +261,18 @@ def main(argv=None) -> dict | None:
             json.dump(result, f)
         return None
     with tempfile.TemporaryDirectory(dir=args.workdir or None) as workdir:
-        line = {"benchmark": "grpo_step", "time": bench_common.now(), "commit": bench_common.git_commit(),
-                "machine": bench_common.machine(), "settings": dataclasses.asdict(settings),
+        line = {"benchmark": "grpo_step", "time": results.now(), "commit": results.git_commit(),
+                "machine": machine.describe(), "settings": dataclasses.asdict(settings),
                 "steps": args.steps, "warmup": args.warmup}
         line["grpo_jax"] = run_side("grpo_jax", args, settings, workdir)
         if args.vs_trl:
-            from experiments.trl_reference import hf_checkpoint
+            from benchmarks.trl_reference import hf_checkpoint
             hf_checkpoint(settings.model)  # convert a GGUF here, so the TRL process's peak memory is TRL's own
             line["trl"] = run_side("trl", args, settings, workdir)
             line["speedup"] = line["trl"]["step_time_s"] / line["grpo_jax"]["step_time_s"]
             line["memory_ratio"] = line["trl"]["peak_rss_gb"] / line["grpo_jax"]["peak_rss_gb"]
-        line["roofline"] = roofline(settings, line["grpo_jax"], args.matmul_size)
-    return bench_common.emit(line, args.results)
+        line["roofline"] = roofline(line["grpo_jax"], args.matmul_size)
+    return results.emit(line, args.results)
 
 
 if __name__ == "__main__":

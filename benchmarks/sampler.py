@@ -1,9 +1,9 @@
 """`sampler`: grpo_jax's group sampler beside transformers' `generate`, same model, prompts and batch.
 
-    python -m experiments.benchmark sampler                       # SmolLM2-135M-Instruct, 8 prompts x 8, 64 tokens
-    python -m experiments.benchmark sampler --torch-threads 2     # transformers at 2 threads only (default: 1 and 2)
-    python -m experiments.bench_sampler --model tiny-random --prompts 2 --group 2 --new-tokens 4 --repeats 1 \
-        --matmul-size 128 --results ''                            # the smoke run of tests/test_bench_sampler.py
+    python -m benchmarks sampler                        # SmolLM2-135M-Instruct, 8 prompts x 8, 64 tokens
+    python -m benchmarks sampler --torch-threads 2      # transformers at 2 threads only (default: 1 and all cores)
+    python -m benchmarks sampler --model tiny-random --prompts 2 --group 2 --new-tokens 4 --repeats 1 \
+        --matmul-size 128 --results ''                  # the smoke run of tests/test_bench_sampler.py
 
 What is measured (defaults): the embedded SmolLM2-135M-Instruct in float32; 8 prompts (the chat template applied
 to "What is a + b?" questions, left-padded to a multiple of 16 tokens) x 8 completions x 64 new tokens, sampled at
@@ -18,14 +18,13 @@ temperature 1 over the full vocabulary, every sequence forced to the full 64 tok
     and all cores), the fastest counts.
 The two sides alternate call by call, so a change in machine load hits both. tokens/s = 8 x 8 x 64 / seconds.
 
-Roofline: the FLOPs this batch needs -- each prompt prefilled once (2 N_layers P S), the 64 x 64 decoded tokens
-(2 (N_layers + N_head) P G T, N = matmul parameters, the LM head included), attention scores and values
-(4 L H hd per query and key) -- divided by this machine's float32 matmul rate (a jitted 2048^2 matmul, measured
-before and after the runs, the faster counts): `best_tokens_per_s` is the fastest this machine could go,
-`fraction` our share of it, `vs_roofline` our time over the roofline time (the goal: <= 1.5).
+Roofline: the FLOPs this batch needs (`flops.sampling`: each prompt prefilled once, the P G (T - 1) decode steps,
+attention) divided by this machine's float32 matmul rate (`machine.matmul_rate`, probed before and after the runs,
+the faster counts): `best_tokens_per_s` is the fastest this machine could go, `fraction` our share of it,
+`vs_roofline` our time over the roofline time.
 
-Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append). Takes ~3-5 minutes
-on a quiet 2-core CPU (loading ~10 s, compile ~30 s, transformers ~25 s per call). Run it alone on the machine.
+Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append). Run it alone on
+the machine: other load changes the numbers.
 """
 
 from __future__ import annotations
@@ -35,13 +34,12 @@ import time
 
 import numpy as np
 
-from experiments import bench_common
-
-TINY = "tiny-random"  # a random 2-layer model: the smoke test of this benchmark's code path
+from benchmarks import flops, machine, results
+from benchmarks.policy import TINY, load_policy
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
-    """The model and batch options (shared with bench_sampler_profile)."""
+    """The model and batch options (shared with sampler_profile)."""
     p.add_argument("--model", default="smollm2-135m-instruct", help=f"models.load source, or '{TINY}'")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group", type=int, default=8, help="completions per prompt")
@@ -50,39 +48,25 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmark sampler", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks sampler", description=__doc__.split("\n")[0])
     add_batch_arguments(p)
     p.add_argument("--repeats", type=int, default=3,
-                   help="timed steady-state calls per side (the fastest counts; single calls vary by 5-10%% here)")
-    p.add_argument("--torch-threads", default=",".join(str(x) for x in sorted({1, bench_common.usable_cores()})),
+                   help="timed steady-state calls per side (the fastest counts)")
+    p.add_argument("--torch-threads", default=",".join(str(x) for x in sorted({1, machine.usable_cores()})),
                    help="comma-separated torch thread counts to time transformers with; the fastest counts "
                         "(default: 1 and all usable cores -- on a busy machine torch's spinning threads can make "
                         "all cores several times slower than one)")
     p.add_argument("--no-transformers", action="store_true", help="time grpo_jax and the roofline only")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul that measures FLOP/s")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", "--out", dest="results", default=bench_common.RESULTS,
+    p.add_argument("--results", "--out", dest="results", default=results.RESULTS,
                    help="JSONL file the result line is appended to ('' = none)")
     return p
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model and prompts.
+# Prompts, and the transformers model with our weights.
 # ----------------------------------------------------------------------------------------------------------------
-def load_policy(model: str):
-    """(config, params, tokenizer or None)."""
-    import jax
-
-    from grpo_jax import models
-    if model == TINY:
-        config = models.ModelConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                                    num_kv_heads=2, head_dim=8, tie_word_embeddings=True, max_position_embeddings=512,
-                                    eos_token_ids=(2,), pad_token_id=0)
-        return config, jax.jit(models.init_params, static_argnums=0)(config, jax.random.PRNGKey(0)), None
-    policy = models.load(model, dtype="float32")
-    return policy.config, policy.params, policy.tokenizer
-
-
 def prompt_token_lists(tokenizer, count: int, vocab_size: int, seed: int) -> list[list[int]]:
     """The chat template applied to "What is a + b?" questions; random token ids when there is no tokenizer."""
     rng = np.random.default_rng(seed)
@@ -118,22 +102,6 @@ def torch_model(config, params):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# FLOPs.
-# ----------------------------------------------------------------------------------------------------------------
-def sampler_flops(c, prompts: int, group: int, prompt_tokens: float, new_tokens: int) -> dict:
-    """FLOPs the batch needs: prompts prefilled once, P*G*T decoded tokens, attention."""
-    layer = c.num_layers * (c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-                            + 3 * c.hidden_size * c.intermediate_size)
-    head = c.vocab_size * c.hidden_size
-    n = prompts * group
-    per_key = 4 * c.num_layers * c.num_heads * c.head_dim
-    prefill = 2 * layer * prompts * prompt_tokens + 2 * head * prompts + per_key * prompts * prompt_tokens ** 2 / 2
-    contexts = sum(prompt_tokens + t for t in range(1, new_tokens))
-    decode = 2 * (layer + head) * n * (new_tokens - 1) + per_key * n * contexts
-    return {"matmul_params": layer + head, "prefill": prefill, "decode": decode, "total": prefill + decode}
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The two sides.
 # ----------------------------------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
@@ -142,8 +110,8 @@ def main(argv=None) -> dict:
 
     from grpo_jax import batching, sampling
 
-    rate_before = bench_common.matmul_flops_per_s(args.matmul_size)
-    t_load, (config, params, tokenizer) = bench_common.timed(lambda: load_policy(args.model))
+    rate_before = machine.matmul_rate(args.matmul_size)
+    t_load, (config, params, tokenizer) = results.timed(lambda: load_policy(args.model))
     ids = prompt_token_lists(tokenizer, args.prompts, config.vocab_size, args.seed)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     tokens, mask = batching.left_pad(ids, pad_id=pad, bucket=args.bucket)
@@ -155,7 +123,7 @@ def main(argv=None) -> dict:
             out = sampling.generate(config, params, tokens, mask, jax.random.PRNGKey(args.seed + i), group_size=g,
                                     max_new_tokens=t, temperature=1.0, stop_ids=(), pad_id=pad)
             return jax.block_until_ready(out)
-        seconds, out = bench_common.timed(call)
+        seconds, out = results.timed(call)
         if not bool(np.all(np.asarray(out.lengths) == t)):
             raise RuntimeError("grpo_jax: a completion ended before --new-tokens (stop ids are off)")
         return seconds
@@ -178,8 +146,9 @@ def main(argv=None) -> dict:
                                      top_p=1.0, num_return_sequences=g, max_new_tokens=new, min_new_tokens=new,
                                      pad_token_id=pad)
                 seconds = time.perf_counter() - start
-            if tuple(seq.shape) != (p * g, tokens.shape[1] + new):
-                raise RuntimeError(f"transformers returned {tuple(seq.shape)}, expected {(p * g, tokens.shape[1] + new)}")
+            want = (p * g, tokens.shape[1] + new)
+            if tuple(seq.shape) != want:
+                raise RuntimeError(f"transformers returned {tuple(seq.shape)}, expected {want}")
             return seconds
         for threads in thread_counts:  # warm-up: lazy initialisation, allocator
             theirs(threads, new=2)
@@ -194,7 +163,7 @@ def main(argv=None) -> dict:
                 hf[threads].append(theirs(threads))
 
     best = min(steady)
-    line = {"benchmark": "sampler", "time": bench_common.now(), "commit": bench_common.git_commit(),
+    line = {"benchmark": "sampler", "time": results.now(), "commit": results.git_commit(),
             "settings": {"model": args.model, "prompts": p, "group": g, "new_tokens": t,
                          "prompt_tokens_padded": int(tokens.shape[1]), "prompt_tokens_mean": float(mask.sum(1).mean()),
                          "temperature": 1.0, "top_k": 0, "top_p": 1.0, "forced_full_length": True},
@@ -208,20 +177,19 @@ def main(argv=None) -> dict:
         line["transformers"] = {**per_threads[str(fastest)], "threads": fastest, "by_threads": per_threads}
         line["speedup"] = round(line["grpo_jax"]["tokens_per_s"] / line["transformers"]["tokens_per_s"], 2)
     # measured before and after the runs; the faster is this machine's rate (load only ever slows it)
-    rates = [rate_before, bench_common.matmul_flops_per_s(args.matmul_size)]
-    rate = max(rates)
-    flops = sampler_flops(config, p, g, float(mask.sum(1).mean()), t)
-    roofline_s = flops["total"] / rate
-    line["roofline"] = {"matmul_flops_per_s": round(rate), "matmul_flops_per_s_before_after": [round(x) for x in rates],
+    rates = [rate_before, machine.matmul_rate(args.matmul_size)]
+    rate = machine.fastest(rates).wall
+    need = flops.sampling(config, p, g, float(mask.sum(1).mean()), t)
+    roofline_s = need["total"] / rate
+    line["roofline"] = {"matmul_flops_per_s": round(rate),
+                        "matmul_flops_per_s_before_after": [round(x.wall) for x in rates],
                         "matmul_size": args.matmul_size,
-                        "flops": {k: round(v) for k, v in flops.items()}, "seconds": round(roofline_s, 6),
+                        "flops": {k: round(v) for k, v in need.items()}, "seconds": round(roofline_s, 6),
                         "best_tokens_per_s": round(n_tokens / roofline_s, 1),
                         "fraction": round(roofline_s / best, 3), "vs_roofline": round(best / roofline_s, 3)}
-    line["machine"] = bench_common.machine()
-    line["threads"] = bench_common.threads(torch_threads=None)
-    if hf is not None:
-        line["threads"]["torch"] = thread_counts
-    return bench_common.emit(line, args.results)
+    line["machine"] = machine.describe()
+    line["threads"] = machine.threads(torch_threads=thread_counts if hf is not None else None)
+    return results.emit(line, args.results)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """`learning`: the same 20-step GRPO experiment in grpo_jax and in TRL, seeds 0-2: reward curves and accuracy.
 
-    python -m experiments.benchmark learning                                   # everything (~1 h on 2 cores)
-    nohup python -m experiments.bench_learning --systems trl --seeds 0 > trl0.log 2>&1 &      # one piece
-    python -m experiments.bench_learning --report                              # curves + plot from what is done
+    python -m benchmarks learning                                              # everything
+    nohup python -m benchmarks learning --systems trl --seeds 0 > trl0.log 2>&1 &     # one piece
+    python -m benchmarks learning --report                                     # curves + plot from what is done
 
-The experiment is `configs/bench_learning.py` (SmolLM2-135M-Instruct, arithmetic, 4 prompts x 8 completions x 48
+The experiment is benchmarks/learning_config.py (SmolLM2-135M-Instruct, arithmetic, 4 prompts x 8 completions x 48
 new tokens, loss 'grpo', kl_beta 0.04, lr 1e-5): grpo_jax runs it through the runner
-(`python -m experiments.train --config configs/bench_learning.py ...`), TRL through `trl_reference.build_trainer`
-with the settings `configs/bench_learning.settings()` from the same file. Step s trains on the task's training
-batch s of the seed on both sides (the same problems). Held-out accuracy: greedy decoding of the task's whole eval
+(`python -m experiments.train --config benchmarks/learning_config.py ...`), TRL through
+`trl_reference.build_trainer` with the settings `learning_config.settings()` from the same file. Step s trains on
+the task's training batch s of the seed on both sides (the same problems). Held-out accuracy: greedy decoding of the task's whole eval
 split, before training and after the last step (grpo_jax: the runner's evaluator; TRL: transformers' `generate`,
 scored by the same reward), so the two "before" numbers cross-check the two evaluators.
 
@@ -24,9 +24,8 @@ at a time. After the runs (or with --report) the whole OUT is summarised:
   the last 5 (mean and std across seeds), accuracy before/after, wall time per run; and `within_trl_spread`: the
   fraction of steps at which grpo_jax's seed-mean reward lies inside TRL's min-max band over seeds.
 
-Expected runtime on a quiet 2-core CPU: a grpo_jax run a few minutes (mostly compilation and the two evals), a TRL
-run ~15 min (20 steps x ~35 s + evals): the better part of an hour for all six. Tiny smoke run (the test, ~1 min):
-    python -m experiments.bench_learning --config-arg tiny --model tiny.gguf --seeds 0 --out /tmp/bl --results ''
+Tiny smoke run (what tests/test_bench_grpo.py does):
+    python -m benchmarks learning --config-arg tiny --model tiny.gguf --seeds 0 --out /tmp/bl --results ''
 """
 
 from __future__ import annotations
@@ -40,17 +39,16 @@ import subprocess
 import sys
 import time
 
-from experiments import bench_common
+from benchmarks import ROOT, child_env, machine, results
 
 SYSTEMS = ("grpo_jax", "trl")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILE = os.path.join(ROOT, "configs", "bench_learning.py")
+CONFIG_FILE = os.path.join(ROOT, "benchmarks", "learning_config.py")
 CURVE_KEYS = ("reward", "reward_std", "kl", "completions/mean_length", "step_time")
 LAST = 5  # "final reward" = mean over the last LAST steps
 
 
 def experiment():
-    """The configs/bench_learning.py module (loaded from its file: configs/ need not be a package)."""
+    """The benchmarks/learning_config.py module, loaded from its file as experiments.train loads it."""
     spec = importlib.util.spec_from_file_location("bench_learning_config", CONFIG_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -85,7 +83,7 @@ def _read_jsonl(path: str) -> list[dict]:
 def run_trl(config_arg: str, model: str | None, seed: int, steps: int, directory: str) -> None:
     """One TRL run in this process: accuracy before, `steps` GRPO steps, accuracy after; writes curve.jsonl and
     eval.json in `directory`."""
-    from experiments import trl_reference as ref
+    from benchmarks import trl_reference as ref
     from grpo_jax import rewards, tasks
 
     exp = experiment()
@@ -188,7 +186,7 @@ def _cached_before(config_arg: str, model: str | None, out: str, env: dict) -> d
     path = os.path.join(out, "grpo_jax_before.json")
     if not os.path.exists(path):
         stdout = subprocess.run(
-            [sys.executable, "-m", "experiments.bench_learning", "--internal-before", "--config-arg", config_arg,
+            [sys.executable, "-m", "benchmarks", "learning", "--internal-before", "--config-arg", config_arg,
              *(["--model", model] if model else [])],
             env=env, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True).stdout
         _write_json(path, json.loads(stdout.strip().splitlines()[-1]))
@@ -211,7 +209,7 @@ def run_one(system: str, args, seed: int, env: dict) -> None:
     if system == "grpo_jax":
         run_grpo_jax(args.config_arg, args.model, seed, args.steps, directory, args.out, env)
     else:
-        cmd = [sys.executable, "-m", "experiments.bench_learning", "--internal-trl", "--config-arg", args.config_arg,
+        cmd = [sys.executable, "-m", "benchmarks", "learning", "--internal-trl", "--config-arg", args.config_arg,
                "--seeds", str(seed), "--steps", str(args.steps), "--out", args.out,
                *(["--model", args.model] if args.model else [])]
         subprocess.run(cmd, env=env, cwd=ROOT, check=True, stdout=sys.stderr)
@@ -329,23 +327,23 @@ def report(args) -> dict:
     title = (f"GRPO on {s.task}: {s.prompts_per_step} prompts x {s.group_size} completions x {s.max_new_tokens} "
              f"tokens, loss grpo, kl_beta {s.kl_beta}, lr {s.lr:g}")
     plot(curves, os.path.join(args.out, "learning.png"), title)
-    line = {"benchmark": "learning", "time": bench_common.now(), "commit": bench_common.git_commit(),
-            "machine": bench_common.machine(),
+    line = {"benchmark": "learning", "time": results.now(), "commit": results.git_commit(),
+            "machine": machine.describe(),
             "config": CONFIG_FILE + (f":{args.config_arg}" if args.config_arg else ""),
             "out": args.out, "plot": os.path.join(args.out, "learning.png"), **summarize(curves, evals)}
     return line
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_learning", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks learning", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of grpo_jax,trl")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default: the config's, 20)")
-    p.add_argument("--config-arg", default="", help="argument of configs/bench_learning.py ('' or 'tiny')")
+    p.add_argument("--config-arg", default="", help="argument of benchmarks/learning_config.py ('' or 'tiny')")
     p.add_argument("--model", default=None, help="override the model source of both systems")
     p.add_argument("--out", default=os.path.join("benchmarks", "learning"), help="output dir (default: %(default)s)")
-    p.add_argument("--results", default=bench_common.RESULTS,
+    p.add_argument("--results", default=results.RESULTS,
                    help="JSONL file to append the summary to ('' = do not append)")
     p.add_argument("--force", action="store_true", help="rerun runs that are already done")
     p.add_argument("--report", action="store_true", help="only summarise and plot the finished runs")
@@ -377,13 +375,11 @@ def main(argv=None) -> dict | None:
         print(json.dumps(grpo_jax_before(args.config_arg, args.model)))
         return None
     if not args.report:
-        env = dict(os.environ)
-        env.setdefault("JAX_PLATFORMS", "cpu")
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env = child_env()
         for seed in seeds:
             for system in systems:
                 run_one(system, args, seed, env)
-    return bench_common.emit(report(args), args.results)
+    return results.emit(report(args), args.results)
 
 
 if __name__ == "__main__":

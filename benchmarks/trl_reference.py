@@ -1,6 +1,6 @@
 """The TRL side of the side-by-side benchmarks: a TRL `GRPOTrainer` set up exactly like a grpo_jax run.
 
-    from experiments import trl_reference as ref
+    from benchmarks import trl_reference as ref
     settings = ref.Settings(prompts_per_step=8, group_size=8, max_new_tokens=64, kl_beta=0.04)
     trainer = ref.build_trainer(settings, steps=4, output_dir="/tmp/trl")
     timer = ref.StepTimer(trainer); trainer.train()     # timer.step_times: seconds per optimizer step
@@ -337,19 +337,6 @@ def greedy_accuracy(model, tokenizer, examples: Sequence[dict], accuracy_fn, max
         model.train(was_training)
     return {"eval/accuracy": sum(correct) / len(correct), "eval/mean_length": sum(lengths) / len(lengths),
             "eval/num_examples": len(correct)}
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory (VmHWM), in bytes."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def versions() -> dict[str, Any]:

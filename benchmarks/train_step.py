@@ -1,8 +1,7 @@
 """`train_step`: speed and peak memory of ONE jitted GRPO train step, beside this machine's FLOP roofline.
 
-    python -m experiments.benchmark train_step                  # full finetuning and LoRA r=16, each in its own process
-    python -m experiments.benchmark train_step --lora-rank 0    # one of them, in this process
-    python -m experiments.bench_train_step --lora-rank 16       # the same, directly
+    python -m benchmarks train_step                  # full finetuning and LoRA r=16, each in its own process
+    python -m benchmarks train_step --lora-rank 0    # one of them, in this process
 
 What is measured (defaults): the embedded SmolLM2-135M-Instruct in float32, a rollout of 8 prompts x 8
 completions = 64 sequences of 64 prompt tokens + 64 completion tokens (128 tokens each; no padding, every
@@ -14,47 +13,42 @@ policy forward/backward (shared prompt: each prompt's keys/values computed once 
 
 Compilation is timed separately (`jitted.lower(...).compile()`); then `--steps` steps are timed and the median is
 `step_time_s`. `tokens_per_s` = 64 x 128 sequence tokens / step time (`completion_tokens_per_s`: the 64 x 64
-trained tokens). `peak_rss_gb` is the process's maximum resident set size (getrusage ru_maxrss), which includes
+trained tokens). `peak_rss_gb` is the process's maximum resident set size (VmHWM), which includes
 the model, optimizer state, reference, activations and compilation.
 
-Roofline (the time this machine needs for the FLOPs at its measured float32 matmul rate, jitted 2048^2 matmul):
-  nominal:  6 * params * tokens (forward + backward) + 2 * params * tokens (reference forward) with params = all
-            134.5M parameters (the tied embedding is the LM head's matmul) and tokens = 64 x 128 = 8192;
-  executed: the matmul FLOPs this step really performs: layer matmuls on P*S prompt + N*(T-1) completion tokens
-            (the prompt once per group), the LM head on the N*T completion positions only, attention scores,
-            x3 for forward + backward, + one forward for the reference.
-`vs_*_roofline` = step time / roofline time (1.0 = at the roofline; the goal is <= 1.5 against the nominal one).
-The matmul rate is measured before and after the steps (mean). On a shared machine wall times depend on the share
-of the cores the process got, so the same ratios are also given in CPU seconds (`cpu_vs_*_roofline`: the step's
-process CPU time against the matmul's FLOPs per CPU second).
+Roofline (the time this machine needs for the FLOPs at its float32 matmul rate, `machine.matmul_rate` probed
+before and after the steps, the faster counts), with the FLOPs of `flops.train_step`:
+  nominal:  6 * params * tokens (forward + backward) + 2 * params * tokens (reference forward), params = all of
+            them (a tied embedding is the LM head's matmul), tokens = 64 x 128 = 8192;
+  executed: the matmul FLOPs this step really performs (the prompt once per group, the LM head on completion
+            positions only, attention), x3 for forward + backward, + one forward for the reference.
+`vs_*_roofline` = step time / roofline time (1.0 = at the roofline). On a shared machine wall times depend on the
+share of the cores the process got, so the same ratios are also given in CPU seconds (`cpu_vs_*_roofline`: the
+step's process CPU time against the matmul's FLOPs per CPU second).
 Under LoRA the adapted kernels' weight gradients are still formed (the adapters are merged functionally), so the
 same FLOP formulas apply.
 
-Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append). Takes several
-minutes per mode on a 2-core CPU (compile ~1-2 min, then the steps); run it alone: other load changes the numbers.
-Smoke run (what tests/test_train_step.py does):
-    python -m experiments.benchmark train_step --lora-rank 0 --kl-beta 0 --model tiny-random --prompts 2 --group 2 \
+Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, '' = do not append); run it alone:
+other load changes the numbers. Smoke run (what tests/test_bench_train_step.py does):
+    python -m benchmarks train_step --lora-rank 0 --kl-beta 0 --model tiny-random --prompts 2 --group 2 \
         --prompt-tokens 4 --new-tokens 3 --steps 1 --matmul-size 32 --fast-compile --results ''
-
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
-from experiments import bench_common
-
-TINY = "tiny-random"  # a random 2-layer model: the smoke test of this benchmark's code path
+from benchmarks import ROOT, child_env, flops, machine, results
+from benchmarks.policy import TINY, load_policy
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmark train_step", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks train_step", description=__doc__.split("\n")[0])
     p.add_argument("--lora-rank", type=int, default=None,
                    help="0 = full finetuning, r > 0 = LoRA; omitted: both 0 and 16, each in its own process")
     p.add_argument("--model", default="smollm2-135m-instruct", help=f"models.load source, or '{TINY}'")
@@ -67,61 +61,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--remat", action="store_true", help="rematerialise decoder layers in the backward pass")
     p.add_argument("--steps", type=int, default=2, help="timed steps after compilation")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul that measures FLOP/s")
-    p.add_argument("--results", default=bench_common.RESULTS, help="append the JSON line here ('' = do not)")
+    p.add_argument("--results", default=results.RESULTS, help="append the JSON line here ('' = do not)")
     p.add_argument("--fast-compile", action="store_true",
-                   help="XLA:CPU optimisation level 0, no fusion emitters: ~3x quicker compile, slower steps "
+                   help="XLA:CPU optimisation level 0, no fusion emitters: a quicker compile, slower steps "
                         "(smoke tests only)")
     return p
-
-
-def matmul_rates(size: int, repeats: int = 5) -> tuple[float, float]:
-    """(FLOP per wall second, FLOP per CPU second of this process) of a jitted float32 [size, size] matmul, medians
-    of `repeats` after a warm-up. Per CPU second is what a contended machine cannot hide: it compares the step's
-    CPU time with the matmul's, whatever share of the cores each got."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-    f = jax.jit(jnp.matmul)
-    f(a, a).block_until_ready()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        f(a, a).block_until_ready()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.process_time() - c)
-    flops = 2.0 * size ** 3
-    return flops / statistics.median(walls), flops / max(statistics.median(cpus), 1e-9)
-
-
-def step_flops(c, prompts: int, group: int, prompt_len: int, new_tokens: int, with_reference: bool) -> dict:
-    """Nominal (6 N D + 2 N D) and executed matmul FLOPs of one train step for ModelConfig `c`."""
-    n = prompts * group
-    attn_proj = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-    layer_params = c.num_layers * (attn_proj + 3 * c.hidden_size * c.intermediate_size)
-    head_params = c.vocab_size * c.hidden_size
-    all_params = layer_params + head_params + (0 if c.tie_word_embeddings else head_params)
-    tokens = n * (prompt_len + new_tokens)
-    nominal = (6 + (2 if with_reference else 0)) * all_params * tokens
-    layer_tokens = prompts * prompt_len + n * (new_tokens - 1)
-    keys = prompts * prompt_len * prompt_len + n * (new_tokens - 1) * (prompt_len + new_tokens - 1)
-    forward = (2 * layer_params * layer_tokens + 2 * head_params * n * new_tokens
-               + 4 * c.num_layers * c.num_heads * c.head_dim * keys)
-    executed = (3 + (1 if with_reference else 0)) * forward
-    return {"params": all_params, "tokens": tokens, "nominal": nominal, "executed": executed,
-            "executed_forward": forward}
-
-
-def _policy(model: str):
-    import jax
-
-    from grpo_jax import models
-    if model == TINY:
-        config = models.ModelConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                                    num_kv_heads=2, head_dim=8, tie_word_embeddings=True)
-        return config, jax.jit(models.init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
-    policy = models.load(model, dtype="float32")
-    return policy.config, policy.params
 
 
 def run_one(args) -> dict:
@@ -131,9 +75,9 @@ def run_one(args) -> dict:
 
     from grpo_jax import config_base, logprobs, sharding, train_step
 
-    rate, cpu_rate = matmul_rates(args.matmul_size)
+    rate_before = machine.matmul_rate(args.matmul_size)
     t = time.perf_counter()
-    model_config, params = _policy(args.model)
+    model_config, params, _ = load_policy(args.model)
     load_s = time.perf_counter() - t
 
     c = config_base.base_config()
@@ -179,10 +123,9 @@ def run_one(args) -> dict:
         cpu_times.append(time.process_time() - cpu)
         first = first or {k: float(v) for k, v in metrics.items()}  # the step on the sampler's own policy
     step_s, step_cpu_s = statistics.median(times), statistics.median(cpu_times)
-    rate_after, cpu_rate_after = matmul_rates(args.matmul_size)  # the machine's share may change meanwhile
-    rate, cpu_rate = (rate + rate_after) / 2, (cpu_rate + cpu_rate_after) / 2
+    rate, cpu_rate = machine.fastest([rate_before, machine.matmul_rate(args.matmul_size)])
 
-    flops = step_flops(model_config, p, g, s, t_new, args.kl_beta > 0)
+    need = flops.train_step(model_config, p, g, s, t_new, args.kl_beta > 0)
     trainable = sum(x.size for x in jax.tree.leaves(state.params))
     return {
         "mode": f"lora_r{args.lora_rank}" if args.lora_rank else "full",
@@ -199,22 +142,22 @@ def run_one(args) -> dict:
         "step_cpu_s": round(step_cpu_s, 2),
         "tokens_per_s": round(p * g * (s + t_new) / step_s, 1),
         "completion_tokens_per_s": round(p * g * t_new / step_s, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
+        "peak_rss_gb": round(machine.peak_rss_bytes() / 1e9, 2),
         "roofline": {
             "matmul_flops_per_s": round(rate / 1e9, 1) * 1e9,
             "matmul_flops_per_cpu_s": round(cpu_rate / 1e9, 1) * 1e9,
             "matmul_size": args.matmul_size,
-            "params": flops["params"],
-            "nominal_flops": flops["nominal"],
-            "nominal_s": round(flops["nominal"] / rate, 2),
-            "executed_flops": flops["executed"],
-            "executed_s": round(flops["executed"] / rate, 2),
-            "vs_nominal_roofline": round(step_s / (flops["nominal"] / rate), 3),
-            "vs_executed_roofline": round(step_s / (flops["executed"] / rate), 3),
-            "achieved_flops_per_s": round(flops["executed"] / step_s / 1e9, 1) * 1e9,
+            "params": need["params"],
+            "nominal_flops": need["nominal"],
+            "nominal_s": round(need["nominal"] / rate, 2),
+            "executed_flops": need["executed"],
+            "executed_s": round(need["executed"] / rate, 2),
+            "vs_nominal_roofline": round(step_s / (need["nominal"] / rate), 3),
+            "vs_executed_roofline": round(step_s / (need["executed"] / rate), 3),
+            "achieved_flops_per_s": round(need["executed"] / step_s / 1e9, 1) * 1e9,
             # the same ratios in CPU seconds (step CPU time / FLOPs at the matmul's rate per CPU second)
-            "cpu_vs_nominal_roofline": round(step_cpu_s / (flops["nominal"] / cpu_rate), 3),
-            "cpu_vs_executed_roofline": round(step_cpu_s / (flops["executed"] / cpu_rate), 3),
+            "cpu_vs_nominal_roofline": round(step_cpu_s / (need["nominal"] / cpu_rate), 3),
+            "cpu_vs_executed_roofline": round(step_cpu_s / (need["executed"] / cpu_rate), 3),
         },
         "first_step_metrics": {k: round(v, 6) for k, v in first.items()
                                if k in ("loss", "kl", "entropy", "grad_norm", "logp_mismatch/max")},
@@ -231,13 +174,13 @@ def _child_args(args, rank: int) -> list[str]:
 
 def main(argv=None) -> dict:
     args = parser().parse_args(argv)
-    line = {"benchmark": "train_step", "time": bench_common.now(), "commit": bench_common.git_commit()}
+    line = {"benchmark": "train_step", "time": results.now(), "commit": results.git_commit()}
     if args.lora_rank is not None:
         line.update(run_one(args))
     else:  # each mode in its own process, so that each peak RSS is its own
         for rank in (0, 16):
-            proc = subprocess.run([sys.executable, "-m", "experiments.bench_train_step", *_child_args(args, rank),
-                                   "--results", ""], capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-m", "benchmarks", "train_step", *_child_args(args, rank),
+                                   "--results", ""], capture_output=True, text=True, cwd=ROOT, env=child_env())
             mode = f"lora_r{rank}" if rank else "full"
             if proc.returncode:  # recorded, and the other mode still runs
                 why = f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0 else \
@@ -249,9 +192,9 @@ def main(argv=None) -> dict:
             line[mode] = {k: v for k, v in child.items() if k not in ("benchmark", "time", "commit", "machine",
                                                                      "threads")}
             print(json.dumps({mode: line[mode]}), file=sys.stderr, flush=True)  # progress, in case of a later kill
-    line["machine"] = bench_common.machine()
-    line["threads"] = bench_common.threads()
-    return bench_common.emit(line, args.results)
+    line["machine"] = machine.describe()
+    line["threads"] = machine.threads()
+    return results.emit(line, args.results)
 
 
 if __name__ == "__main__":

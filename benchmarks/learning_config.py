@@ -1,13 +1,13 @@
 """The `learning` benchmark's experiment: 20 GRPO steps on arithmetic, run identically by grpo_jax and by TRL.
 
-    python -m experiments.benchmark learning                     # both systems, seeds 0-2 (see bench_learning)
-    python -m experiments.train --config configs/bench_learning.py --workdir /tmp/bl --config.seed=0   # one run
+    python -m benchmarks learning                       # both systems, seeds 0-2 (see learning_curves.py)
+    PYTHONPATH=. python -m experiments.train --config benchmarks/learning_config.py --workdir /tmp/bl \
+        --config.seed=0                                 # one grpo_jax run of it
 
 SmolLM2-135M-Instruct (embedded GGUF, float32), full finetuning, arithmetic task and reward, 4 prompts x 8
 completions x 48 new tokens, loss 'grpo' (per-sequence token mean), kl_beta 0.04, temperature 1.0, AdamW lr 1e-5
 (constant; chosen so 20 steps visibly move the reward, identical for both systems), greedy held-out accuracy on
-the task's whole eval split before and after. One grpo_jax run is a few minutes on a 2-core CPU; the TRL run of the
-same experiment ~20 x ~35 s. `get_config("tiny")` is a seconds-long smoke version (2 x 2 x 8, 2 steps, 4 eval
+the task's whole eval split before and after. `get_config("tiny")` is a smoke version (2 x 2 x 8, 2 steps, 4 eval
 problems; give it a tiny model with --config.model.path).
 
 `settings(arg)` is the same experiment as `trl_reference.Settings`, from which TRL's GRPOConfig is built, so both
@@ -16,8 +16,8 @@ systems read their settings from this one file.
 
 from __future__ import annotations
 
-from experiments.bench_grpo_step import grpo_jax_config
-from experiments.trl_reference import Settings
+from benchmarks.grpo_step import grpo_jax_config
+from benchmarks.trl_reference import Settings
 
 STEPS = {"": 20, "tiny": 2}
 
@@ -25,7 +25,7 @@ STEPS = {"": 20, "tiny": 2}
 def settings(arg: str | None = None) -> Settings:
     arg = arg or ""
     if arg not in STEPS:
-        raise ValueError(f"configs/bench_learning.py: unknown arg {arg!r}; valid: '' (full) or 'tiny'")
+        raise ValueError(f"benchmarks/learning_config.py: unknown arg {arg!r}; valid: '' (full) or 'tiny'")
     if arg == "tiny":
         return Settings(prompts_per_step=2, group_size=2, max_new_tokens=8, kl_beta=0.04, lr=1e-5,
                         task_options={"eval_size": 4})

@@ -1,10 +1,10 @@
 """`sampler_profile`: where one sampler call's time goes, per XLA operation, from a jax.profiler trace.
 
-    python -m experiments.benchmark sampler_profile               # SmolLM2-135M-Instruct, 8 x 8 x 64, float32
-    python -m experiments.benchmark sampler_profile --top 40
-    python -m experiments.bench_sampler_profile --model tiny-random --prompts 2 --group 2 --new-tokens 4  # smoke
+    python -m benchmarks sampler_profile               # SmolLM2-135M-Instruct, 8 x 8 x 64, float32
+    python -m benchmarks sampler_profile --top 40
+    python -m benchmarks sampler_profile --model tiny-random --prompts 2 --group 2 --new-tokens 4   # smoke
 
-Compiles the sampler benchmark's program (same model, prompts, settings: see bench_sampler; the program
+Compiles the sampler benchmark's program (same model, prompts, settings: see benchmarks/sampler.py; the program
 `sampling.generate` runs), calls it once to warm up, then once under `jax.profiler.trace`. Each event of the trace
 is one XLA:CPU thunk, named after an instruction of that compiled program; joined to the instruction's HLO (its
 op_name and output shape), the events of the decode loop are summed per (operation, output shape). Prints ONE JSON line:
@@ -13,7 +13,6 @@ op_name and output shape), the events of the decode loop are summed per (operati
   * `ops`: the `--top` largest rows, {op, shape, ms_per_step, per_step (calls), median_us}.
 XLA runs independent thunks on both cores at once (e.g. the gate and up projections), so the rows can sum to more
 than a step. A diagnostic, not a benchmark: nothing is appended to results.jsonl unless --results names a file.
-Takes ~1 minute for the default model (load, compile, two calls).
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ import tempfile
 
 import numpy as np
 
-from experiments import bench_common, bench_sampler
+from benchmarks import machine, results, sampler
+from benchmarks.policy import load_policy
 
 # "%name = f32[64,576]{1,0} fusion(...), ..., metadata={op_name="jit(program)/while/body/dot_general" ...}"
 _INSTRUCTION = re.compile(r"%(\S+) = (\S+?)(?:\{[^}]*\})? [\w-]+\(.*?op_name=\"([^\"]+)\"")
@@ -38,8 +38,8 @@ _DECODE_LOOP = re.compile(r"^jit\([^)]*\)/(?:cond/branch_\d+_fun/)*while/body/")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmark sampler_profile", description=__doc__.split("\n")[0])
-    bench_sampler.add_batch_arguments(p)
+    p = argparse.ArgumentParser(prog="python -m benchmarks sampler_profile", description=__doc__.split("\n")[0])
+    sampler.add_batch_arguments(p)
     p.add_argument("--top", type=int, default=25, help="rows of the per-operation table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default="", help="JSONL file the line is appended to ('' = none, the default)")
@@ -83,14 +83,15 @@ def main(argv=None) -> dict:
 
     from grpo_jax import batching, sampling
 
-    config, params, tokenizer = bench_sampler.load_policy(args.model)
-    ids = bench_sampler.prompt_token_lists(tokenizer, args.prompts, config.vocab_size, args.seed)
+    config, params, tokenizer = load_policy(args.model)
+    ids = sampler.prompt_token_lists(tokenizer, args.prompts, config.vocab_size, args.seed)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     tokens, mask = batching.left_pad(ids, pad_id=pad, bucket=args.bucket)
     g, t = args.group, args.new_tokens
 
     # generate's program for these settings (full vocabulary, temperature 1, no stop ids), compiled once: the
-    # traced run is this executable, so the HLO text below names exactly the thunks of the trace.
+    # traced run is this executable, so the HLO text below names exactly the thunks of the trace. `_compiled` is the
+    # one private name the harness uses: `sampling` has no public handle on its program.
     program = sampling._compiled(config, g, t, 0, False, False, (), pad, None)
 
     def inputs(i: int) -> tuple:
@@ -100,7 +101,7 @@ def main(argv=None) -> dict:
     jax.block_until_ready(executable(*inputs(0)))  # warm-up
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
-            seconds, _ = bench_common.timed(lambda: jax.block_until_ready(executable(*inputs(1))))
+            seconds, _ = results.timed(lambda: jax.block_until_ready(executable(*inputs(1))))
         files = sorted(glob.glob(f"{trace_dir}/plugins/profile/*/*.trace.json.gz"))
         if not files:
             raise RuntimeError(f"jax.profiler wrote no trace.json.gz under {trace_dir}")
@@ -108,13 +109,12 @@ def main(argv=None) -> dict:
             events = json.load(f)["traceEvents"]
     hlo = executable.as_text()
     table = decode_loop_table(events, hlo_instructions(hlo), max(t - 1, 1), config.vocab_size)
-    line = {"benchmark": "sampler_profile", "time": bench_common.now(), "commit": bench_common.git_commit(),
+    line = {"benchmark": "sampler_profile", "time": results.now(), "commit": results.git_commit(),
             "settings": {"model": args.model, "prompts": args.prompts, "group": g, "new_tokens": t,
                          "prompt_tokens_padded": int(tokens.shape[1])},
             "call_s": round(seconds, 3), "step_ms": table["step_ms"], "head_ms": table["head_ms"],
-            "ops": table["ops"][: args.top], "machine": bench_common.machine(),
-            "threads": bench_common.threads(torch_threads=None)}
-    return bench_common.emit(line, args.results)
+            "ops": table["ops"][: args.top], "machine": machine.describe(), "threads": machine.threads()}
+    return results.emit(line, args.results)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""Benchmarks, one subcommand each; every one prints ONE JSON line and appends it to benchmarks/results.jsonl.
+
+    python -m benchmarks sampler      [--model smollm2-135m-instruct --prompts 8 --group 8 --new-tokens 64]
+    python -m benchmarks train_step   [--lora-rank 0]
+    python -m benchmarks grpo_step    [--vs-trl]
+    python -m benchmarks learning
+    python -m benchmarks sampler_profile   (a diagnostic: the decode loop's time per XLA operation)
+    python -m benchmarks <name> --help
+
+Each subcommand is a module of this package with `main(argv) -> dict` (learning: benchmarks/learning_curves.py).
+Needs the bench extra: pip install -e ".[bench]".
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, what it measures)
+SUBCOMMANDS = {
+    "sampler": ("sampler", "grpo_jax's group sampler vs transformers' generate: tokens/s, compile time, roofline"),
+    "sampler_profile": ("sampler_profile", "where the sampler's decode step spends its time, per XLA operation"),
+    "train_step": ("train_step", "one jitted GRPO train step: time, peak memory, roofline"),
+    "grpo_step": ("grpo_step", "one full GRPO step (sample, reward, update), grpo_jax beside TRL's GRPOTrainer"),
+    "learning": ("learning_curves", "learning curves of grpo_jax and TRL on the same task and seeds"),
+}
+
+
+def usage() -> str:
+    lines = [__doc__.strip(), "", "subcommands:"]
+    lines += [f"  {name:<15} {what}" for name, (_, what) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None, prog: str = "python -m benchmarks"):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return None
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"{prog}: unknown subcommand {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        raise SystemExit(2)
+    return importlib.import_module(f"benchmarks.{SUBCOMMANDS[name][0]}").main(rest)
+
+
+if __name__ == "__main__":
+    main()
