@@ -63,7 +63,7 @@ def decode_loop_table(events: list, instructions: dict, steps: int, vocab: int) 
             continue
         op = op_name.rsplit("/", 1)[-1]
         rows[(op, shape)].append(float(e["dur"]))
-        if op == "dot_general" and re.match(rf"f32\[{vocab},", shape):
+        if op == "dot_general" and re.fullmatch(rf"f32\[(?:{vocab},\d+|\d+,{vocab})\]", shape):  # [V, N] or [N, V]
             heads.append(e)
     heads.sort(key=lambda e: e["ts"])
     starts = np.array([e["ts"] for e in heads], float)

@@ -9,6 +9,7 @@ HLO = """
   %ynn_fusion.3 = f32[97,4]{1,0} fusion(%a, %b), kind=kCustom, calls=%c, metadata={op_name="jit(program)/while/body/dot_general" stack_frame_id=1}
   %exp_fusion = f32[4,8]{1,0} fusion(%d), kind=kLoop, calls=%e, metadata={op_name="jit(program)/while/body/exp" stack_frame_id=2}
   %exp_fusion.2 = f32[4,8]{1,0} fusion(%d2), kind=kLoop, calls=%e2, metadata={op_name="jit(program)/cond/branch_1_fun/while/body/exp"}
+  %dot.7 = f32[4,97]{1,0} dot(%x, %w), metadata={op_name="jit(program)/while/body/dot_general"}
   %ynn_fusion.9 = f32[16,8]{1,0} fusion(%f, %g), kind=kCustom, calls=%h, metadata={op_name="jit(program)/Decoder/while/body/closed_call/dot_general" stack_frame_id=3}
 """
 
@@ -32,6 +33,10 @@ def test_instructions_and_decode_loop_table_by_hand():
     assert table["ops"] == [
         {"op": "dot_general", "shape": "f32[97,4]", "ms_per_step": 0.2, "per_step": 1.0, "median_us": 200.0},
         {"op": "exp", "shape": "f32[4,8]", "ms_per_step": 0.03, "per_step": 1.5, "median_us": 20.0}]
+    # a head computed rows-first, logits [N, V], is found too
+    rows_first = [{"ph": "X", "name": "dot.7", "ts": 0, "dur": 50}, {"ph": "X", "name": "dot.7", "ts": 2000, "dur": 70}]
+    table = prof.decode_loop_table(rows_first, ins, steps=2, vocab=97)
+    assert table["step_ms"] == 2.0 and table["head_ms"] == 0.06
 
 
 def test_profile_runs_on_a_tiny_model(tmp_path, capsys):
