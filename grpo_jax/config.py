@@ -51,7 +51,7 @@ import ml_collections
 
 from grpo_jax import advantages, losses, registry, rewards, rollout, tasks  # noqa: F401  (register the built-ins)
 from grpo_jax.optim import optim_config, validate_optim_config
-from grpo_jax.sharding import mesh_config
+from grpo_jax.sharding import mesh_config, validate_mesh_config
 
 DTYPES = ("float32", "bfloat16")
 ATTENTION = ("xla", "cudnn")
@@ -252,10 +252,7 @@ def validate(config) -> None:
 
 def _validate_optim_and_mesh(config) -> None:
     validate_optim_config(_get(config, "optim"))
-    for axis in ("data", "fsdp", "tensor"):
-        value = _int(config, f"mesh.{axis}")
-        if value == 0 or value < -1:
-            raise ValueError(f"mesh.{axis} must be a positive size or -1 (use the remaining devices), got {value}")
+    validate_mesh_config(_get(config, "mesh"))
 
 
 def validate_for_mesh(config, mesh) -> None:
