@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from grpo_jax import partitioning
 from grpo_jax.logprobs import encode_prompt
 from grpo_jax.models import decoder
 from grpo_jax.models.config import ModelConfig
@@ -312,7 +313,9 @@ def _compiled(config: ModelConfig, group_size: int, max_new_tokens: int, top_k: 
         return jax.jit(program)
     rows = NamedSharding(mesh, PartitionSpec(_data_axes(mesh)))
     rows2 = NamedSharding(mesh, PartitionSpec(_data_axes(mesh), None))
-    return jax.jit(program, out_shardings=Rollout(rows2, rows2, rows2, rows, rows))
+    # The model's activations and caches are constrained by the sampler's rules table (see grpo_jax.partitioning).
+    return jax.jit(partitioning.with_rules(program, mesh, partitioning.rules_for("sample")),
+                   out_shardings=Rollout(rows2, rows2, rows2, rows, rows))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ The same code runs the three shapes GRPO needs:
 Sampler and trainer therefore compute the same log-probs.
 
 Parameters carry logical axis names (`nn.with_logical_partitioning`), activations and caches are constrained by
-name (`nn.with_logical_constraint`, a no-op without active rules); `grpo_jax.sharding` maps the names onto a mesh.
+name (`partitioning.constrain`, a no-op without an active mesh); the rules tables map the names onto a mesh.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from grpo_jax import partitioning
 from grpo_jax.models import layers
 from grpo_jax.models.config import ModelConfig
 
 BATCH, LENGTH, EMBED = "activation_batch", "activation_length", "activation_embed"
 HEADS, KV_HEADS, HEAD_DIM = "activation_heads", "activation_kv_heads", "activation_head_dim"
-CACHE_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+CACHE_AXES = ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
 
 
 class PrefixKV(NamedTuple):
@@ -82,9 +83,9 @@ class _Attention(nn.Module):
         (cos, sin), (cos_l, sin_l) = rope
         if cfg.rope_local_theta is not None:
             cos, sin = jnp.where(sliding, cos_l, cos), jnp.where(sliding, sin_l, sin)
-        q = nn.with_logical_constraint(layers.rotate(q, cos, sin), (BATCH, LENGTH, HEADS, HEAD_DIM))
-        k = nn.with_logical_constraint(layers.rotate(k, cos, sin), (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
-        v = nn.with_logical_constraint(v, (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
+        q = partitioning.constrain(layers.rotate(q, cos, sin), (BATCH, LENGTH, HEADS, HEAD_DIM))
+        k = partitioning.constrain(layers.rotate(k, cos, sin), (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
+        v = partitioning.constrain(v, (BATCH, LENGTH, KV_HEADS, HEAD_DIM))
         blocks = []
         if prefix is not None:
             pk, pv, pmask, ppos = prefix
@@ -119,12 +120,12 @@ class DecoderLayer(nn.Module):
                                              cache)
         if cfg.sandwich_norms:
             y = norm("attn_out_norm")(y)
-        x = nn.with_logical_constraint(x + y, (BATCH, LENGTH, EMBED))
+        x = partitioning.constrain(x + y, (BATCH, LENGTH, EMBED))
         y = layers.GatedMlp(cfg.intermediate_size, cfg.hidden_size, cfg.activation, dt,
                             name="mlp")(norm("post_attn_norm")(x))
         if cfg.sandwich_norms:
             y = norm("mlp_out_norm")(y)
-        return nn.with_logical_constraint(x + y, (BATCH, LENGTH, EMBED)), kv
+        return partitioning.constrain(x + y, (BATCH, LENGTH, EMBED)), kv
 
 
 def embed_scale(config: ModelConfig, dtype) -> Optional[jax.Array]:
@@ -150,7 +151,7 @@ class Decoder(nn.Module):
         scale = embed_scale(cfg, dt)
         if scale is not None:
             x = x * scale
-        x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+        x = partitioning.constrain(x, (BATCH, LENGTH, EMBED))
         layer = DecoderLayer
         if cfg.remat:
             layer = nn.remat(layer, prevent_cse=False)
@@ -224,14 +225,14 @@ def hidden_states(config: ModelConfig, params, tokens, positions, own_mask, pref
 def new_cache(config: ModelConfig, rows: int, slots: int, start: jax.Array) -> KVCache:
     """An empty cache of `slots` slots for `rows` rows whose slot 0 sits at position start [rows]."""
     shape = (config.num_layers, rows, slots, config.num_kv_heads, config.head_dim)
-    zeros = nn.with_logical_constraint(jnp.zeros(shape, layers.compute_dtype(config.compute_dtype)), CACHE_AXES)
+    zeros = partitioning.constrain(jnp.zeros(shape, layers.compute_dtype(config.compute_dtype)), CACHE_AXES)
     return KVCache(zeros, zeros, jnp.int32(0), start.astype(jnp.int32))
 
 
 def grow_cache(cache: KVCache, slots: int) -> KVCache:
     """`cache` padded with empty slots at the end to `slots` slots; what was written stays put."""
     def pad(a):
-        return nn.with_logical_constraint(jnp.pad(a, ((0, 0), (0, 0), (0, slots - a.shape[2]), (0, 0), (0, 0))),
+        return partitioning.constrain(jnp.pad(a, ((0, 0), (0, 0), (0, slots - a.shape[2]), (0, 0), (0, 0))),
                                           CACHE_AXES)
     return cache._replace(k=pad(cache.k), v=pad(cache.v))
 

@@ -9,8 +9,8 @@ Attention reads a list of key/value *blocks* and takes one float32 softmax over 
 The same function serves a prefill, the trainer's pass over all completion tokens and the sampler's one-token
 decode step, so the sampler's log-probs are the trainer's.
 
-Parameters and activations carry logical axis names (`nn.with_logical_partitioning`, `nn.with_logical_constraint`);
-`grpo_jax.sharding` maps them onto a mesh. Without active rules the constraints do nothing.
+Parameters and activations carry logical axis names (`nn.with_logical_partitioning`, `partitioning.constrain`);
+the rules tables of `grpo_jax.partitioning` map them onto a mesh. Without an active mesh the constraints do nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from grpo_jax import partitioning
 NEG_INF = -1e30
 ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "cudnn")
 
@@ -125,7 +126,7 @@ class GatedMlp(nn.Module):
     def __call__(self, x):
         gate = dense(self.hidden, ("embed", "mlp"), "gate_proj", self.dtype)(x)
         up = dense(self.hidden, ("embed", "mlp"), "up_proj", self.dtype)(x)
-        y = nn.with_logical_constraint(ACTIVATIONS[self.activation](gate) * up,
+        y = partitioning.constrain(ACTIVATIONS[self.activation](gate) * up,
                                        ("activation_batch", "activation_length", "activation_mlp"))
         return dense(self.features, ("mlp", "embed"), "down_proj", self.dtype)(y)
 
