@@ -1,7 +1,8 @@
-"""GSM8K (Cobbe et al. 2021) with a reasoning format: Qwen2.5-0.5B- or 1.5B-Instruct.
+"""GSM8K (Cobbe et al. 2021) with a reasoning format: Qwen2.5-0.5B- or 1.5B-Instruct, or Gemma 3 1B-it.
 
     python -m experiments.train --config configs/gsm8k.py --workdir runs/gsm8k-0.5b          # Qwen2.5-0.5B
     python -m experiments.train --config configs/gsm8k.py:1.5b --workdir runs/gsm8k-1.5b     # Qwen2.5-1.5B
+    python -m experiments.train --config configs/gsm8k.py:gemma3-1b --workdir runs/gsm8k-g3  # Gemma 3 1B-it
     python -m experiments.train --config configs/gsm8k.py:cpu --workdir runs/gsm8k-cpu     # offline smoke run
 
 Data: the hub's openai/gsm8k (train split for training, test split for the held-out eval), or local jsonl/parquet
@@ -10,6 +11,10 @@ like the Countdown tutorial; rewards `format` (weight 0.5) + `gsm8k` (the answer
 '####', weight 1). G = 8 completions of up to 512 tokens, 16 prompts per step, lr 1e-6 constant after 10 warmup
 steps, beta 0.04 (DeepSeekMath), 500 steps; held-out accuracy (greedy) and pass@4 (8 samples) on 500 test problems
 every 50 steps. Expected wall time: not measured (no accelerator in this project's CI); the rollouts dominate.
+`gemma3-1b` is google/gemma-3-1b-it (a gated model: accept its licence on the hub and log in first): the same
+recipe; its chat template has no system turn (transformers folds the system prompt into the first user turn), it
+stops on <eos> or <end_of_turn> (both in its generation_config.json), and its 262k vocabulary makes the head the
+largest matmul, so the trainer's log-probs are chunked over positions as for every model.
 `cpu` is a 2-step smoke run of SmolLM2-135M on the test suite's small GSM8K-format files (offline, a few minutes on
 2 CPU cores).
 """
@@ -18,9 +23,9 @@ from __future__ import annotations
 
 from grpo_jax import config_base
 
-ARGS = ("", "0.5b", "1.5b", "cpu")
+ARGS = ("", "0.5b", "1.5b", "gemma3-1b", "cpu")
 MODELS = {"": "Qwen/Qwen2.5-0.5B-Instruct", "0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
-          "1.5b": "Qwen/Qwen2.5-1.5B-Instruct", "cpu": "smollm2-135m-instruct"}
+          "1.5b": "Qwen/Qwen2.5-1.5B-Instruct", "gemma3-1b": "google/gemma-3-1b-it", "cpu": "smollm2-135m-instruct"}
 
 
 def get_config(arg: str | None = None):
