@@ -1,6 +1,6 @@
 """Metrics writers: DIR/metrics.jsonl (one JSON object per row), TensorBoard events, and wandb when asked.
 
-Rows carry `step` and TRL's metric names (DESIGN.md): reward, reward_std, rewards/<name>/mean,
+Rows carry `step` and TRL's metric names (docs/design.md, "Contracts"): reward, reward_std, rewards/<name>/mean,
 frac_reward_zero_std, completions/mean_length, completions/clipped_ratio, kl, entropy, clip_ratio/region_mean,
 loss, grad_norm, learning_rate, step_time, and every other metric the train step returns (a plug-in's own under
 its name); eval rows carry eval/accuracy, eval/pass@k, eval/mean_reward and the task's own eval metrics (e.g.
