@@ -103,3 +103,9 @@ def test_the_clis_run_without_the_extras(checkpoint, cache, tmp_path):
     last = parity.stderr.strip().splitlines()[-1]  # (after transformers' own note that it found no PyTorch)
     assert last.startswith("error: ") and "torch is not installed" in last
     assert "Traceback" not in parity.stderr
+
+    # the deprecated benchmark command says where the harness is instead of a traceback
+    bench = subprocess.run(_without_optional("experiments.benchmark", "sampler"), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 1 and "benchmarks/ of a source checkout" in bench.stderr, bench.stderr[-3000:]
+    assert "Traceback" not in bench.stderr
