@@ -24,7 +24,8 @@ plug-in module of your own before building the config (e.g. at the top of the ex
   model.lora_rank           0 = full finetuning, else the LoRA rank (lora_alpha scales it, lora_targets: which
                             projections get adapters)
   model.remat               rematerialise each decoder layer in the backward pass
-  model.attention           the attention implementation of the train step and the sampler ('xla' | 'cudnn')
+  model.attention           the attention implementation of the train step and the sampler ('xla' |
+                            'dot_product' | 'cudnn'; models.layers.attention)
   model.tokenizer           '' = the checkpoint's own (byte-level when it has none, e.g. tiny test checkpoints);
                             'bytes'; or a tokenizer dir / hub id
   task.name                 'countdown' | 'arithmetic' | 'gsm8k'; the other task.* keys are the task's options
@@ -50,11 +51,12 @@ import numbers
 import ml_collections
 
 from grpo_jax import advantages, losses, registry, rewards, rollout, tasks  # noqa: F401  (register the built-ins)
+from grpo_jax.models.layers import ATTENTION_IMPLEMENTATIONS
 from grpo_jax.optim import optim_config, validate_optim_config
 from grpo_jax.sharding import mesh_config, validate_mesh_config
 
 DTYPES = ("float32", "bfloat16")
-ATTENTION = ("xla", "cudnn")
+ATTENTION = ATTENTION_IMPLEMENTATIONS  # model.attention: 'xla' | 'dot_product' | 'cudnn' (models.layers)
 
 # Sections and keys that do not change what a run computes: a workdir may be resumed with other values of these.
 RESUMABLE_KEYS = ("checkpoint", "logging", "eval.every")

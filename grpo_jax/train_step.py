@@ -257,7 +257,7 @@ def reference_logprobs(model_config: ModelConfig, ref_params, micro_batches: dic
 def _build(model_config: ModelConfig, config, mesh: Mesh):
     """(step_fn(state, frozen, ref, batch), grad_fn(trainable, frozen, ref, batch), settings, tx) — unjitted."""
     s = _settings(config)
-    model_config = model_config.replace(remat=s.remat)
+    model_config = model_config.replace(remat=s.remat, attention=s.attention)  # model.remat, model.attention
     loss_cfg = config.loss
     tx = make_optimizer(config.optim, s.total_updates)
     schedule = make_schedule(config.optim, s.total_updates)

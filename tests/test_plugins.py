@@ -303,3 +303,38 @@ def test_tasks_declare_the_eval_metrics_of_the_format_their_prompt_asks_for():
                                                                                              "answer_rate"}
     assert arithmetic.eval_set()[0]["prefill"] is None and set(arithmetic.eval_metrics) == {"answer_rate"}
     assert "<answer>" in arithmetic.eval_set()[0]["prompt"][-1]["content"]
+
+
+# ---------------------------------------------------------------------------------------------- model.attention
+
+
+def test_model_attention_reaches_the_train_step_and_the_sampler(checkpoint, tmp_path, monkeypatch):
+    from grpo_jax import logprobs, runner
+
+    seen = []
+    real = logprobs.completion_logprobs
+
+    def recording(model_config, *args, **kwargs):
+        seen.append(model_config.attention)
+        return real(model_config, *args, **kwargs)
+
+    monkeypatch.setattr(logprobs, "completion_logprobs", recording)
+    p0 = params(0)
+    b = batch(p=2, g=2, seed=1, model_params=p0)
+    grads = {}
+    for attention in ("xla", "dot_product"):
+        cfg = config(kl_beta=0.0)
+        cfg.model.attention = attention
+        seen.clear()
+        grads[attention], _ = train_step.make_grad_fn(CFG, cfg, MESH, FAST_COMPILE)(p0, None, None, b)
+        assert seen and set(seen) == {attention}  # the trainer's forward ran with the config's implementation
+    diff = max(float(jnp.max(jnp.abs(a - c)))
+               for a, c in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["dot_product"])))
+    assert diff < 1e-5
+
+    c = tiny_run_config.get_config()
+    c.model.path = checkpoint
+    c.model.attention = "dot_product"
+    exp = runner.Experiment(c, str(tmp_path / "exp"))
+    assert exp.sampler.model_config.attention == "dot_product"
+    assert exp.sampler.engine.model_config.attention == "dot_product"
