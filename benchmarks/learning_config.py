@@ -1,8 +1,7 @@
 """The `learning` benchmark's experiment: 20 GRPO steps on arithmetic, run identically by grpo_jax and by TRL.
 
     python -m benchmarks learning                       # both systems, seeds 0-2 (see learning_curves.py)
-    PYTHONPATH=. python -m experiments.train --config benchmarks/learning_config.py --workdir /tmp/bl \
-        --config.seed=0                                 # one grpo_jax run of it
+    python -m experiments.train --config benchmarks/learning_config.py --workdir /tmp/bl --config.seed=0   # one run
 
 SmolLM2-135M-Instruct (embedded GGUF, float32), full finetuning, arithmetic task and reward, 4 prompts x 8
 completions x 48 new tokens, loss 'grpo' (per-sequence token mean), kl_beta 0.04, temperature 1.0, AdamW lr 1e-5
