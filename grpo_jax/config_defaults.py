@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from grpo_jax import advantages, losses, registry  # noqa: F401  (declare the loss section's fields)
+from grpo_jax import registry
+from grpo_jax.config import loss_section
 from grpo_jax.losses import VARIANTS, validate_loss_config
 
 __all__ = ["loss_config", "validate_loss_config", "PAPER_CLIP_BOUNDS", "LOSS_FIELDS"]
@@ -43,7 +44,7 @@ def loss_config(variant: str = "grpo") -> ml_collections.ConfigDict:
     """The `loss` ConfigDict: every declared field's default, `variant`, and the variant's presets."""
     if variant not in VARIANTS:
         raise ValueError(f"loss_config: unknown variant {variant!r}; known: {VARIANTS.names()}")
-    cfg = ml_collections.ConfigDict(registry.section_fields("loss"))
+    cfg = loss_section()
     cfg.variant = variant
     for field, value in VARIANTS.entry(variant).presets.items():
         cfg[field] = value

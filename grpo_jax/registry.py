@@ -40,6 +40,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+import math
+import numbers
 from collections.abc import MutableMapping
 from typing import Any, Callable, Iterator, Optional
 
@@ -269,9 +272,6 @@ def _field(section_cfg, section: str, field: str):
 
 
 def _check_value(section: str, field: str, value, default) -> None:
-    import math
-    import numbers
-
     path = f"{section}.{field}"
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -324,7 +324,5 @@ def ensure_valid(section: str, section_cfg) -> None:
 
 
 def _contents(section_cfg) -> str:
-    import json
-
     plain = section_cfg.to_dict() if hasattr(section_cfg, "to_dict") else dict(section_cfg)
     return json.dumps(plain, sort_keys=True, default=repr)
