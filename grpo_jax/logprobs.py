@@ -32,39 +32,60 @@ def encode_prompt(config: ModelConfig, params, prompt_tokens: jax.Array, prompt_
 
 
 def token_logprobs(config: ModelConfig, params, hidden: jax.Array, targets: jax.Array, temperature: float = 1.0,
-                   chunk_size: int = 0, with_entropy: bool = True):
+                   chunk_size: int = 0, with_entropy: bool = True, reference=None):
     """log p(target) and entropy under softmax(logits / temperature), for hidden [N, T, D], targets [N, T].
 
     Computed over chunks of T positions with the chunk's logits rematerialised in the backward pass, so memory is
-    O(N * chunk * V) instead of O(N * T * V)."""
+    O(N * chunk * V) instead of O(N * T * V).
+
+    reference: None, or (ref_params, ref_hidden [N, T, D]): the reference policy's params and its final hidden
+    states at the same positions. Then a third output, the exact per-token KL(pi || pi_ref) [N, T] over the whole
+    vocabulary, sum_v pi(v) (log pi(v) - log pi_ref(v)) under the same temperature, formed in the same chunks from
+    both models' logits (the chunk holds two [N, chunk, V] logit blocks, so the default chunk is half as long; still
+    never [N, T, V]). The reference is a constant: no gradient reaches ref_params or ref_hidden; the gradient with
+    respect to the policy is the exact one (autodiff through the rematerialised chunk).
+    Returns (logp, entropy), or (logp, entropy, kl) with a reference."""
     n, t, d = hidden.shape
+    heads = 1 if reference is None else 2
     if chunk_size <= 0:
-        # ~32M float32 logits per chunk.
-        chunk_size = max(1, min(t, (32 * 1024 * 1024) // max(1, n * config.vocab_size)))
+        # ~32M float32 logits per chunk (the policy's and, with a reference, the reference's).
+        chunk_size = max(1, min(t, (32 * 1024 * 1024) // max(1, heads * n * config.vocab_size)))
     num_chunks = -(-t // chunk_size)
     pad = num_chunks * chunk_size - t
-    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-    y = jnp.pad(targets, ((0, 0), (0, pad)))
-    h = h.reshape(n, num_chunks, chunk_size, d).transpose(1, 0, 2, 3)
-    y = y.reshape(n, num_chunks, chunk_size).transpose(1, 0, 2)
+
+    def chunked(x):  # [N, T, ...] -> [num_chunks, N, chunk, ...]
+        x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+        return jnp.swapaxes(x.reshape((n, num_chunks, chunk_size) + x.shape[2:]), 0, 1)
+
+    xs = (chunked(hidden), chunked(targets))
+    if reference is not None:
+        ref_params, ref_hidden = reference
+        if ref_hidden.shape != hidden.shape:
+            raise ValueError(f"the reference's hidden states have shape {ref_hidden.shape}, expected the policy's "
+                             f"{hidden.shape}")
+        xs = xs + (chunked(ref_hidden),)
 
     @jax.checkpoint
-    def one_chunk(hy):
-        hc, yc = hy
+    def one_chunk(chunk):
+        hc, yc = chunk[0], chunk[1]
         logits = unembed(config, params, hc) / temperature
         lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, yc[..., None], axis=-1)[..., 0]
-        if with_entropy:
+        if with_entropy or reference is not None:
             probs = jnp.exp(logits - lse[..., None])
+        if with_entropy:
             ent = lse - jnp.sum(probs * logits, axis=-1)
         else:
             ent = jnp.zeros_like(lse)
-        return picked - lse, ent
+        if reference is None:
+            return picked - lse, ent
+        ref_logits = unembed(config, ref_params, chunk[2]) / temperature
+        ref_logp = jax.lax.stop_gradient(jax.nn.log_softmax(ref_logits, axis=-1))
+        kl = jnp.sum(probs * (logits - lse[..., None] - ref_logp), axis=-1)
+        return picked - lse, ent, kl
 
-    logp, ent = jax.lax.map(one_chunk, (h, y))
-    logp = logp.transpose(1, 0, 2).reshape(n, -1)[:, :t]
-    ent = ent.transpose(1, 0, 2).reshape(n, -1)[:, :t]
-    return logp, ent
+    outs = jax.lax.map(one_chunk, xs)
+    return tuple(jnp.swapaxes(o, 0, 1).reshape(n, -1)[:, :t] for o in outs)
 
 
 def completion_hidden(config: ModelConfig, params, prompt: Prompt, completions: jax.Array, group_size: int):
@@ -83,14 +104,16 @@ def completion_hidden(config: ModelConfig, params, prompt: Prompt, completions: 
 
 def completion_logprobs(config: ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                         completions: jax.Array, group_size: int, temperature: float = 1.0, chunk_size: int = 0,
-                        with_entropy: bool = True):
+                        with_entropy: bool = True, reference=None):
     """log p(completion token | prompt, earlier completion tokens) and per-token entropy, both [N, T] float32.
 
-    prompt_tokens/prompt_mask [P, S] left-padded; completions int32 [N, T] with N = P * group_size, p-major."""
+    prompt_tokens/prompt_mask [P, S] left-padded; completions int32 [N, T] with N = P * group_size, p-major.
+    reference: None or (ref_params, ref_hidden [N, T, D]) (`completion_hidden` of the reference on the same
+    batch): adds the exact per-token KL(pi || pi_ref) [N, T] as a third output (see `token_logprobs`)."""
     p = prompt_tokens.shape[0]
     if completions.shape[0] != p * group_size:
         raise ValueError(f"completions has {completions.shape[0]} rows, expected prompts x group_size = "
                          f"{p} x {group_size}")
     prompt = encode_prompt(config, params, prompt_tokens, prompt_mask)
     hidden = completion_hidden(config, params, prompt, completions, group_size)
-    return token_logprobs(config, params, hidden, completions, temperature, chunk_size, with_entropy)
+    return token_logprobs(config, params, hidden, completions, temperature, chunk_size, with_entropy, reference)

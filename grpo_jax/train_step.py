@@ -8,7 +8,10 @@ One call is one jitted program (buffers of `state` donated), for a rollout of P 
 
   1. denominators of the loss over the WHOLE batch (`losses.batch_denominators`), once;
   2. reference log-probs, once, only when loss.kl_beta > 0 (with LoRA the reference is the frozen base with the
-     adapters off; in full finetuning it is `ref_params`, the caller's untouched initial params);
+     adapters off; in full finetuning it is `ref_params`, the caller's untouched initial params); for a KL
+     estimator that reads the exact per-token KL (`TOKEN_KL`, kl_estimator 'full') the reference's final hidden
+     states [N, T, D] instead, from which every micro-batch forms KL(pi || pi_ref) over the whole vocabulary in its
+     log-prob chunks (`logprobs.token_logprobs(reference=...)`);
   3. mu = loss.num_iterations times: the gradient summed over micro-batches of whole prompt groups (`lax.scan`),
      each micro-batch's loss a local sum over the global denominators, so the accumulated gradient is the
      full-batch gradient for every aggregation mode (Tunix's (sum, denominator)); then clip + AdamW.
@@ -52,6 +55,8 @@ from grpo_jax.optim import make_optimizer, make_schedule
 PROMPT_KEYS = ("prompt_tokens", "prompt_mask")
 REQUIRED_ROW_KEYS = ("completions", "completion_mask", "advantages", "old_logps")
 ROW_KEYS = REQUIRED_ROW_KEYS + ("truncated", "keep")  # read by the step itself; other keys go to the loss
+# The loss input this step computes for a KL estimator that declares it: the exact KL(pi || pi_ref) [N, T].
+TOKEN_KL = "token_kl"
 _DTYPES = {"prompt_tokens": jnp.int32, "prompt_mask": jnp.bool_, "completions": jnp.int32,
            "completion_mask": jnp.float32, "advantages": jnp.float32, "old_logps": jnp.float32,
            "truncated": jnp.bool_, "keep": jnp.bool_}
@@ -77,6 +82,7 @@ class _Settings(NamedTuple):
     lora_targets: tuple
     kl_beta: float
     use_kl: bool
+    exact_kl: bool
     total_updates: int
     remat: bool
     attention: str
@@ -108,6 +114,8 @@ def _settings(config) -> _Settings:
         lora_targets=tuple(model.get("lora_targets", lora.DEFAULT_TARGETS)),
         kl_beta=float(config.loss.kl_beta),
         use_kl=float(config.loss.kl_beta) > 0.0,
+        exact_kl=float(config.loss.kl_beta) > 0.0 and TOKEN_KL in losses.KL_ESTIMATORS.entry(
+            config.loss.kl_estimator).inputs,
         total_updates=max(1, int(config.total_steps)) * mu,
         remat=bool(model.get("remat", False)),
         attention=str(model.get("attention", "xla")),
@@ -254,6 +262,17 @@ def reference_logprobs(model_config: ModelConfig, ref_params, micro_batches: dic
     return jax.lax.stop_gradient(jax.lax.map(one, micro_batches))
 
 
+def reference_hidden(model_config: ModelConfig, ref_params, micro_batches: dict, group_size: int):
+    """The reference's final hidden states [M, rows, T, D] at every completion position of every micro-batch (no
+    gradient), for the exact per-token KL. Module-level so that a test can count its calls."""
+    def one(mb):
+        prompt = logprobs.encode_prompt(model_config, ref_params, mb["prompt_tokens"], mb["prompt_mask"])
+        return logprobs.completion_hidden(model_config, ref_params, prompt, mb["completions"], group_size)
+    if jax.tree.leaves(micro_batches)[0].shape[0] == 1:  # one micro-batch: no loop
+        return jax.lax.stop_gradient(one(jax.tree.map(lambda x: x[0], micro_batches))[None])
+    return jax.lax.stop_gradient(jax.lax.map(one, micro_batches))
+
+
 def _build(model_config: ModelConfig, config, mesh: Mesh):
     """(step_fn(state, frozen, ref, batch), grad_fn(trainable, frozen, ref, batch), settings, tx) — unjitted."""
     s = _settings(config)
@@ -265,11 +284,20 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
     def full_params(trainable, frozen):
         return lora.merge(frozen, trainable, s.lora_alpha, s.lora_rank) if s.lora_rank else trainable
 
-    def micro_loss(trainable, frozen, mb, ref_lp, dens, num_valid):
+    def reference_source(frozen, ref_params):
+        return frozen if s.lora_rank else ref_params  # LoRA: the base with the adapters off
+
+    def micro_loss(trainable, frozen, mb, ref_mb, dens, num_valid, ref_params):
+        """ref_mb: the micro-batch's reference log-probs [rows, T], or with exact_kl its hidden states."""
         params = full_params(trainable, frozen)
-        logps, entropy = logprobs.completion_logprobs(model_config, params, mb["prompt_tokens"], mb["prompt_mask"],
-                                                      mb["completions"], s.group_size, s.temperature)
+        reference = (ref_params, ref_mb) if s.exact_kl else None
+        out = logprobs.completion_logprobs(model_config, params, mb["prompt_tokens"], mb["prompt_mask"],
+                                           mb["completions"], s.group_size, s.temperature, reference=reference)
+        logps, entropy = out[0], out[1]
         inputs = {k: v for k, v in mb.items() if k not in PROMPT_KEYS + ROW_KEYS}
+        if s.exact_kl:
+            inputs[TOKEN_KL] = out[2]
+        ref_lp = None if s.exact_kl else ref_mb
         loss, metrics = losses.policy_loss(logps, mb["old_logps"], ref_lp, mb["advantages"], mb["completion_mask"],
                                            loss_cfg, norm_length=s.norm_length, truncated=mb["truncated"],
                                            entropy=entropy, denominators=dens, keep=mb["keep"], inputs=inputs)
@@ -293,24 +321,29 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
         mbs = {k: _split(v, num_micro, 1 if k in PROMPT_KEYS else s.group_size, mesh) for k, v in batch.items()}
         ref = None
         if s.use_kl:
-            ref_source = frozen if s.lora_rank else ref_params  # LoRA: the base with the adapters off
-            ref = reference_logprobs(model_config, ref_source, {k: mbs[k] for k in PROMPT_KEYS + ("completions",)},
-                                     s.group_size, s.temperature)
+            ref_source = reference_source(frozen, ref_params)
+            rows = {k: mbs[k] for k in PROMPT_KEYS + ("completions",)}
+            if s.exact_kl:
+                ref = reference_hidden(model_config, ref_source, rows, s.group_size)
+            else:
+                ref = reference_logprobs(model_config, ref_source, rows, s.group_size, s.temperature)
         return mbs, ref, dens, num_valid
 
-    def accumulate(trainable, frozen, mbs, ref, dens, num_valid):
+    def accumulate(trainable, frozen, mbs, ref, dens, num_valid, ref_params):
         """Sum of the micro-batch gradients (= the full-batch gradient) and combined metrics."""
+        ref_params = reference_source(frozen, ref_params) if s.exact_kl else None  # its head, for the exact KL
         first = jax.tree.map(lambda x: x[0], (mbs, ref))
         if jax.tree.leaves(mbs)[0].shape[0] == 1:  # one micro-batch: no loop
-            return grad_of(trainable, frozen, first[0], first[1], dens, num_valid)
-        metric_shapes = jax.eval_shape(lambda: grad_of(trainable, frozen, first[0], first[1], dens, num_valid))[1]
+            return grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params)
+        metric_shapes = jax.eval_shape(
+            lambda: grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params))[1]
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
         init = (zeros, step_metrics.identity(metric_shapes))
 
         def body(carry, xs):
             g_sum, m_sum = carry
             mb, ref_lp = xs
-            g, m = grad_of(trainable, frozen, mb, ref_lp, dens, num_valid)
+            g, m = grad_of(trainable, frozen, mb, ref_lp, dens, num_valid, ref_params)
             g_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)  # accumulate in float32
             return (g_sum, step_metrics.combine_micro_batches(m_sum, m)), None
 
@@ -320,14 +353,14 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
 
     def grad_fn(trainable, frozen, ref_params, batch):
         mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params)
-        return accumulate(trainable, frozen, mbs, ref, dens, num_valid)
+        return accumulate(trainable, frozen, mbs, ref, dens, num_valid, ref_params)
 
     def step_fn(state: TrainState, frozen, ref_params, batch):
         mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params)
 
         def update(carry, _):
             params, opt_state, step = carry
-            grads, metrics = accumulate(params, frozen, mbs, ref, dens, num_valid)
+            grads, metrics = accumulate(params, frozen, mbs, ref, dens, num_valid, ref_params)
             metrics.add("grad_norm", optax.tree.norm(grads), "mean")
             metrics.add("learning_rate", jnp.asarray(schedule(step), jnp.float32), "mean")
             updates, opt_state = tx.update(grads, opt_state, params)

@@ -133,16 +133,16 @@ def _mean_over(x, weights, denom):
     return jnp.sum(jnp.where(weights > 0, x * weights, 0.0)) / jnp.maximum(denom, 1.0)
 
 
-def _variant_inputs(entry, inputs, n):
+def _variant_inputs(entry, inputs, n, kind="loss.variant"):
     missing = [name for name in entry.inputs if name not in (inputs or {})]
     if missing:
-        raise ValueError(f"loss.variant {entry.name!r} reads the per-row inputs {list(entry.inputs)}; missing "
+        raise ValueError(f"{kind} {entry.name!r} reads the per-row inputs {list(entry.inputs)}; missing "
                          f"{missing} (put them in the train step's batch, or pass inputs= to policy_loss)")
     out = {}
     for name in entry.inputs:
         value = jnp.asarray(inputs[name])
         if value.shape[:1] != (n,):
-            raise ValueError(f"input {name!r} of loss.variant {entry.name!r} must have one row per sequence "
+            raise ValueError(f"input {name!r} of {kind} {entry.name!r} must have one row per sequence "
                              f"[{n}, ...], got shape {value.shape}")
         out[name] = value
     return out
@@ -154,14 +154,16 @@ def policy_loss(logps, old_logps, ref_logps, advantages, mask, config, norm_leng
 
     logps [N, T]: the current policy's log-probs of the completion tokens (differentiate w.r.t. these).
     old_logps [N, T]: the behaviour policy's (sampler's) log-probs; None means on-policy, sg(logps).
-    ref_logps [N, T]: the reference policy's; may be None when kl_beta == 0 (then it is never read).
+    ref_logps [N, T]: the reference policy's; may be None when kl_beta == 0 (then it is never read) or when the
+        KL estimator declares inputs of its own (kl_estimator 'full' reads inputs['token_kl'] instead).
     advantages [N]: one per sequence. mask [N, T]: 1.0 on completion tokens.
     config: the `loss` ConfigDict. norm_length: Dr.GRPO's constant (rollout.max_new_tokens).
     truncated [N] bool: completions that hit the length limit (used when loss.mask_truncated).
     entropy [N, T]: per-token policy entropy (needed when entropy_coef != 0; logged whenever given).
     denominators: `batch_denominators` of the full step batch, for micro-batches / shards; None = this batch.
     keep [N] bool: rows to include (drop_zero_std_groups' keep_mask repeated G times); None = all.
-    inputs: {name: [N, ...]} per-row arrays; the variant receives those it declares (`register_variant(inputs=)`).
+    inputs: {name: [N, ...]} per-row arrays; the variant and the KL estimator receive those they declare
+        (`register_variant(inputs=)`, `register_kl_estimator(inputs=)`).
 
     Metrics: loss, policy_loss (the aggregated policy term), kl (token mean; only when kl_beta > 0), entropy
     (token mean, when given), clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean, ratio/mean,
@@ -177,11 +179,12 @@ def policy_loss(logps, old_logps, ref_logps, advantages, mask, config, norm_leng
     advantages = jnp.asarray(advantages, dtype=jnp.float32)
     mask = jnp.asarray(mask, dtype=jnp.float32)
     use_kl = float(config.kl_beta) > 0.0
-    if use_kl and ref_logps is None:
+    kl_estimator = KL_ESTIMATORS.entry(config.kl_estimator)
+    if use_kl and ref_logps is None and not kl_estimator.inputs:
         raise ValueError(f"loss.kl_beta = {config.kl_beta} > 0 needs ref_logps (pass them, or set kl_beta = 0)")
     if float(config.entropy_coef) != 0.0 and entropy is None:
         raise ValueError(f"loss.entropy_coef = {config.entropy_coef} != 0 needs the per-token `entropy` [N, T]")
-    ref_logps = jnp.asarray(ref_logps, jnp.float32) if use_kl else None
+    ref_logps = jnp.asarray(ref_logps, jnp.float32) if use_kl and ref_logps is not None else None
     entropy = None if entropy is None else jnp.asarray(entropy, jnp.float32)
     _check_shapes(logps, old_logps, ref_logps, advantages, mask, entropy)
 
@@ -206,7 +209,9 @@ def policy_loss(logps, old_logps, ref_logps, advantages, mask, config, norm_leng
     metrics = Metrics()
     metrics.add("policy_loss", aggregate(term.loss, m, dens))
     if use_kl:
-        kl = KL_ESTIMATORS[config.kl_estimator](jnp.where(m > 0, logps, 0.0), jnp.where(m > 0, ref_logps, 0.0))
+        ref_masked = None if ref_logps is None else jnp.where(m > 0, ref_logps, 0.0)
+        kl = kl_estimator.obj(jnp.where(m > 0, logps, 0.0), ref_masked,
+                              **_variant_inputs(kl_estimator, inputs, logps.shape[0], "loss.kl_estimator"))
         per_token = per_token + float(config.kl_beta) * kl
         metrics.add("kl", _mean_over(kl, m, dens["num_tokens"]))
     if entropy is not None:

@@ -11,6 +11,8 @@ defaults and passed to `validate(loss_config)` when the plug-in is the selected 
 `loss.kl_estimator`, `loss.aggregation`), once per run. A variant's `inputs` are per-row batch arrays [N, ...] it
 reads: put them in the train step's batch under those names and they reach the variant as keyword arguments.
 An aggregation's `inputs` are the denominators it needs besides num_tokens / num_sequences (e.g. 'norm_length').
+A KL estimator's `inputs` are per-token arrays it reads instead of ref_logps (then passed as None), as keyword
+arguments; the train step computes 'token_kl', the exact per-token KL over the vocabulary (kl_full.py).
 """
 
 from __future__ import annotations
