@@ -3,6 +3,7 @@ equals a dense [N, T, V] computation on a tiny model, value and gradient within 
 average to; in the loss and through the train step (micro-batches, LoRA) it is the same quantity."""
 
 import importlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +110,30 @@ def test_zero_against_itself_and_no_gradient_reaches_the_reference():
     g_params, g_hidden = jax.grad(kl_sum, argnums=(0, 1))(ref, ref_hidden)
     assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g_params)) == 0.0
     assert float(jnp.max(jnp.abs(g_hidden))) == 0.0
+
+
+def test_no_vocabulary_sized_buffer_beyond_one_chunk():
+    # The compiled value-and-gradient program of the exact KL: every float32 buffer with a vocabulary-sized axis
+    # (besides the head's [D, V] weights) holds at most one chunk, N * chunk * V, never N * T * V. (With
+    # chunk_size = T the same check sees [N * T, V] buffers: it can fail.)
+    policy = init_params(CFG, jax.random.PRNGKey(0))
+    ref = _perturbed(policy, 0.05, 1)
+    prompts, mask, comps = _batch(t=8)
+    ref_hidden = _hidden(CFG, ref, prompts, mask, comps, 3)
+    n, t = comps.shape
+
+    def kl_sum(p, chunk_size):
+        return jnp.sum(logprobs.completion_logprobs(CFG, p, prompts, mask, comps, 3, 1.0, chunk_size,
+                                                    reference=(ref, ref_hidden))[2])
+
+    def largest_vocabulary_buffer(chunk_size):
+        hlo = jax.jit(jax.grad(kl_sum), static_argnums=1).lower(policy, chunk_size).compile().as_text()
+        shapes = {tuple(int(d) for d in m.split(",") if d) for m in re.findall(r"f32\[([0-9,]*)\]", hlo)}
+        weights = {(CFG.hidden_size, CFG.vocab_size), (CFG.vocab_size, CFG.hidden_size)}
+        return max(int(np.prod(x)) for x in shapes if CFG.vocab_size in x and x not in weights)
+
+    assert largest_vocabulary_buffer(2) <= n * 2 * CFG.vocab_size < n * t * CFG.vocab_size
+    assert largest_vocabulary_buffer(t) >= n * t * CFG.vocab_size
 
 
 def test_sampled_k1_and_k3_average_to_it():
