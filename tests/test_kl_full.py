@@ -225,6 +225,35 @@ def test_train_step_gradient_is_the_dense_one_for_any_micro_batching():
         assert float(m["loss"]) == pytest.approx(float(want_m["loss"]), abs=1e-5)
 
 
+def test_one_reference_pass_per_step_for_all_iterations(monkeypatch):
+    # mu = 2 updates on one rollout: the reference's hidden states are computed once per call (traced once, run
+    # once) and serve both iterations; the reference log-probs are never computed.
+    counts = {"hidden_runs": 0, "hidden_traces": 0, "logprob_traces": 0}
+    real = train_step.reference_hidden
+
+    def counting(*args, **kwargs):
+        counts["hidden_traces"] += 1
+        out = real(*args, **kwargs)
+        jax.debug.callback(lambda _: counts.__setitem__("hidden_runs", counts["hidden_runs"] + 1), out[0, 0, 0, 0])
+        return out
+
+    def no_logprobs(*args, **kwargs):
+        counts["logprob_traces"] += 1
+        raise AssertionError("the exact KL needs no reference log-probs")
+
+    monkeypatch.setattr(train_step, "reference_hidden", counting)
+    monkeypatch.setattr(train_step, "reference_logprobs", no_logprobs)
+    p0, ref = params(0), params(1)
+    b = batch(p=2, g=2, seed=3, model_params=p0)
+    cfg = _step_cfg(num_iterations=2, lr=3e-2)
+    state, _ = train_step.init_train_state(STEP_CFG, p0, cfg, MESH)
+    step = train_step.make_train_step(STEP_CFG, cfg, MESH, FAST_COMPILE)
+    state, metrics = step(state, None, ref, b)
+    jax.block_until_ready(metrics)
+    assert counts == {"hidden_runs": 1, "hidden_traces": 1, "logprob_traces": 0}
+    assert int(state.step) == 2 and float(metrics["kl"]) > 0.0
+
+
 def test_with_lora_the_reference_is_the_base():
     # LoRA starts with B = 0: the policy is the base, which is the reference, so the exact KL is 0 everywhere.
     cfg = _step_cfg()
