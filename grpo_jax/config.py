@@ -26,6 +26,8 @@ plug-in module of your own before building the config (e.g. at the top of the ex
   model.remat               rematerialise each decoder layer in the backward pass
   model.attention           the attention implementation of the train step and the sampler ('xla' |
                             'dot_product' | 'cudnn'; models.layers.attention)
+  model.scan_layers         run the decoder's layers as one scanned loop (True: compile time independent of
+                            depth) or unrolled, each layer on its own weights and KV-cache buffer (False)
   model.tokenizer           '' = the checkpoint's own (byte-level when it has none, e.g. tiny test checkpoints);
                             'bytes'; or a tokenizer dir / hub id
   task.name                 'countdown' | 'arithmetic' | 'gsm8k'; the other task.* keys are the task's options
@@ -82,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     c.model.remat = False
     c.model.attention = "xla"
+    c.model.scan_layers = True
     c.model.tokenizer = ""            # '' = the checkpoint's own; 'bytes' = byte-level; or a tokenizer dir / hub id
 
     c.task = ml_collections.ConfigDict()
@@ -206,6 +209,8 @@ def validate(config) -> None:
     if not isinstance(_get(config, "model.remat"), bool):
         raise ValueError(f"model.remat must be True or False, got {_get(config, 'model.remat')!r}")
     _choice(config, "model.attention", ATTENTION)
+    if not isinstance(_get(config, "model.scan_layers"), bool):
+        raise ValueError(f"model.scan_layers must be True or False, got {_get(config, 'model.scan_layers')!r}")
 
     _choice(config, "task.name", tuple(tasks.names()))
     weights = _get(config, "rewards")

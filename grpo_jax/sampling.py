@@ -244,8 +244,10 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
         spec[axis] = axes
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
-    def constrain_cache(cache):  # k, v [L, N, S, Hkv, hd]: rows split like the batch
-        return cache._replace(k=constrain(cache.k, 1), v=constrain(cache.v, 1), start=constrain(cache.start))
+    def constrain_cache(cache):  # k, v [L, N, Hkv, S, hd] (or L buffers [N, ...]): rows split like the batch
+        axis = 0 if isinstance(cache.k, tuple) else 1
+        return cache._replace(k=jax.tree.map(lambda a: constrain(a, axis), cache.k),
+                              v=jax.tree.map(lambda a: constrain(a, axis), cache.v), start=constrain(cache.start))
 
     def program(params, prompt_tokens, prompt_mask, key, temperature, top_p):
         p = prompt_tokens.shape[0]
@@ -256,6 +258,7 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
                                  use_top_p=use_top_p, greedy=greedy)
 
         first_logits = jnp.repeat(decoder.unembed(config, params, prompt.last_hidden), g, axis=0)   # [N, V]
+        params, prefix = decoder.for_decoding(config, params, prompt.prefix)
         tok0, lp0 = draw(constrain(first_logits), _uniforms(row_keys, 0))
         tokens = jnp.full((n, t_max), pad_id, jnp.int32).at[:, 0].set(tok0)
         logps = jnp.zeros((n, t_max), jnp.float32).at[:, 0].set(lp0)
@@ -267,7 +270,7 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
             t, tokens, logps, done, lengths, cache = carry
             prev = jax.lax.dynamic_index_in_dim(tokens, t - 1, axis=1, keepdims=False)
             prev = jnp.where(done, 0, prev)  # finished rows feed a valid id (pad_id may be outside the vocab)
-            hidden, cache = decoder.decode_step(config, params, prev, prompt.prefix, cache)   # writes slot t - 1
+            hidden, cache = decoder.decode_step(config, params, prev, prefix, cache)   # writes slot t - 1
             tok, lp = draw(decoder.unembed(config, params, hidden), _uniforms(row_keys, t))
             tok = jnp.where(done, pad_id, tok)
             lp = jnp.where(done, 0.0, lp)

@@ -86,6 +86,7 @@ class _Settings(NamedTuple):
     total_updates: int
     remat: bool
     attention: str
+    scan_layers: bool
     seed: int
 
 
@@ -119,6 +120,7 @@ def _settings(config) -> _Settings:
         total_updates=max(1, int(config.total_steps)) * mu,
         remat=bool(model.get("remat", False)),
         attention=str(model.get("attention", "xla")),
+        scan_layers=bool(model.get("scan_layers", True)),
         seed=int(config.get("seed", 0)),
     )
 
@@ -276,7 +278,8 @@ def reference_hidden(model_config: ModelConfig, ref_params, micro_batches: dict,
 def _build(model_config: ModelConfig, config, mesh: Mesh):
     """(step_fn(state, frozen, ref, batch), grad_fn(trainable, frozen, ref, batch), settings, tx) — unjitted."""
     s = _settings(config)
-    model_config = model_config.replace(remat=s.remat, attention=s.attention)  # model.remat, model.attention
+    model_config = model_config.replace(remat=s.remat, attention=s.attention,  # model.remat, .attention,
+                                        scan_layers=s.scan_layers)            # .scan_layers
     loss_cfg = config.loss
     tx = make_optimizer(config.optim, s.total_updates)
     schedule = make_schedule(config.optim, s.total_updates)

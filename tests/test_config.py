@@ -9,10 +9,10 @@ import pytest
 
 from grpo_jax import config_base, evaluation, metrics
 
-# DESIGN.md's config schema, key by key.
+# The config schema (docs/design.md), key by key.
 SCHEMA = """
 seed total_steps
-model.path model.dtype model.compute_dtype model.lora_rank model.remat
+model.path model.dtype model.compute_dtype model.lora_rank model.remat model.attention model.scan_layers
 task.name rewards
 rollout.prompts_per_step rollout.group_size rollout.max_new_tokens rollout.temperature rollout.top_p rollout.top_k
 loss.variant loss.clip_low loss.clip_high loss.dual_clip loss.kl_beta loss.kl_estimator loss.aggregation
@@ -83,6 +83,7 @@ def test_ablations_switch_what_their_name_says():
     ("rollout.top_p", 1.5, "rollout.top_p must be <= 1"),
     ("loss.variant", "ppo", "unknown loss.variant 'ppo'"),
     ("model.dtype", "float16", "unknown model.dtype 'float16'"),
+    ("model.attention", "flash", "unknown model.attention 'flash'"),
     ("mesh.data", 0, "mesh.data must be a positive size or -1"),
     ("eval.num_samples", 2, r"eval.num_samples \(2\) must be >= eval.pass_k \(4\)"),
     ("total_steps", -1, "total_steps must be >= 0"),

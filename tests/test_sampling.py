@@ -123,7 +123,7 @@ LONG = LLAMA.replace(max_position_embeddings=256)
 
 
 def test_decode_loop_has_one_cache_per_phase():
-    """The compiled program holds a key cache [L, rows, slots, Hkv, hd] of each phase's size (12 rows, 2 kv heads,
+    """The compiled program holds a value cache [L, rows, Hkv, slots, hd] of each phase's size (12 rows, 2 kv heads,
     hd 8, 64/128/160 slots), so early steps read the small caches; with a single cache only the 160-slot one would
     exist."""
     tokens, mask = _prompts()
@@ -131,7 +131,7 @@ def test_decode_loop_has_one_cache_per_phase():
     text = program.lower(_params(LONG), tokens, mask.astype(bool), jax.random.PRNGKey(0), jnp.float32(1.0),
                          jnp.float32(1.0)).as_text()
     for slots in (64, 128, 160):
-        assert f"tensor<{LONG.num_layers}x12x{slots}x2x8xf32>" in text, slots
+        assert f"tensor<{LONG.num_layers}x12x2x{slots}x8xf32>" in text, slots
 
 
 @pytest.mark.parametrize("stop_ids,key,longest", [((), 7, (150, 150)), ((1, 2), 2, (129, 150)), ((1, 2), 4, (65, 128))],

@@ -47,6 +47,9 @@ class ModelConfig:
     compute_dtype: str = "float32"
     # Rematerialise each decoder layer in the backward pass (trades FLOPs for memory).
     remat: bool = False
+    # Run the layers as one scanned loop (compile time independent of depth) or unrolled, each layer on its own
+    # weights and, when decoding, its own KV-cache buffer (MaxText's scan_layers). Same math either way.
+    scan_layers: bool = True
     # Attention kernel: 'xla' (the einsum path of `layers.attention`), 'dot_product' (jax.nn.dot_product_attention,
     # the backend's choice), 'cudnn' (its cuDNN flash attention; GPU only).
     attention: str = "xla"

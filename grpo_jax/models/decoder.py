@@ -33,7 +33,8 @@ from grpo_jax.models.config import ModelConfig
 
 BATCH, LENGTH, EMBED = "activation_batch", "activation_length", "activation_embed"
 HEADS, KV_HEADS, HEAD_DIM = "activation_heads", "activation_kv_heads", "activation_head_dim"
-CACHE_AXES = ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+CACHE_AXES = ("cache_layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")  # values
+KEY_CACHE_AXES = ("cache_layers", "cache_batch", "cache_kv_heads", "cache_head_dim", "cache_length")
 
 
 class PrefixKV(NamedTuple):
@@ -45,8 +46,9 @@ class PrefixKV(NamedTuple):
 
 
 class KVCache(NamedTuple):
-    """The rows' own keys/values while decoding: k, v [L, B, S, Hkv, hd]; slots [0, index) are written, and slot
-    s of row b holds position start[b] + s."""
+    """The rows' own keys/values while decoding: keys [L, B, Hkv, hd, S], values [L, B, Hkv, S, hd] (see
+    `layers.KVBlock.heads_first`), or tuples of L such buffers without the L axis (scan_layers False); slots
+    [0, index) are written, and slot s of row b holds position start[b] + s."""
     k: jax.Array
     v: jax.Array
     index: jax.Array  # int32 scalar
@@ -92,7 +94,7 @@ class _Attention(nn.Module):
             blocks.append(layers.KVBlock(pk.astype(dt), pv.astype(dt), pmask, ppos, shared=True))
         if cache is not None:
             ck, cv, cmask, cpos = cache
-            blocks.append(layers.KVBlock(ck.astype(dt), cv.astype(dt), cmask, cpos))
+            blocks.append(layers.KVBlock(ck.astype(dt), cv.astype(dt), cmask, cpos, heads_first=True))
         blocks.append(layers.KVBlock(k, v, own_mask, positions))
         out = layers.attention(q, positions, blocks, scale=cfg.attention_scale, softcap=cfg.attn_softcap,
                                window=cfg.sliding_window, window_on=sliding, implementation=cfg.attention)
@@ -133,6 +135,54 @@ def embed_scale(config: ModelConfig, dtype) -> Optional[jax.Array]:
     return jnp.asarray(math.sqrt(config.hidden_size), dtype) if config.embed_scale else None
 
 
+def _layer_inputs(rows: int, prefix: Optional[PrefixKV], cache: Optional[KVCache]):
+    """(prefix k/v, (prefix mask, positions), cache k/v, (written-slot mask [B, S], slot positions [B, S]))."""
+    prefix_kv = prefix_meta = cache_kv = cache_meta = None
+    if prefix is not None:
+        prefix_kv, prefix_meta = (prefix.k, prefix.v), (prefix.mask, prefix.positions)
+    if cache is not None:
+        slots = jax.tree.leaves(cache.v)[0].shape[-2]
+        written = jnp.broadcast_to(jnp.arange(slots)[None, :] < cache.index, (rows, slots))
+        cache_kv = (cache.k, cache.v)
+        cache_meta = (written, cache.start[:, None] + jnp.arange(slots, dtype=jnp.int32)[None, :])
+    return prefix_kv, prefix_meta, cache_kv, cache_meta
+
+
+def _unrolled_hidden_states(config: ModelConfig, params, tokens, positions, own_mask, prefix, cache):
+    """`hidden_states` with the layers unrolled (config.scan_layers False): the same DecoderLayer on each layer's
+    own weights, KV-cache buffer and prefix slice, with the embedding and final norm of `Decoder`."""
+    cfg = config
+    dt = layers.compute_dtype(cfg.compute_dtype)
+    x = jnp.take(params["embed"]["embedding"].astype(dt), tokens, axis=0)
+    scale = embed_scale(cfg, dt)
+    if scale is not None:
+        x = x * scale
+    x = partitioning.constrain(x, (BATCH, LENGTH, EMBED))
+    prefix_kv, prefix_meta, cache_kv, cache_meta = _layer_inputs(tokens.shape[0], prefix, cache)
+    rope = rope_tables(cfg, positions)
+    apply = DecoderLayer(cfg).apply
+    if cfg.remat:
+        apply = jax.checkpoint(apply, prevent_cse=False)
+    kvs = []
+    for i, sliding in enumerate(cfg.sliding_layers):
+        layer_in = (_kv_layer(prefix_kv, i), _kv_layer(cache_kv, i), jnp.asarray(sliding))
+        x, kv = apply({"params": _params_layer(params["layers"], i)}, x, layer_in, positions, rope, own_mask,
+                      prefix_meta, cache_meta)
+        kvs.append(kv)
+    x = layers.rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps, dt, cfg.norm_offset)
+    return x, tuple(jnp.stack(parts) for parts in zip(*kvs))
+
+
+def _kv_layer(kv, i: int):
+    """Layer i of a (k, v) pair, each stacked [L, ...] or a tuple of L arrays; None stays None."""
+    return None if kv is None else tuple(part[i] for part in kv)
+
+
+def _params_layer(stacked, i: int):
+    """Layer i's params: from the stacked tree (leaves [L, ...]), or from a tuple of per-layer trees."""
+    return stacked[i] if isinstance(stacked, tuple) else jax.tree.map(lambda a: a[i], stacked)
+
+
 class Decoder(nn.Module):
     """Embedding -> scanned decoder layers -> final norm. Returns the final hidden states and the per-layer own
     keys/values of this call's tokens (stacked [L, B, T, Hkv, hd]); with `compute_logits` also the float32
@@ -158,14 +208,7 @@ class Decoder(nn.Module):
         stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-        prefix_kv = prefix_meta = cache_kv = cache_meta = None
-        if prefix is not None:
-            prefix_kv, prefix_meta = (prefix.k, prefix.v), (prefix.mask, prefix.positions)
-        if cache is not None:
-            slots = cache.k.shape[2]
-            written = jnp.broadcast_to(jnp.arange(slots)[None, :] < cache.index, (tokens.shape[0], slots))
-            cache_kv = (cache.k, cache.v)
-            cache_meta = (written, cache.start[:, None] + jnp.arange(slots, dtype=jnp.int32)[None, :])
+        prefix_kv, prefix_meta, cache_kv, cache_meta = _layer_inputs(tokens.shape[0], prefix, cache)
         sliding = jnp.asarray(cfg.sliding_layers, bool)
         x, kv = stack(cfg, name="layers")(x, (prefix_kv, cache_kv, sliding), positions, rope_tables(cfg, positions),
                                           own_mask, prefix_meta, cache_meta)
@@ -219,22 +262,43 @@ def hidden_states(config: ModelConfig, params, tokens, positions, own_mask, pref
     """The decoder without the head: (hidden [B, T, D], (k, v) of this call's tokens, stacked [L, B, T, Hkv, hd]).
     `own_mask` bool [B, T, T] says which of this call's tokens each query may read; the prefix and the cache's
     written slots are read by every query (within the sliding window, on sliding layers)."""
+    if not config.scan_layers:
+        return _unrolled_hidden_states(config, params, tokens, positions, own_mask, prefix, cache)
     return Decoder(config).apply({"params": params}, tokens, positions, own_mask, prefix, cache)
+
+
+def for_decoding(config: ModelConfig, params, prefix: Optional[PrefixKV]):
+    """(params, prefix) laid out for a decode loop: unchanged with scan_layers; unrolled, each layer's weights and
+    prefix keys/values sliced out once here, before the loop, so no step copies a slice of a stacked array."""
+    if config.scan_layers:
+        return params, prefix
+    split = tuple(_params_layer(params["layers"], i) for i in range(config.num_layers))
+    if prefix is not None:
+        prefix = prefix._replace(k=tuple(prefix.k), v=tuple(prefix.v))
+    return {**params, "layers": split}, prefix
 
 
 def new_cache(config: ModelConfig, rows: int, slots: int, start: jax.Array) -> KVCache:
     """An empty cache of `slots` slots for `rows` rows whose slot 0 sits at position start [rows]."""
-    shape = (config.num_layers, rows, slots, config.num_kv_heads, config.head_dim)
-    zeros = partitioning.constrain(jnp.zeros(shape, layers.compute_dtype(config.compute_dtype)), CACHE_AXES)
-    return KVCache(zeros, zeros, jnp.int32(0), start.astype(jnp.int32))
+    dt = layers.compute_dtype(config.compute_dtype)
+    hkv, hd = config.num_kv_heads, config.head_dim
+
+    def zeros(shape, axes):
+        if config.scan_layers:
+            return partitioning.constrain(jnp.zeros((config.num_layers,) + shape, dt), axes)
+        return tuple(partitioning.constrain(jnp.zeros(shape, dt), axes[1:]) for _ in range(config.num_layers))
+    return KVCache(zeros((rows, hkv, hd, slots), KEY_CACHE_AXES), zeros((rows, hkv, slots, hd), CACHE_AXES),
+                   jnp.int32(0), start.astype(jnp.int32))
 
 
 def grow_cache(cache: KVCache, slots: int) -> KVCache:
     """`cache` padded with empty slots at the end to `slots` slots; what was written stays put."""
-    def pad(a):
-        return partitioning.constrain(jnp.pad(a, ((0, 0), (0, 0), (0, slots - a.shape[2]), (0, 0), (0, 0))),
-                                          CACHE_AXES)
-    return cache._replace(k=pad(cache.k), v=pad(cache.v))
+    def pad(a, axis, axes):
+        widths = [(0, 0)] * a.ndim
+        widths[axis] = (0, slots - a.shape[axis])
+        return partitioning.constrain(jnp.pad(a, widths), axes[-a.ndim:])
+    return cache._replace(k=jax.tree.map(lambda a: pad(a, -1, KEY_CACHE_AXES), cache.k),
+                          v=jax.tree.map(lambda a: pad(a, -2, CACHE_AXES), cache.v))
 
 
 def decode_step(config: ModelConfig, params, tokens: jax.Array, prefix: Optional[PrefixKV], cache: KVCache):
@@ -245,9 +309,16 @@ def decode_step(config: ModelConfig, params, tokens: jax.Array, prefix: Optional
     positions = (cache.start + cache.index)[:, None]
     hidden, (k, v) = hidden_states(config, params, tokens[:, None], positions, jnp.ones((n, 1, 1), bool), prefix,
                                    cache)
-    at = (0, 0, cache.index, 0, 0)
-    ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), at)
-    cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), at)
+    k = k.transpose(0, 1, 3, 4, 2)  # [L, N, 1, Hkv, hd] -> the key cache's [L, N, Hkv, hd, 1]
+    v = v.swapaxes(2, 3)            # -> the value cache's [L, N, Hkv, 1, hd]
+    i = cache.index
+    if isinstance(cache.k, tuple):  # per-layer buffers
+        def write(buffers, new, at):
+            return tuple(jax.lax.dynamic_update_slice(b, new[l].astype(b.dtype), at) for l, b in enumerate(buffers))
+        return hidden[:, 0], KVCache(write(cache.k, k, (0, 0, 0, i)), write(cache.v, v, (0, 0, i, 0)), i + 1,
+                                     cache.start)
+    ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, 0, 0, 0, i))
+    cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, 0, 0, i, 0))
     return hidden[:, 0], KVCache(ck, cv, cache.index + 1, cache.start)
 
 

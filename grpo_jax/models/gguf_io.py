@@ -10,7 +10,6 @@ transformers' GGUF loader does. Qwen2/Qwen3 use rotate-half ("NEOX") rope in lla
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Iterable, Optional
 

@@ -137,17 +137,33 @@ class GatedMlp(nn.Module):
 class KVBlock(NamedTuple):
     """Keys/values one attention call reads. Per-row: k, v [B, S, Hkv, hd], mask bool [B, T, S] or [B, S].
     Shared (`shared=True`): k, v [P, S, Hkv, hd] read by G = B / P consecutive rows, mask [P, S].
+    `heads_first`: the decode cache's layout instead, keys [B, Hkv, hd, S] and values [B, Hkv, S, hd]: a one-token
+    query reads them as elementwise products reduced over a non-minor axis (hd for scores, S for outputs), which
+    vectorise over the minor one and read the cache where it lies, with no transposed or sliced copy.
     `positions` int [B or P, S] are the keys' positions (for a sliding window)."""
     k: jax.Array
     v: jax.Array
     mask: jax.Array
     positions: jax.Array
     shared: bool = False
+    heads_first: bool = False
+
+    def seq_major(self) -> "KVBlock":
+        """The block with k, v as [B, S, Hkv, hd]."""
+        if not self.heads_first:
+            return self
+        return self._replace(k=self.k.transpose(0, 3, 1, 2), v=self.v.swapaxes(1, 2), heads_first=False)
 
 
 def _block_scores(qg: jax.Array, block: KVBlock) -> jax.Array:
     """q [B, T, Hkv, r, hd] . keys -> float32 [B, Hkv, r, T, S]."""
     b, t, hkv, r, hd = qg.shape
+    if block.heads_first:
+        if t == 1:  # one query per row: a matrix-vector product per (row, head), as a multiply-reduce over hd
+            s = jnp.sum(qg[:, 0, :, :, :, None].astype(jnp.float32) * block.k[:, :, None].astype(jnp.float32),
+                        axis=-2)
+            return s[:, :, :, None, :]
+        return jnp.einsum("btkrd,bkds->bkrts", qg, block.k, preferred_element_type=jnp.float32)
     if not block.shared:
         return jnp.einsum("btkrd,bskd->bkrts", qg, block.k, preferred_element_type=jnp.float32)
     p = block.k.shape[0]
@@ -158,6 +174,12 @@ def _block_scores(qg: jax.Array, block: KVBlock) -> jax.Array:
 
 def _block_output(w: jax.Array, block: KVBlock) -> jax.Array:
     """weights [B, Hkv, r, T, S] . values -> [B, T, Hkv, r, hd]."""
+    if block.heads_first:
+        if w.shape[3] == 1:  # one query per row: a multiply-reduce over the slots
+            out = jnp.sum(w[:, :, :, 0, :, None].astype(jnp.float32) * block.v[:, :, None].astype(jnp.float32),
+                          axis=-2)
+            return out[:, None].astype(block.v.dtype)
+        return jnp.einsum("bkrts,bksd->btkrd", w, block.v)
     if not block.shared:
         return jnp.einsum("bkrts,bskd->btkrd", w, block.v)
     p = block.v.shape[0]
@@ -194,7 +216,7 @@ def attention(q: jax.Array, q_positions: jax.Array, blocks: Sequence[KVBlock], *
     'dot_product' / 'cudnn': `jax.nn.dot_product_attention` (library kernel; cuDNN flash attention on GPU) on
     the blocks concatenated per row (shared blocks repeated over their group)."""
     b, t, h, hd = q.shape
-    hkv = blocks[0].k.shape[2]
+    hkv = blocks[0].k.shape[1 if blocks[0].heads_first else 2]
     r = h // hkv
     masks = [_grouped_mask(blk, q_positions, window, window_on) for blk in blocks]
     if implementation == "cudnn" and jax.default_backend() != "gpu":
@@ -206,7 +228,7 @@ def attention(q: jax.Array, q_positions: jax.Array, blocks: Sequence[KVBlock], *
                              "use model.attention='xla' for this model")
         ks, vs = [], []
         for blk in blocks:
-            k, v = blk.k, blk.v
+            k, v = blk.seq_major()[:2]
             if blk.shared:
                 k, v = (jnp.repeat(a, b // a.shape[0], axis=0) for a in (k, v))
             ks.append(k.astype(q.dtype))
