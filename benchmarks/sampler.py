@@ -57,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
                         "(default: 1 and all usable cores -- on a busy machine torch's spinning threads can make "
                         "all cores several times slower than one)")
     p.add_argument("--no-transformers", action="store_true", help="time grpo_jax and the roofline only")
+    p.add_argument("--unrolled", action="store_true", help="model.scan_layers False: the decoder's layers unrolled")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul that measures FLOP/s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", "--out", dest="results", default=results.RESULTS,
@@ -112,6 +113,7 @@ def main(argv=None) -> dict:
 
     rate_before = machine.matmul_rate(args.matmul_size)
     t_load, (config, params, tokenizer) = results.timed(lambda: load_policy(args.model))
+    config = config.replace(scan_layers=not args.unrolled)
     ids = prompt_token_lists(tokenizer, args.prompts, config.vocab_size, args.seed)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     tokens, mask = batching.left_pad(ids, pad_id=pad, bucket=args.bucket)
@@ -164,7 +166,7 @@ def main(argv=None) -> dict:
 
     best = min(steady)
     line = {"benchmark": "sampler", "time": results.now(), "commit": results.git_commit(),
-            "settings": {"model": args.model, "prompts": p, "group": g, "new_tokens": t,
+            "settings": {"model": args.model, "prompts": p, "group": g, "new_tokens": t, "scan_layers": not args.unrolled,
                          "prompt_tokens_padded": int(tokens.shape[1]), "prompt_tokens_mean": float(mask.sum(1).mean()),
                          "temperature": 1.0, "top_k": 0, "top_p": 1.0, "forced_full_length": True},
             "grpo_jax": {"tokens_per_s": round(n_tokens / best, 1), "time_s": round(best, 3),

@@ -59,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-beta", type=float, default=0.04)
     p.add_argument("--micro-batch-size", type=int, default=0, help="sequences per micro-batch (0 = whole batch)")
     p.add_argument("--remat", action="store_true", help="rematerialise decoder layers in the backward pass")
+    p.add_argument("--unrolled", action="store_true", help="model.scan_layers False: the decoder's layers unrolled")
     p.add_argument("--steps", type=int, default=2, help="timed steps after compilation")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul that measures FLOP/s")
     p.add_argument("--results", default=results.RESULTS, help="append the JSON line here ('' = do not)")
@@ -84,6 +85,7 @@ def run_one(args) -> dict:
     c.model.path = args.model
     c.model.lora_rank = args.lora_rank
     c.model.remat = args.remat
+    c.model.scan_layers = not args.unrolled
     c.rollout.prompts_per_step, c.rollout.group_size = args.prompts, args.group
     c.rollout.max_new_tokens = args.new_tokens
     c.loss.kl_beta = args.kl_beta
@@ -132,6 +134,7 @@ def run_one(args) -> dict:
         "settings": {"model": args.model, "prompts": p, "group": g, "sequences": p * g, "prompt_tokens": s,
                      "new_tokens": t_new, "tokens_per_sequence": s + t_new, "kl_beta": args.kl_beta,
                      "lora_rank": args.lora_rank, "micro_batch_size": args.micro_batch_size, "remat": args.remat,
+                     "scan_layers": not args.unrolled,
                      "dtype": "float32", "devices": 1, "backend": jax.default_backend(),
                      "fast_compile": args.fast_compile},
         "trainable_params": int(trainable),
@@ -169,7 +172,8 @@ def _child_args(args, rank: int) -> list[str]:
            str(args.group), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
            "--kl-beta", str(args.kl_beta), "--micro-batch-size", str(args.micro_batch_size), "--steps",
            str(args.steps), "--matmul-size", str(args.matmul_size)]
-    return out + (["--remat"] if args.remat else []) + (["--fast-compile"] if args.fast_compile else [])
+    return (out + (["--remat"] if args.remat else []) + (["--fast-compile"] if args.fast_compile else [])
+            + (["--unrolled"] if args.unrolled else []))
 
 
 def main(argv=None) -> dict:
