@@ -130,9 +130,14 @@ class DecoderLayer(nn.Module):
         return partitioning.constrain(x + y, (BATCH, LENGTH, EMBED)), kv
 
 
-def embed_scale(config: ModelConfig, dtype) -> Optional[jax.Array]:
-    """sqrt(hidden_size) in the compute dtype (Gemma scales its embeddings by it), or None."""
-    return jnp.asarray(math.sqrt(config.hidden_size), dtype) if config.embed_scale else None
+def embed_tokens(config: ModelConfig, table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Rows of the embedding table [V, D] in the compute dtype, times sqrt(hidden_size) for Gemma (the scale in
+    the compute dtype, as transformers rounds it to the weights' dtype)."""
+    dt = layers.compute_dtype(config.compute_dtype)
+    x = jnp.take(table.astype(dt), tokens, axis=0)
+    if config.embed_scale:
+        x = x * jnp.asarray(math.sqrt(config.hidden_size), dt)
+    return partitioning.constrain(x, (BATCH, LENGTH, EMBED))
 
 
 def _layer_inputs(rows: int, prefix: Optional[PrefixKV], cache: Optional[KVCache]):
@@ -153,11 +158,7 @@ def _unrolled_hidden_states(config: ModelConfig, params, tokens, positions, own_
     own weights, KV-cache buffer and prefix slice, with the embedding and final norm of `Decoder`."""
     cfg = config
     dt = layers.compute_dtype(cfg.compute_dtype)
-    x = jnp.take(params["embed"]["embedding"].astype(dt), tokens, axis=0)
-    scale = embed_scale(cfg, dt)
-    if scale is not None:
-        x = x * scale
-    x = partitioning.constrain(x, (BATCH, LENGTH, EMBED))
+    x = embed_tokens(cfg, params["embed"]["embedding"], tokens)
     prefix_kv, prefix_meta, cache_kv, cache_meta = _layer_inputs(tokens.shape[0], prefix, cache)
     rope = rope_tables(cfg, positions)
     apply = DecoderLayer(cfg).apply
@@ -197,11 +198,7 @@ class Decoder(nn.Module):
         embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, name="embed",
                          embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                      ("vocab", "embed")))
-        x = embed(tokens)
-        scale = embed_scale(cfg, dt)
-        if scale is not None:
-            x = x * scale
-        x = partitioning.constrain(x, (BATCH, LENGTH, EMBED))
+        x = embed_tokens(cfg, embed.embedding, tokens)
         layer = DecoderLayer
         if cfg.remat:
             layer = nn.remat(layer, prevent_cse=False)
