@@ -18,6 +18,12 @@ temperature 1 over the full vocabulary, every sequence forced to the full 64 tok
     and all cores), the fastest counts.
 The two sides alternate call by call, so a change in machine load hits both. tokens/s = 8 x 8 x 64 / seconds.
 
+`--stop-at-eos`: ragged work, as a rollout has it. Both sides stop a row at the model's eos ids and stop decoding
+when every row has (grpo_jax: `stop_ids=config.eos_token_ids`; transformers: `eos_token_id=...`, no
+min_new_tokens). Each side's tokens/s is its tokens generated (every row up to and including its eos) per second,
+and `tokens_computed` counts what it decoded, padding included (rows x the longest row's length). The two sides
+draw different random tokens, so their lengths differ call by call; the roofline's fraction is left out.
+
 Roofline: the FLOPs this batch needs (`flops.sampling`: each prompt prefilled once, the P G (T - 1) decode steps,
 attention) divided by this machine's float32 matmul rate (`machine.matmul_rate`, probed before and after the runs,
 the faster counts): `best_tokens_per_s` is the fastest this machine could go, `fraction` our share of it,
@@ -58,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
                         "all cores several times slower than one)")
     p.add_argument("--no-transformers", action="store_true", help="time grpo_jax and the roofline only")
     p.add_argument("--unrolled", action="store_true", help="model.scan_layers False: the decoder's layers unrolled")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="rows end at the model's eos ids on both sides (each stops when every row has); tokens/s "
+                        "count generated tokens, and tokens computed (padding included) are reported")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul that measures FLOP/s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", "--out", dest="results", default=results.RESULTS,
@@ -102,6 +111,16 @@ def torch_model(config, params):
     return model.eval()
 
 
+def _generated(completions: np.ndarray, eos: tuple) -> tuple[int, int]:
+    """(tokens generated: each row up to and including its first eos, tokens computed: rows x columns decoded)."""
+    rows, cols = completions.shape
+    if not eos or cols == 0:
+        return rows * cols, rows * cols
+    is_eos = np.isin(completions, eos)
+    first = np.where(is_eos.any(1), is_eos.argmax(1) + 1, cols)
+    return int(first.sum()), rows * cols
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The two sides.
 # ----------------------------------------------------------------------------------------------------------------
@@ -119,16 +138,22 @@ def main(argv=None) -> dict:
     tokens, mask = batching.left_pad(ids, pad_id=pad, bucket=args.bucket)
     p, g, t = args.prompts, args.group, args.new_tokens
     n_tokens = p * g * t
+    eos = tuple(int(x) for x in config.eos_token_ids) if args.stop_at_eos else ()
+    if args.stop_at_eos and not eos:
+        raise SystemExit(f"--stop-at-eos: {args.model} names no eos token id")
+    counts = {"grpo_jax": [], "transformers": {}}  # (generated, computed) tokens of each call (by torch threads)
 
     def ours(i: int) -> float:
         def call():
             out = sampling.generate(config, params, tokens, mask, jax.random.PRNGKey(args.seed + i), group_size=g,
-                                    max_new_tokens=t, temperature=1.0, stop_ids=(), pad_id=pad)
+                                    max_new_tokens=t, temperature=1.0, stop_ids=eos, pad_id=pad)
             return jax.block_until_ready(out)
         seconds, out = results.timed(call)
-        if not bool(np.all(np.asarray(out.lengths) == t)):
+        lengths = np.asarray(out.lengths)
+        if not eos and not bool(np.all(lengths == t)):
             raise RuntimeError("grpo_jax: a completion ended before --new-tokens (stop ids are off)")
-        return seconds
+        counts["grpo_jax"].append((int(lengths.sum()), int(lengths.size * lengths.max())))  # every row decodes
+        return seconds                                                                    # until the longest ends
 
     thread_counts = [int(x) for x in str(args.torch_threads).split(",") if x.strip()]
     hf = None
@@ -139,21 +164,25 @@ def main(argv=None) -> dict:
         prompt_t = torch.as_tensor(tokens, dtype=torch.long)
         mask_t = torch.as_tensor(mask, dtype=torch.long)
 
-        def theirs(threads: int, new: int = t) -> float:
+        def theirs(threads: int, new: int = t, record: bool = True) -> float:
             torch.set_num_threads(threads)
             torch.manual_seed(args.seed)
             with torch.inference_mode():
                 start = time.perf_counter()
+                stops = dict(eos_token_id=list(eos)) if eos else dict(min_new_tokens=new)
                 seq = model.generate(prompt_t, attention_mask=mask_t, do_sample=True, temperature=1.0, top_k=0,
-                                     top_p=1.0, num_return_sequences=g, max_new_tokens=new, min_new_tokens=new,
-                                     pad_token_id=pad)
+                                     top_p=1.0, num_return_sequences=g, max_new_tokens=new, pad_token_id=pad,
+                                     **stops)
                 seconds = time.perf_counter() - start
             want = (p * g, tokens.shape[1] + new)
-            if tuple(seq.shape) != want:
+            if not eos and tuple(seq.shape) != want:
                 raise RuntimeError(f"transformers returned {tuple(seq.shape)}, expected {want}")
+            if record:
+                counts["transformers"].setdefault(threads, []).append(_generated(seq[:, tokens.shape[1]:].numpy(),
+                                                                                 eos))
             return seconds
         for threads in thread_counts:  # warm-up: lazy initialisation, allocator
-            theirs(threads, new=2)
+            theirs(threads, new=2, record=False)
         hf = {threads: [] for threads in thread_counts}
 
     first = ours(0)
@@ -164,18 +193,25 @@ def main(argv=None) -> dict:
             for threads in thread_counts:
                 hf[threads].append(theirs(threads))
 
+    def side(times: list, tokens_of: list) -> dict:
+        """The best call's tokens/s (generated tokens / seconds) with its token counts."""
+        rates = [gen / sec for sec, (gen, _) in zip(times, tokens_of)]
+        i = int(np.argmax(rates))
+        return {"tokens_per_s": round(rates[i], 1), "time_s": round(times[i], 3),
+                "times_s": [round(x, 3) for x in times], "tokens_generated": tokens_of[i][0],
+                "tokens_computed": tokens_of[i][1]}
+
     best = min(steady)
     line = {"benchmark": "sampler", "time": results.now(), "commit": results.git_commit(),
             "settings": {"model": args.model, "prompts": p, "group": g, "new_tokens": t, "scan_layers": not args.unrolled,
                          "prompt_tokens_padded": int(tokens.shape[1]), "prompt_tokens_mean": float(mask.sum(1).mean()),
-                         "temperature": 1.0, "top_k": 0, "top_p": 1.0, "forced_full_length": True},
-            "grpo_jax": {"tokens_per_s": round(n_tokens / best, 1), "time_s": round(best, 3),
-                         "times_s": [round(x, 3) for x in steady], "first_call_s": round(first, 3),
+                         "temperature": 1.0, "top_k": 0, "top_p": 1.0, "forced_full_length": not eos,
+                         "stop_ids": list(eos)},
+            "grpo_jax": {**side(steady, counts["grpo_jax"][1:]), "first_call_s": round(first, 3),
                          "compile_s": round(max(first - best, 0.0), 3), "load_s": round(t_load, 2)}}
     if hf is not None:
-        per_threads = {str(k): {"tokens_per_s": round(n_tokens / min(v), 1), "time_s": round(min(v), 3),
-                                "times_s": [round(x, 3) for x in v]} for k, v in hf.items()}
-        fastest = min(hf, key=lambda k: min(hf[k]))
+        per_threads = {str(k): side(v, counts["transformers"][k]) for k, v in hf.items()}
+        fastest = max(hf, key=lambda k: per_threads[str(k)]["tokens_per_s"])
         line["transformers"] = {**per_threads[str(fastest)], "threads": fastest, "by_threads": per_threads}
         line["speedup"] = round(line["grpo_jax"]["tokens_per_s"] / line["transformers"]["tokens_per_s"], 2)
     # measured before and after the runs; the faster is this machine's rate (load only ever slows it)
@@ -187,8 +223,9 @@ def main(argv=None) -> dict:
                         "matmul_flops_per_s_before_after": [round(x.wall) for x in rates],
                         "matmul_size": args.matmul_size,
                         "flops": {k: round(v) for k, v in need.items()}, "seconds": round(roofline_s, 6),
-                        "best_tokens_per_s": round(n_tokens / roofline_s, 1),
-                        "fraction": round(roofline_s / best, 3), "vs_roofline": round(best / roofline_s, 3)}
+                        "best_tokens_per_s": round(n_tokens / roofline_s, 1)}
+    if not eos:  # the roofline is of the forced-length work; with eos the work depends on the draws
+        line["roofline"].update(fraction=round(roofline_s / best, 3), vs_roofline=round(best / roofline_s, 3))
     line["machine"] = machine.describe()
     line["threads"] = machine.threads(torch_threads=thread_counts if hf is not None else None)
     return results.emit(line, args.results)

@@ -77,3 +77,25 @@ def test_transformers_side_runs_our_weights():
     with torch.inference_mode():
         theirs = sampler.torch_model(config, params)(torch.as_tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(theirs, np.asarray(forward(config, params, tokens)), atol=1e-4)
+
+
+def test_sampler_benchmark_with_eos_counts_generated_and_computed_tokens(tmp_path):
+    line = benchmark.main(["sampler", *TINY_ARGS, "--new-tokens", "12", "--stop-at-eos", "--results", ""])
+    assert line["settings"]["stop_ids"] == [2] and not line["settings"]["forced_full_length"]
+    for side in ("grpo_jax", "transformers"):
+        got = line[side]
+        assert 0 < got["tokens_generated"] <= got["tokens_computed"] <= 2 * 3 * 12, side
+        # time_s is rounded to 1 ms: the rate times it gives the generated tokens within that rounding
+        assert got["tokens_per_s"] * got["time_s"] == pytest.approx(got["tokens_generated"],
+                                                                    abs=got["tokens_per_s"] * 6e-4 + 0.1)
+    assert "vs_roofline" not in line["roofline"]
+
+
+def test_generated_tokens_end_at_the_first_eos():
+    import numpy as np
+
+    from benchmarks.sampler import _generated
+
+    rows = np.array([[5, 2, 7, 2], [5, 6, 7, 8], [2, 0, 0, 0]])
+    assert _generated(rows, (2,)) == (2 + 4 + 1, 12)
+    assert _generated(rows, ()) == (12, 12)
