@@ -61,8 +61,8 @@ class Rollout(NamedTuple):
 # --------------------------------------------------------------------------------------------------------------
 _BLOCK = 256  # vocabulary block of the two-level inverse CDF
 
-# The functions below take 2-D arrays with the vocabulary on `axis` (0: [V, N], as the decode loop's head gives
-# them; -1 / 1: [N, V]) and return one value per row [N].
+# The functions below take 2-D arrays with the vocabulary on `axis` (-1 / 1: [N, V], as the decode loop's head
+# gives them; 0: [V, N]) and return one value per row [N].
 
 
 def _iota(shape: tuple, axis: int) -> jax.Array:
@@ -159,7 +159,7 @@ def _nucleus_unsorted(z: jax.Array, p: jax.Array, top_p: jax.Array, axis: int = 
 def sample_logits(logits: jax.Array, u: jax.Array, temperature, top_p, *, top_k: int = 0, use_top_p: bool = False,
                   greedy: bool = False, axis: int = -1) -> tuple[jax.Array, jax.Array]:
     """One token per row from float32 logits and uniforms u [N] -> (tokens int32 [N], logps float32 [N]). The
-    vocabulary is on `axis`: [N, V] (-1) or [V, N] (0, the layout of the decode loop's head).
+    vocabulary is on `axis`: [N, V] (-1, the decode loop's) or [V, N] (0, for vocabulary-first logits).
 
     Order as in transformers: logits / temperature, then top-k, then top-p on the top-k renormalised distribution.
     The log-prob is of the full (untruncated) softmax(logits / temperature); greedy: argmax, log-prob at T = 1."""

@@ -189,7 +189,8 @@ def _block_output(w: jax.Array, block: KVBlock) -> jax.Array:
 
 
 def _grouped_mask(block: KVBlock, q_positions, window, window_on) -> jax.Array:
-    """The block's mask as [B, 1, 1, T, S] (per row) or [P, G, 1, 1, T, S]-reshaped to [B, ...] (shared)."""
+    """The block's mask per row, bool [B, 1, 1, T or 1, S] (broadcast over heads; a shared block's mask repeated over
+    its group), with the sliding window applied when `window_on`."""
     b, t = q_positions.shape
     mask = block.mask if block.mask.ndim == 3 else block.mask[:, None, :]     # [X, T or 1, S]
     if block.shared:
