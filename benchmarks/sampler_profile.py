@@ -42,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     sampler.add_batch_arguments(p)
     p.add_argument("--top", type=int, default=25, help="rows of the per-operation table")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unrolled", action="store_true", help="model.scan_layers False: the decoder's layers unrolled")
     p.add_argument("--results", default="", help="JSONL file the line is appended to ('' = none, the default)")
     return p
 
@@ -84,6 +85,7 @@ def main(argv=None) -> dict:
     from grpo_jax import batching, sampling
 
     config, params, tokenizer = load_policy(args.model)
+    config = config.replace(scan_layers=not args.unrolled)
     ids = sampler.prompt_token_lists(tokenizer, args.prompts, config.vocab_size, args.seed)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     tokens, mask = batching.left_pad(ids, pad_id=pad, bucket=args.bucket)
@@ -111,6 +113,7 @@ def main(argv=None) -> dict:
     table = decode_loop_table(events, hlo_instructions(hlo), max(t - 1, 1), config.vocab_size)
     line = {"benchmark": "sampler_profile", "time": results.now(), "commit": results.git_commit(),
             "settings": {"model": args.model, "prompts": args.prompts, "group": g, "new_tokens": t,
+                         "scan_layers": not args.unrolled,
                          "prompt_tokens_padded": int(tokens.shape[1])},
             "call_s": round(seconds, 3), "step_ms": table["step_ms"], "head_ms": table["head_ms"],
             "ops": table["ops"][: args.top], "machine": machine.describe(), "threads": machine.threads()}

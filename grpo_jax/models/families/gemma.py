@@ -140,14 +140,11 @@ def export_config(config: ModelConfig, dtype: str) -> dict[str, Any]:
              attn_logit_softcapping=config.attn_softcap, final_logit_softcapping=config.final_softcap,
              sliding_window=config.sliding_window,
              layer_types=list(config.layer_types) or ["full_attention"] * config.num_layers)
-    if config.model_type == "gemma2":
-        d.update(common.rope_export(config))
-    else:
-        scaling = {k: v for k, v in (config.rope_scaling_dict or {}).items() if k != "rope_theta"}
-        d.update(rope_theta=config.rope_theta, rope_local_base_freq=config.rope_local_theta,
-                 rope_scaling=scaling or None,
-                 rope_parameters={"full_attention": {"rope_type": "default", **scaling,
-                                                     "rope_theta": config.rope_theta},
-                                  "sliding_attention": {"rope_type": "default",
-                                                        "rope_theta": config.rope_local_theta}})
+    rope = common.rope_export(config)  # the global layers' rope
+    if config.model_type == "gemma3_text":  # per layer type, with the sliding layers' own base
+        rope.update(rope_local_base_freq=config.rope_local_theta,
+                    rope_parameters={"full_attention": rope["rope_parameters"],
+                                     "sliding_attention": {"rope_type": "default",
+                                                           "rope_theta": config.rope_local_theta}})
+    d.update(rope)
     return d
