@@ -8,11 +8,12 @@ chunk by chunk over completion positions only, so no [N, T, V] float32 tensor ev
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
+from grpo_jax import packing
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.decoder import PrefixKV, causal_mask, hidden_states, padded_positions, unembed
 
@@ -88,8 +89,12 @@ def token_logprobs(config: ModelConfig, params, hidden: jax.Array, targets: jax.
     return tuple(jnp.swapaxes(o, 0, 1).reshape(n, -1)[:, :t] for o in outs)
 
 
-def completion_hidden(config: ModelConfig, params, prompt: Prompt, completions: jax.Array, group_size: int):
-    """Final hidden states that predict each completion token: [N, T, D] for completions [N, T], N = P * G."""
+def completion_hidden(config: ModelConfig, params, prompt: Prompt, completions: jax.Array, group_size: int,
+                      layout: Optional[packing.Layout] = None):
+    """Final hidden states that predict each completion token: [N, T, D] for completions [N, T], N = P * G; with a
+    packing `layout`, those of the packed tokens instead, [R, T, D] (see `grpo_jax.packing`)."""
+    if layout is not None:
+        return _packed_hidden(config, params, prompt, completions, group_size, layout)
     n, t = completions.shape
     last = jnp.repeat(prompt.last_hidden, group_size, axis=0)[:, None, :]
     if t == 1:
@@ -102,18 +107,42 @@ def completion_hidden(config: ModelConfig, params, prompt: Prompt, completions: 
     return jnp.concatenate([last.astype(hidden.dtype), hidden], axis=1)
 
 
+def _packed_hidden(config: ModelConfig, params, prompt: Prompt, completions: jax.Array, group_size: int,
+                   layout: packing.Layout):
+    """Packed rows [R, T]: each reads its one prompt's keys/values (gathered per packed row), each segment itself
+    causally; the hidden state at a segment's column j - 1 predicts its token j, the prompt's last one token 0."""
+    del group_size  # the layout names each packed row's prompt
+    t = completions.shape[1]
+    offsets = layout.offsets(t)
+    pk = prompt.prefix
+    prefix = PrefixKV(jnp.take(pk.k, layout.prompt, axis=1), jnp.take(pk.v, layout.prompt, axis=1),
+                      jnp.take(pk.mask, layout.prompt, axis=0), jnp.take(pk.positions, layout.prompt, axis=0))
+    positions = jnp.take(prompt.length, layout.prompt)[:, None] + offsets
+    hidden, _ = hidden_states(config, params, layout.tokens(completions), positions, layout.own_mask(t),
+                              prefix=prefix)
+    last = jnp.take(prompt.last_hidden, layout.prompt, axis=0)[:, None, :].astype(hidden.dtype)
+    previous = jnp.concatenate([last, hidden[:, :-1]], axis=1)
+    return jnp.where((offsets == 0)[..., None], last, previous)
+
+
 def completion_logprobs(config: ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                         completions: jax.Array, group_size: int, temperature: float = 1.0, chunk_size: int = 0,
-                        with_entropy: bool = True, reference=None):
+                        with_entropy: bool = True, reference=None, layout: Optional[packing.Layout] = None):
     """log p(completion token | prompt, earlier completion tokens) and per-token entropy, both [N, T] float32.
 
     prompt_tokens/prompt_mask [P, S] left-padded; completions int32 [N, T] with N = P * group_size, p-major.
-    reference: None or (ref_params, ref_hidden [N, T, D]) (`completion_hidden` of the reference on the same
-    batch): adds the exact per-token KL(pi || pi_ref) [N, T] as a third output (see `token_logprobs`)."""
+    reference: None or (ref_params, ref_hidden) (`completion_hidden` of the reference on the same batch and
+    layout): adds the exact per-token KL(pi || pi_ref) [N, T] as a third output (see `token_logprobs`).
+    layout: a `packing.Layout` of the completions: computed packed, returned in the same [N, T] layout (values
+    after a row's length are then arbitrary; they are masked everywhere)."""
     p = prompt_tokens.shape[0]
     if completions.shape[0] != p * group_size:
         raise ValueError(f"completions has {completions.shape[0]} rows, expected prompts x group_size = "
                          f"{p} x {group_size}")
     prompt = encode_prompt(config, params, prompt_tokens, prompt_mask)
-    hidden = completion_hidden(config, params, prompt, completions, group_size)
-    return token_logprobs(config, params, hidden, completions, temperature, chunk_size, with_entropy, reference)
+    hidden = completion_hidden(config, params, prompt, completions, group_size, layout)
+    if layout is None:
+        return token_logprobs(config, params, hidden, completions, temperature, chunk_size, with_entropy, reference)
+    outs = token_logprobs(config, params, hidden, layout.tokens(completions), temperature, chunk_size, with_entropy,
+                          reference)
+    return tuple(layout.unpacked(o) for o in outs)

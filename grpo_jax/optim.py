@@ -9,6 +9,9 @@
   max_grad_norm    clip the global gradient norm to this      (1.0, TRL's default; 0 = no clipping)
   b1, b2           Adam moments                               (0.9, 0.99)
   micro_batch_size sequences per gradient-accumulation micro-batch, a multiple of the group size; 0 = whole batch
+  pack_completions pack each group's completions end to end into rows of the batch's width (True; grpo_jax.packing):
+                   the step computes the tokens the rollout has; False computes every row at the full width (the
+                   same results, for comparison)
 
 The schedule counts optimizer *updates*: a train step with `loss.num_iterations = mu` makes mu of them, so the
 train step passes `total_steps * mu`.
@@ -34,6 +37,7 @@ def optim_config() -> ml_collections.ConfigDict:
         "b1": 0.9,
         "b2": 0.99,
         "micro_batch_size": 0,
+        "pack_completions": True,
     })
 
 
@@ -51,6 +55,8 @@ def validate_optim_config(optim_cfg) -> None:
         _nonneg(optim_cfg, name)
     for name in ("warmup_steps", "micro_batch_size"):
         _nonneg(optim_cfg, name, integer=True)
+    if not isinstance(optim_cfg.get("pack_completions", True), bool):
+        raise ValueError(f"optim.pack_completions must be true or false, got {optim_cfg.pack_completions!r}")
     if optim_cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown optim.schedule {optim_cfg.schedule!r}; valid: {', '.join(map(repr, SCHEDULES))}")
     for name in ("b1", "b2"):

@@ -312,6 +312,7 @@ def _progress(start: int, total: int, enabled: bool):
 
 def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) -> StepResult:
     """One GRPO step (`Experiment.step`): returns (metrics row, a few sample completions of this process)."""
+    from grpo_jax.train_step import tokens_computed
     cfg = exp.config
     t0 = time.time()
     examples = exp.task.train_batch(int(cfg.seed), step, P)
@@ -363,6 +364,8 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     row["step_time"] = time.time() - t0
     row["sampler/time"], row["train/time"] = t_sample, t_train
     row["train/completion_width"] = width
+    row["train/tokens"] = float(lengths.sum())  # completion tokens trained on (stop tokens included)
+    row["train/tokens_computed"] = tokens_computed(cfg, exp.mesh, batch["completion_mask"])  # padding included
     row["sampler/tokens_per_s"] = float(lengths.sum()) / max(t_sample, 1e-9)
     samples = _train_samples(examples, completions, total, adv, G, int(cfg.logging.num_samples))
     return StepResult(row, samples)

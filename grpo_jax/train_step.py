@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grpo_jax import logprobs, losses, sharding
+from grpo_jax import distributed, logprobs, losses, packing, sharding
 from grpo_jax import step_metrics
 from grpo_jax.models import lora
 from grpo_jax.models.config import ModelConfig
@@ -57,6 +57,8 @@ REQUIRED_ROW_KEYS = ("completions", "completion_mask", "advantages", "old_logps"
 ROW_KEYS = REQUIRED_ROW_KEYS + ("truncated", "keep")  # read by the step itself; other keys go to the loss
 # The loss input this step computes for a KL estimator that declares it: the exact KL(pi || pi_ref) [N, T].
 TOKEN_KL = "token_kl"
+# The packing plan's arrays laid out per packed row (split into micro-batches by a reshape; pack_unpack is per row).
+PACKED_KEYS = ("pack_source", "pack_prompt")
 _DTYPES = {"prompt_tokens": jnp.int32, "prompt_mask": jnp.bool_, "completions": jnp.int32,
            "completion_mask": jnp.float32, "advantages": jnp.float32, "old_logps": jnp.float32,
            "truncated": jnp.bool_, "keep": jnp.bool_}
@@ -87,6 +89,7 @@ class _Settings(NamedTuple):
     remat: bool
     attention: str
     scan_layers: bool
+    pack_completions: bool
     seed: int
 
 
@@ -121,6 +124,7 @@ def _settings(config) -> _Settings:
         remat=bool(model.get("remat", False)),
         attention=str(model.get("attention", "xla")),
         scan_layers=bool(model.get("scan_layers", True)),
+        pack_completions=bool(config.optim.get("pack_completions", True)),
         seed=int(config.get("seed", 0)),
     )
 
@@ -245,10 +249,41 @@ def _check_batch(batch: dict, s: _Settings, mesh: Mesh) -> dict:
     out = {k: (v.astype(_DTYPES[k]) if isinstance(v, jax.Array) else np.asarray(v, _DTYPES[k]))
            for k, v in out.items()}
     out.update({k: (v if isinstance(v, jax.Array) else np.asarray(v)) for k, v in extra.items()})
+    if s.pack_completions:
+        out.update(_packing_plan(out["completion_mask"], s, n // micro, mesh))
     return out
 
 
+def tokens_computed(config, mesh: Mesh, completion_mask) -> int:
+    """Completion positions one pass of the step computes for this mask [N, T] (padding included): the packed
+    rows' M * R * T with optim.pack_completions, else N * T (for metrics and benchmarks)."""
+    s = _settings(config)
+    n, t = np.shape(completion_mask)
+    if not s.pack_completions:
+        return n * t
+    num_micro = n // (s.micro_batch_size or n)
+    return int(_packing_plan(completion_mask, s, num_micro, mesh)["pack_source"].size)
+
+
+def _packing_plan(completion_mask, s: _Settings, num_micro: int, mesh: Mesh) -> dict:
+    """The batch's packing plan (`grpo_jax.packing`) as batch arrays whose leading axis splits over the data
+    shards: pack_source [M * R, T], pack_prompt [M * R], pack_unpack [N, T]."""
+    mask = distributed.to_host(completion_mask)
+    plan = packing.plan(packing.lengths_from_mask(mask), s.group_size, num_micro, mask.shape[1],
+                        sharding.batch_shards(mesh))
+    m, r, t = plan.source.shape
+    return {"pack_source": plan.source.reshape(m * r, t), "pack_prompt": plan.prompt.reshape(m * r),
+            "pack_unpack": plan.unpack}
+
+
 # ------------------------------------------------------------------------------------------------ the step
+
+
+def _layout(mb: dict):
+    """The micro-batch's `packing.Layout`, or None when the batch is not packed (optim.pack_completions False)."""
+    if packing.KEYS[0] not in mb:
+        return None
+    return packing.Layout(*(mb[k] for k in packing.KEYS))
 
 
 def reference_logprobs(model_config: ModelConfig, ref_params, micro_batches: dict, group_size: int,
@@ -257,7 +292,8 @@ def reference_logprobs(model_config: ModelConfig, ref_params, micro_batches: dic
     can count its calls."""
     def one(mb):
         lp, _ = logprobs.completion_logprobs(model_config, ref_params, mb["prompt_tokens"], mb["prompt_mask"],
-                                             mb["completions"], group_size, temperature, with_entropy=False)
+                                             mb["completions"], group_size, temperature, with_entropy=False,
+                                             layout=_layout(mb))
         return lp
     if jax.tree.leaves(micro_batches)[0].shape[0] == 1:  # one micro-batch: no loop
         return jax.lax.stop_gradient(one(jax.tree.map(lambda x: x[0], micro_batches))[None])
@@ -266,10 +302,12 @@ def reference_logprobs(model_config: ModelConfig, ref_params, micro_batches: dic
 
 def reference_hidden(model_config: ModelConfig, ref_params, micro_batches: dict, group_size: int):
     """The reference's final hidden states [M, rows, T, D] at every completion position of every micro-batch (no
-    gradient), for the exact per-token KL. Module-level so that a test can count its calls."""
+    gradient), for the exact per-token KL; packed, [M, R, T, D] at the packed positions. Module-level so that a
+    test can count its calls."""
     def one(mb):
         prompt = logprobs.encode_prompt(model_config, ref_params, mb["prompt_tokens"], mb["prompt_mask"])
-        return logprobs.completion_hidden(model_config, ref_params, prompt, mb["completions"], group_size)
+        return logprobs.completion_hidden(model_config, ref_params, prompt, mb["completions"], group_size,
+                                          _layout(mb))
     if jax.tree.leaves(micro_batches)[0].shape[0] == 1:  # one micro-batch: no loop
         return jax.lax.stop_gradient(one(jax.tree.map(lambda x: x[0], micro_batches))[None])
     return jax.lax.stop_gradient(jax.lax.map(one, micro_batches))
@@ -295,9 +333,10 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
         params = full_params(trainable, frozen)
         reference = (ref_params, ref_mb) if s.exact_kl else None
         out = logprobs.completion_logprobs(model_config, params, mb["prompt_tokens"], mb["prompt_mask"],
-                                           mb["completions"], s.group_size, s.temperature, reference=reference)
+                                           mb["completions"], s.group_size, s.temperature, reference=reference,
+                                           layout=_layout(mb))
         logps, entropy = out[0], out[1]
-        inputs = {k: v for k, v in mb.items() if k not in PROMPT_KEYS + ROW_KEYS}
+        inputs = {k: v for k, v in mb.items() if k not in PROMPT_KEYS + ROW_KEYS + packing.KEYS}
         if s.exact_kl:
             inputs[TOKEN_KL] = out[2]
         ref_lp = None if s.exact_kl else ref_mb
@@ -321,11 +360,13 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
         dens = losses.batch_denominators(batch["completion_mask"], loss_cfg, s.norm_length, batch["truncated"],
                                          batch["keep"])
         num_valid = jnp.sum((batch["completion_mask"] > 0).astype(jnp.float32))
-        mbs = {k: _split(v, num_micro, 1 if k in PROMPT_KEYS else s.group_size, mesh) for k, v in batch.items()}
+        mbs = {k: (_split(v, num_micro, 1 if k in PROMPT_KEYS else s.group_size, mesh) if k not in PACKED_KEYS
+                   else _row_constraint(v.reshape((num_micro, -1) + v.shape[1:]), mesh, 1))
+               for k, v in batch.items()}
         ref = None
         if s.use_kl:
             ref_source = reference_source(frozen, ref_params)
-            rows = {k: mbs[k] for k in PROMPT_KEYS + ("completions",)}
+            rows = {k: mbs[k] for k in PROMPT_KEYS + ("completions",) + packing.KEYS if k in mbs}
             if s.exact_kl:
                 ref = reference_hidden(model_config, ref_source, rows, s.group_size)
             else:

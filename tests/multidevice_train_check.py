@@ -1,8 +1,9 @@
 """Run as a subprocess by tests/test_sharding.py, with XLA_FLAGS=--xla_force_host_platform_device_count=8 set
 before jax is imported (pytest-xdist workers import every test module in one process, so this cannot run there).
 
-One train step (full finetuning with a KL reference, 2 micro-batches, mu = 2) on a single device and on
-meshes (data, fsdp, tensor) = (8,1,1), (2,4,1), (2,2,2) of 8 virtual CPU devices. Prints one JSON object: the max
+One train step (full finetuning with a KL reference, 2 micro-batches, mu = 2, completions packed) on a single device
+and on meshes (data, fsdp, tensor) = (8,1,1), (2,4,1), (2,2,2) of 8 virtual CPU devices, and the padded step
+(optim.pack_completions False) on the single device. Prints one JSON object: the max
 differences of loss and updated params against the single device, the shardings actually used, and the errors
 raised for a bad mesh and a batch that does not divide over the mesh.
 """
@@ -54,6 +55,11 @@ def main() -> None:
     report = {"full": {}}
     full_cfg = config(micro_batch_size=8, num_iterations=2, lr=1e-3)
     runs = {name: _run(shape, full_cfg, b, p0, ref) for name, shape in MESHES.items()}
+    padded_cfg = full_cfg.copy_and_resolve_references()
+    padded_cfg.optim.pack_completions = False  # the meshes above run packed (the default); this is the padded step
+    padded = _run(None, padded_cfg, b, p0, ref)
+    report["packed_vs_padded"] = {"loss_diff": abs(padded["loss"] - runs["single"]["loss"]),
+                                  "params_diff": max_abs_diff(padded["params"], runs["single"]["params"])}
     for kind, results in (("full", runs),):
         base = results["single"]
         for name, r in results.items():

@@ -90,7 +90,8 @@ def test_batch_must_divide_over_data_and_fsdp():
 
 def test_same_step_on_one_and_eight_devices():
     """Meshes (8,1,1), (2,4,1), (2,2,2) of 8 virtual CPU devices give the single device's loss and updated params
-    (full finetuning with a reference, 2 micro-batches, mu = 2), with params and Adam moments really sharded."""
+    (full finetuning with a reference, 2 micro-batches, mu = 2, packed completions), with params and Adam moments
+    really sharded; and the packed step equals the padded one."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip())
     root = os.path.dirname(HERE)
@@ -104,6 +105,8 @@ def test_same_step_on_one_and_eight_devices():
         assert full["loss_diff"] < 1e-5 and full["params_diff"] < 1e-5, (name, full)
         assert full["moved"] > 1e-4
     assert report["full"]["single"]["kl"] > 0  # the reference was used
+    packed = report["packed_vs_padded"]  # packed on 8 devices == packed on one == padded on one
+    assert packed["loss_diff"] < 1e-6 and packed["params_diff"] < 1e-6, packed
     # what was sharded: q_proj [L, 16, 16] = (layers, embed, q_heads); lm_head [16, 64] = (embed, vocab)
     assert report["full"]["2,2,2"]["spec_q"] == "(None, 'fsdp', 'tensor')"
     assert report["full"]["2,4,1"]["spec_q"] == "(None, 'fsdp', None)"
