@@ -2,6 +2,7 @@
 
     python -m benchmarks grpo_step --vs-trl        # both systems
     python -m benchmarks grpo_step                 # grpo_jax and the roofline only
+    python -m benchmarks grpo_step --padded        # grpo_jax's train step without packing (optim.pack_completions)
 
 The step: 8 prompts x 8 completions x 64 new tokens of the arithmetic task, the embedded SmolLM2-135M-Instruct in
 float32, full finetuning, kl_beta 0.04 (so a reference forward pass), loss 'grpo', temperature 1.0, lr 1e-6, the
@@ -23,7 +24,8 @@ Prints ONE JSON line and appends it to benchmarks/results.jsonl (`--results`, ''
   {"benchmark": "grpo_step", "time", "machine", "settings",
    "grpo_jax": {"step_time_s", "step_times_s", "phases_s" (median sampling / reward_and_advantages / train),
                 "warmup", "load_s", "tokens_per_s" (completion tokens generated per second of step time),
-                "mean_completion_length", "peak_rss_gb", "versions", "flops"},
+                "mean_completion_length", "peak_rss_gb", "versions", "flops",
+                "tokens" (per step: generated, trained, computed_sampling, computed_train; see _mean_counts)},
    "trl": {same keys but flops; phases: sampling / reward / scoring (reference pass + advantages) / train},
    "speedup" (TRL step time / grpo_jax step time), "memory_ratio" (TRL peak / grpo_jax peak),
    "roofline": {"seconds", "flops", "matmul_flops_per_s", "matmul_size", "mean_prompt_tokens"}}
@@ -101,11 +103,12 @@ class GrpoJaxStep:
     (`sampler/time`: generation + decoding), train (`train/time`: the jitted train step, waited for), and
     reward_and_advantages (the rest: scoring, advantages, group statistics, the metrics row)."""
 
-    def __init__(self, settings: Settings, total_steps: int, workdir: str):
+    def __init__(self, settings: Settings, total_steps: int, workdir: str, pack_completions: bool = True):
         from grpo_jax import runner
 
         self.settings = settings
         self.config = grpo_jax_config(settings, total_steps)
+        self.config.optim.pack_completions = pack_completions
         self.config.eval.every = 0
         self.config.checkpoint.every = 0
         self.config.logging.progress = False
@@ -126,13 +129,14 @@ class GrpoJaxStep:
                 "total": total}
 
 
-def run_grpo_jax(settings: Settings, steps: int, warmup: int, workdir: str) -> dict:
+def run_grpo_jax(settings: Settings, steps: int, warmup: int, workdir: str, pack_completions: bool = True) -> dict:
     """Load, `warmup` steps, `steps` timed steps of grpo_jax in this process."""
     import flax
     import jax
 
     t = time.perf_counter()
-    bench = GrpoJaxStep(settings, warmup + steps, os.path.join(workdir or tempfile.mkdtemp(), "grpo_jax"))
+    bench = GrpoJaxStep(settings, warmup + steps, os.path.join(workdir or tempfile.mkdtemp(), "grpo_jax"),
+                        pack_completions)
     load_s = time.perf_counter() - t
     warm = [bench.step(i) for i in range(warmup)]
     timed = [bench.step(warmup + i) for i in range(steps)]
@@ -140,10 +144,15 @@ def run_grpo_jax(settings: Settings, steps: int, warmup: int, workdir: str) -> d
                 "devices": jax.device_count()}
     prompt_tokens = statistics.mean(n for i in range(warmup + steps) for n in bench.prompt_lengths(i))
     tokens = [r["completions/mean_length"] * settings.sequences for r in bench.rows[warmup:]]
+    counts = [{"generated": r["completions/mean_length"] * settings.sequences,
+               "trained": r["train/tokens"],
+               "computed_sampling": r["completions/max_length"] * settings.sequences,  # every row until the last stops
+               "computed_train": r["train/tokens_computed"]} for r in bench.rows[warmup:]]
     need = flops.grpo_step(bench.exp.model_config, settings.prompts_per_step, settings.group_size, prompt_tokens,
                            settings.max_new_tokens, settings.kl_beta > 0)
     return _summary(timed, warm, load_s, tokens, settings, versions,
-                    extra={"mean_prompt_tokens": prompt_tokens, "flops": need, "last_metrics": bench.rows[-1]})
+                    extra={"mean_prompt_tokens": prompt_tokens, "flops": need, "last_metrics": bench.rows[-1],
+                           "tokens": _mean_counts(counts)})
 
 
 # ------------------------------------------------------------------------------------------------ TRL side
@@ -161,8 +170,14 @@ def run_trl(settings: Settings, steps: int, warmup: int, workdir: str) -> dict:
     rows = [r for r in trainer.state.log_history if "completions/mean_length" in r]
     lengths = [r["completions/mean_length"] * settings.sequences for r in rows]
     phases = [dict(p, total=s) for p, s in zip(timer.phases, timer.step_times)]
+    # TRL pads every completion of the step to the longest one, in generate and in both scoring passes.
+    counts = [{"generated": r["completions/mean_length"] * settings.sequences,
+               "trained": r["completions/mean_length"] * settings.sequences,
+               "computed_sampling": r["completions/max_length"] * settings.sequences,
+               "computed_train": r["completions/max_length"] * settings.sequences} for r in rows[warmup:]]
     return _summary(phases[warmup:], phases[:warmup], load_s, lengths[warmup:], settings, ref.versions(),
-                    extra={"last_metrics": {k: v for k, v in rows[-1].items()} if rows else {}})
+                    extra={"last_metrics": {k: v for k, v in rows[-1].items()} if rows else {},
+                           "tokens": _mean_counts(counts)})
 
 
 # ------------------------------------------------------------------------------------------------ shared
@@ -181,6 +196,15 @@ def _summary(timed: list[dict], warm: list[dict], load_s: float, completion_toke
             "peak_rss_gb": machine.peak_rss_bytes() / 1e9, "versions": versions, **extra}
 
 
+def _mean_counts(counts: list[dict]) -> dict:
+    """Per-step token counts averaged over the timed steps: generated (completion tokens sampled, stop tokens
+    included), trained (completion tokens the loss reads), computed_sampling / computed_train (positions each
+    phase computes, padding included; the train step's per pass, so a reference pass computes as many again)."""
+    if not counts:
+        return {}
+    return {k: statistics.mean(c[k] for c in counts) for k in counts[0]}
+
+
 def roofline(grpo_jax_result: dict, matmul_size: int) -> dict:
     """The grpo_jax side's step FLOPs over this machine's matmul rate."""
     need = grpo_jax_result["flops"]
@@ -194,6 +218,8 @@ def run_side(side: str, args, settings: Settings, workdir: str) -> dict:
     out = os.path.join(workdir, f"{side}.json")
     cmd = [sys.executable, "-m", "benchmarks", "grpo_step", "--side", side, "--out", out, "--workdir", workdir,
            "--steps", str(args.steps), "--warmup", str(args.warmup), *settings_args(settings)]
+    if args.padded:
+        cmd.append("--padded")
     proc = subprocess.run(cmd, env=child_env(), cwd=ROOT, stdout=sys.stderr)  # stdout stays ONE JSON line
     if proc.returncode != 0:
         raise RuntimeError(f"the {side} side of grpo_step failed (exit {proc.returncode}): {' '.join(cmd)}")
@@ -234,6 +260,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings_arguments(p, Settings())
     p.add_argument("--vs-trl", action="store_true", help="also run TRL's GRPOTrainer (needs the bench extra)")
+    p.add_argument("--padded", action="store_true",
+                   help="grpo_jax trains with optim.pack_completions False (every row at the batch's width)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per system (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps (compile / lazy init)")
     p.add_argument("--matmul-size", type=int, default=2048, help="matmul size of the FLOP/s measurement")
@@ -254,7 +282,7 @@ def main(argv=None) -> dict | None:
         raise SystemExit(str(e)) from None
     if args.side:  # a child process: run one system and write its summary
         if args.side == "grpo_jax":
-            result = run_grpo_jax(settings, args.steps, args.warmup, args.workdir)
+            result = run_grpo_jax(settings, args.steps, args.warmup, args.workdir, not args.padded)
         else:
             result = run_trl(settings, args.steps, args.warmup, args.workdir)
         with open(args.out, "w") as f:
@@ -263,7 +291,7 @@ def main(argv=None) -> dict | None:
     with tempfile.TemporaryDirectory(dir=args.workdir or None) as workdir:
         line = {"benchmark": "grpo_step", "time": results.now(), "commit": results.git_commit(),
                 "machine": machine.describe(), "settings": dataclasses.asdict(settings),
-                "steps": args.steps, "warmup": args.warmup}
+                "steps": args.steps, "warmup": args.warmup, "pack_completions": not args.padded}
         line["grpo_jax"] = run_side("grpo_jax", args, settings, workdir)
         if args.vs_trl:
             from benchmarks.trl_reference import hf_checkpoint

@@ -150,6 +150,12 @@ def test_grpo_step_cli_runs_both_systems(tiny_gguf, cache_env):
         assert r["step_time_s"] == r["step_times_s"][0] > 0
         assert sum(r["phases_s"].values()) <= r["step_time_s"] * 1.001
         assert 1 <= r["mean_completion_length"] <= 8
+        tokens = r["tokens"]  # per step, 2 x 2 rows of at most 8 tokens
+        assert tokens["generated"] == pytest.approx(r["mean_completion_length"] * 4)
+        assert tokens["generated"] <= tokens["computed_sampling"] <= 4 * 8
+        assert tokens["trained"] <= tokens["computed_train"] <= 4 * 16  # grpo_jax: width rounded up to 16
+    assert line["grpo_jax"]["tokens"]["trained"] == pytest.approx(line["grpo_jax"]["tokens"]["generated"])
+    assert line["pack_completions"] is True
     assert line["speedup"] == pytest.approx(line["trl"]["step_time_s"] / line["grpo_jax"]["step_time_s"])
     roof = line["roofline"]
     assert roof["seconds"] == pytest.approx(roof["flops"]["total"] / roof["matmul_flops_per_s"])
