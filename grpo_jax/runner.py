@@ -187,12 +187,17 @@ def _cached_train_step(model_config, config, mesh):
     return _TRAIN_STEPS[key]
 
 
-def completion_width(longest: int, max_new_tokens: int, bucket: int = WIDTH_BUCKET) -> int:
+def completion_width(longest: int, max_new_tokens: int, bucket: int = WIDTH_BUCKET, packed: bool = False) -> int:
     """Completion columns the train step needs: the batch's longest completion (stop token included) rounded up to
-    a multiple of `bucket`, at most max_new_tokens. The columns after it are padding (mask 0) in every row, so
-    dropping them changes no loss term -- Dr.GRPO's constant stays rollout.max_new_tokens -- and saves their
-    compute: completions of a batch are often far shorter than the limit."""
-    return int(min(max_new_tokens, -(-max(int(longest), 1) // bucket) * bucket))
+    a multiple of `bucket` -- with `packed` (optim.pack_completions) to `bucket` times a power of two, since packed
+    rows fill a wider width with more completions and fewer widths compile fewer programs -- at most
+    max_new_tokens. The columns after it are padding (mask 0) in every row, so dropping them changes no loss term
+    -- Dr.GRPO's constant stays rollout.max_new_tokens -- and saves their compute: completions of a batch are often
+    far shorter than the limit."""
+    units = -(-max(int(longest), 1) // bucket)
+    if packed:
+        units = 1 << (units - 1).bit_length()
+    return int(min(max_new_tokens, units * bucket))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -330,7 +335,8 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
                                                  reward_weights=weights), np.float32).reshape(-1)
     stats = advantages.group_stats(rewards_pg, cfg.loss)
     columns = (rollout.tokens, rollout.mask, rollout.logps)
-    width = completion_width(scores[:, 1].max(), rollout.tokens.shape[1])
+    width = completion_width(scores[:, 1].max(), rollout.tokens.shape[1],
+                             packed=bool(cfg.optim.get("pack_completions", True)))
     if width < rollout.tokens.shape[1]:
         columns = _first_columns(columns, width)
     batch = dict(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, completions=columns[0],

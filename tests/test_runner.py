@@ -108,18 +108,22 @@ def test_a_workdir_of_another_config_is_refused_before_loading_anything(checkpoi
 
 def test_trained_on_the_needed_columns_only_the_run_is_the_same(checkpoint, tmp_path, monkeypatch):
     """The runner trims the completion columns to `completion_width`; forcing the tightest width (the longest
-    completion exactly) on every step gives the metrics of the untrimmed run."""
+    completion exactly) on every step, with packed completions, gives the metrics of the untrimmed padded run."""
     config = _config(checkpoint)
     config.total_steps, config.eval.every, config.checkpoint.every = 2, 0, 0
     config.rollout.max_new_tokens = 12
     config.checkpoint.export_hf = config.logging.plots = config.logging.tensorboard = False
-    monkeypatch.setattr(runner, "completion_width", lambda longest, t: t)
-    runner.run(config, str(tmp_path / "full"))
-    monkeypatch.setattr(runner, "completion_width", lambda longest, t: int(min(t, max(longest, 1))))
+    padded = config.copy_and_resolve_references()
+    padded.optim.pack_completions = False
+    monkeypatch.setattr(runner, "completion_width", lambda longest, t, packed: t)
+    runner.run(padded, str(tmp_path / "full"))
+    monkeypatch.setattr(runner, "completion_width", lambda longest, t, packed: int(min(t, max(longest, 1))))
     runner.run(config, str(tmp_path / "trimmed"))
     full, trimmed = ([r for r in read_metrics(str(tmp_path / d)) if "loss" in r] for d in ("full", "trimmed"))
     assert [r["train/completion_width"] for r in full] == [12, 12]
     assert any(r["train/completion_width"] < 12 for r in trimmed), trimmed
+    assert [r["train/tokens_computed"] for r in full] == [8 * 12] * 2  # padded: 2 x 4 rows at the full width
+    assert all(r["train/tokens"] <= r["train/tokens_computed"] <= 8 * r["train/completion_width"] for r in trimmed)
     for a, b in zip(full, trimmed):
         for k in ("loss", "kl", "entropy", "grad_norm", "reward"):
             assert abs(a[k] - b[k]) < 1e-5, (k, a[k], b[k])

@@ -206,6 +206,9 @@ def test_padding_columns_change_nothing(aggregation):
 
     assert [completion_width(n, 64) for n in (0, 1, 16, 17, 48, 63, 64)] == [16, 16, 16, 32, 48, 64, 64]
     assert completion_width(5, 8) == 8 and completion_width(3, 8, bucket=2) == 4
+    packed = [completion_width(n, 256, packed=True) for n in (1, 16, 17, 33, 48, 65, 129, 256)]
+    assert packed == [16, 16, 32, 64, 64, 128, 256, 256]  # packed: 16 x a power of two
+    assert completion_width(33, 48, packed=True) == 48
     p0, ref = params(0), params(1)
     b = batch(p=4, g=2, t=7, seed=3, model_params=p0)
     b["completion_mask"][:, 4:] = 0.0  # every row ends within 4 tokens; columns 4.. are padding
