@@ -47,12 +47,18 @@ class PrefixKV(NamedTuple):
 
 class KVCache(NamedTuple):
     """The rows' own keys/values while decoding: keys [L, B, Hkv, hd, S], values [L, B, Hkv, S, hd] (see
-    `layers.KVBlock.heads_first`), or tuples of L such buffers without the L axis (scan_layers False); slots
-    [0, index) are written, and slot s of row b holds position start[b] + s."""
+    `layers.KVBlock.heads_first`), or tuples of L such buffers without the L axis (scan_layers False).
+
+    Without `first` (None): slots [0, index) are written, and slot s of row b holds position start[b] + s.
+    With `first` [B] (a ring, for rows that join the batch at different steps): every step writes slot
+    index mod S of all rows; row b's own token j (j = 0, 1, ...) lies in slot (first[b] + j) mod S at position
+    start[b] + j, and its written slots are those with (s - first[b]) mod S < index - first[b] (which must stay
+    <= S); slots left by an earlier occupant of the row are masked. first = 0 is the plain layout."""
     k: jax.Array
     v: jax.Array
-    index: jax.Array  # int32 scalar
+    index: jax.Array  # int32 scalar: the step counter (the slot the next step writes, mod S with `first`)
     start: jax.Array  # int32 [B]
+    first: Optional[jax.Array] = None  # int32 [B]: the index at which row b's own token 0 was (will be) written
 
 
 def rope_tables(config: ModelConfig, positions: jax.Array) -> tuple:
@@ -147,9 +153,13 @@ def _layer_inputs(rows: int, prefix: Optional[PrefixKV], cache: Optional[KVCache
         prefix_kv, prefix_meta = (prefix.k, prefix.v), (prefix.mask, prefix.positions)
     if cache is not None:
         slots = jax.tree.leaves(cache.v)[0].shape[-2]
-        written = jnp.broadcast_to(jnp.arange(slots)[None, :] < cache.index, (rows, slots))
         cache_kv = (cache.k, cache.v)
-        cache_meta = (written, cache.start[:, None] + jnp.arange(slots, dtype=jnp.int32)[None, :])
+        if cache.first is None:
+            written = jnp.broadcast_to(jnp.arange(slots)[None, :] < cache.index, (rows, slots))
+            cache_meta = (written, cache.start[:, None] + jnp.arange(slots, dtype=jnp.int32)[None, :])
+        else:  # a ring: slot s holds the row's own token (s - first) mod S
+            own = jnp.mod(jnp.arange(slots, dtype=jnp.int32)[None, :] - cache.first[:, None], slots)
+            cache_meta = (own < (cache.index - cache.first)[:, None], cache.start[:, None] + own)
     return prefix_kv, prefix_meta, cache_kv, cache_meta
 
 
@@ -299,24 +309,64 @@ def grow_cache(cache: KVCache, slots: int) -> KVCache:
 
 
 def decode_step(config: ModelConfig, params, tokens: jax.Array, prefix: Optional[PrefixKV], cache: KVCache):
-    """The decoder on one new token per row, tokens int32 [N] at positions cache.start + cache.index: each row
-    reads its prefix (if any), its cache's written slots and itself. Returns (final hidden states [N, D], the
-    cache with the new keys/values written at slot `index`, index + 1)."""
+    """The decoder on one new token per row, tokens int32 [N] at positions cache.start + cache.index (minus
+    cache.first with a ring): each row reads its prefix (if any), its cache's written slots and itself. Returns
+    (final hidden states [N, D], the cache with the new keys/values written at slot `index` (mod S with a ring),
+    index + 1)."""
     n = tokens.shape[0]
-    positions = (cache.start + cache.index)[:, None]
+    own = cache.index if cache.first is None else cache.index - cache.first
+    positions = (cache.start + own)[:, None]
     hidden, (k, v) = hidden_states(config, params, tokens[:, None], positions, jnp.ones((n, 1, 1), bool), prefix,
                                    cache)
     k = k.transpose(0, 1, 3, 4, 2)  # [L, N, 1, Hkv, hd] -> the key cache's [L, N, Hkv, hd, 1]
     v = v.swapaxes(2, 3)            # -> the value cache's [L, N, Hkv, 1, hd]
     i = cache.index
+    if cache.first is not None:
+        i = jnp.mod(i, jax.tree.leaves(cache.v)[0].shape[-2])
     if isinstance(cache.k, tuple):  # per-layer buffers
         def write(buffers, new, at):
             return tuple(jax.lax.dynamic_update_slice(b, new[l].astype(b.dtype), at) for l, b in enumerate(buffers))
-        return hidden[:, 0], KVCache(write(cache.k, k, (0, 0, 0, i)), write(cache.v, v, (0, 0, i, 0)), i + 1,
-                                     cache.start)
+        return hidden[:, 0], cache._replace(k=write(cache.k, k, (0, 0, 0, i)), v=write(cache.v, v, (0, 0, i, 0)),
+                                            index=cache.index + 1)
     ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, 0, 0, 0, i))
     cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, 0, 0, i, 0))
-    return hidden[:, 0], KVCache(ck, cv, cache.index + 1, cache.start)
+    return hidden[:, 0], cache._replace(k=ck, v=cv, index=cache.index + 1)
+
+
+def _row_axis(buffers) -> int:
+    """The row axis of a cache / prefix buffer: 1 in a stacked [L, rows, ...] array, 0 in a tuple of per-layer
+    [rows, ...] arrays."""
+    return 0 if isinstance(buffers, tuple) else 1
+
+
+def take_rows(cache: KVCache, rows: jax.Array) -> KVCache:
+    """The cache of rows `rows` [B'] (int32 indices in [0, B) into the cache's B rows), in that order; `index`
+    kept."""
+    def take(buffers):
+        return jax.tree.map(lambda a: jnp.take(a, rows, axis=_row_axis(buffers)), buffers)
+    first = None if cache.first is None else cache.first[rows]
+    return cache._replace(k=take(cache.k), v=take(cache.v), start=cache.start[rows], first=first)
+
+
+def put_rows(cache: KVCache, rows: jax.Array, part: KVCache) -> KVCache:
+    """`cache` with its rows `rows` [B'] (distinct) replaced by the rows of `part` (B' rows), and part's index:
+    the inverse of `take_rows` on those rows."""
+    def put(buffers, new):
+        def one(a, b):
+            idx = (slice(None), rows) if _row_axis(buffers) else (rows,)
+            return a.at[idx].set(b)
+        return jax.tree.map(one, buffers, new)
+    first = None if cache.first is None else cache.first.at[rows].set(part.first)
+    return cache._replace(k=put(cache.k, part.k), v=put(cache.v, part.v), index=part.index,
+                          start=cache.start.at[rows].set(part.start), first=first)
+
+
+def prefix_rows(prefix: PrefixKV, prompts: jax.Array) -> PrefixKV:
+    """The prefix of prompts `prompts` [B] (int32 indices in [0, P)): one prompt per row, a PrefixKV of
+    B "groups" of one row each, for a batch whose rows no longer come in whole groups."""
+    def take(buffers):
+        return jax.tree.map(lambda a: jnp.take(a, prompts, axis=_row_axis(buffers)), buffers)
+    return PrefixKV(take(prefix.k), take(prefix.v), prefix.mask[prompts], prefix.positions[prompts])
 
 
 def padded_positions(mask: jax.Array) -> jax.Array:
