@@ -8,12 +8,15 @@ One call is one jitted program (compiled once per shapes and static settings):
   1. prefill: each prompt is run once (`logprobs.encode_prompt`, the trainer's function); its keys/values are read
      by all G completions of the group -- no G copies of the prompt cache;
   2. completion token 0 is drawn from the prompt's last hidden state (`models.unembed`, the trainer's head);
-  3. a `lax.while_loop` decodes one token per step for all N = P * G rows and stops as soon as every row has
-     emitted a stop token (or after `max_new_tokens`); no host round-trip per token. The rows' own keys/values
-     live in the loop carry (`models.KVCache`, [L, N, slots, Hkv, hd]), one slot written per step. The loop runs
-     in phases whose caches double in size (`cache_phases`: 64, 128, ... slots), so a step reads at most twice the
-     slots written so far, not all max_new_tokens of them, and a run that ends early never allocates the larger
-     caches.
+  3. `decode_loop.decode` runs `lax.while_loop`s that decode one token per step for the running rows until every
+     row has emitted a stop token (or has max_new_tokens); no host round-trip per token. The rows' own
+     keys/values live in the loop carry (`models.KVCache`, [L, rows, Hkv, slots, hd]), one slot written per step.
+     The loop avoids work for finished rows three ways (see grpo_jax/decode_loop.py): its caches double in size
+     (`cache_phases`: 64, 128, ... slots), so a step reads at most twice the slots written so far; with
+     `compact` (default) the running rows are gathered into a smaller batch (a ladder N, N/2, N/4, ... of at
+     least `decode_loop.MIN_BUCKET` rows) each time at most half of the batch still runs; with
+     `max_decode_rows` = B < N, only B rows decode at once and a finished row's slot takes the next waiting row,
+     whose prompt keys/values come from the group's shared prefill.
 
 The decode step is the model's own (`models.decode_step`): the same decoder, layers scanned, that the trainer's
 `logprobs.completion_logprobs` runs over all completion tokens at once, on one token per row with a cache. The
@@ -24,12 +27,13 @@ Log-probs are log softmax(logits / temperature) of the chosen token over the FUL
 truncate the distribution the token is drawn from; that is what the trainer computes. Greedy decoding reports
 log-probs at temperature 1.
 
-Randomness: row r (p-major, r = p * G + g) at step t uses fold_in(fold_in(key, r), t), so a row's draws do not
-depend on the batch size, on other rows or on how the batch is split over devices: the same key gives the same
-rollout on 1 device and on 8.
+Randomness: row r (p-major, r = p * G + g) at its own step t uses fold_in(fold_in(key, r), t), so a row's draws do
+not depend on the batch size, on other rows, on compaction or refill, or on how the batch is split over devices:
+the same key gives the same rollout on 1 device and on 8, with or without compaction and refill (tested).
 
-Static (recompile when changed): config, group_size, max_new_tokens, top_k, greedy, stop_ids, pad_id, mesh and
-whether top-p is on (top_p < 1). Traced (free to change between calls): temperature and the top-p value.
+Static (recompile when changed): config, group_size, max_new_tokens, top_k, greedy, stop_ids, pad_id, mesh,
+compact, max_decode_rows and whether top-p is on (top_p < 1). Traced (free to change between calls): temperature
+and the top-p value.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grpo_jax import partitioning
+from grpo_jax import decode_loop, partitioning
+from grpo_jax.decode_loop import cache_phases  # noqa: F401  (part of sampling's API)
 from grpo_jax.logprobs import encode_prompt
 from grpo_jax.models import decoder
 from grpo_jax.models.config import ModelConfig
@@ -188,17 +193,6 @@ def sample_logits(logits: jax.Array, u: jax.Array, temperature, top_p, *, top_k:
     return tok, _pick(scaled, tok, axis) - lse
 
 
-def _uniforms(row_keys: jax.Array, step) -> jax.Array:
-    """One uniform per row for decode step `step`: fold_in(row_key, step)."""
-    return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step), (), jnp.float32))(row_keys)
-
-
-def _is_stop(tok: jax.Array, stop_ids: tuple) -> jax.Array:
-    if not stop_ids:
-        return jnp.zeros(tok.shape, bool)
-    return jnp.any(tok[:, None] == jnp.asarray(stop_ids, jnp.int32)[None, :], axis=-1)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The compiled program.
 # --------------------------------------------------------------------------------------------------------------
@@ -206,36 +200,14 @@ def _data_axes(mesh: Optional[Mesh]) -> tuple:
     return tuple(a for a in ("data", "fsdp") if mesh is not None and a in mesh.axis_names)
 
 
-_FIRST_PHASE_SLOTS = 64  # cache slots of the decode loop's first phase (see `cache_phases`)
-
-
-def cache_phases(max_new_tokens: int, first: int = _FIRST_PHASE_SLOTS) -> tuple:
-    """Cache capacities (slots) of the decode loop's phases: `first`, doubling, then all T - 1 slots (the last token
-    is never fed back), each a multiple of 16 (whole, aligned slot rows).
-
-    Every step reads each row's whole own cache, so with one cache of T - 1 slots the step at t would read T - 1
-    slots where t are written. Phase k runs the steps that write slots [phases[k-1], phases[k]) with a cache of
-    phases[k] slots (the previous one padded once), so a step reads at most twice the slots it needs, and a run
-    that ends early never allocates the larger caches. Each phase is one more compiled loop body; a last phase
-    shorter than a quarter of the one before is merged into it. (README, Performance: what this saves.)"""
-    def up16(x):
-        return -(-x // 16) * 16
-    total = up16(max(max_new_tokens - 1, 1))
-    caps = []
-    c = min(up16(first), total)
-    while c < total:
-        caps.append(c)
-        c *= 2
-    if caps and total - caps[-1] < caps[-1] // 4:
-        caps.pop()
-    return tuple(caps) + (total,)
-
-
 def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, top_k: int, use_top_p: bool,
-                    greedy: bool, stop_ids: tuple, pad_id: int, mesh: Optional[Mesh]):
-    """The traced function (params, prompt_tokens, prompt_mask, key, temperature, top_p) -> Rollout."""
+                    greedy: bool, stop_ids: tuple, pad_id: int, mesh: Optional[Mesh], compact: bool = True,
+                    max_decode_rows: int = 0):
+    """The traced function (params, prompt_tokens, prompt_mask, key, temperature, top_p) -> (Rollout,
+    decode_loop.Outputs): prefill, token 0 of every row, then `decode_loop.decode`."""
     g, t_max = group_size, max_new_tokens
     axes = _data_axes(mesh)
+    shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
 
     def constrain(x, axis=0):  # keep the row axis split over the data axes inside the loop
         if not axes:
@@ -243,11 +215,6 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
         spec = [None] * x.ndim
         spec[axis] = axes
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
-
-    def constrain_cache(cache):  # k, v [L, N, Hkv, S, hd] (or L buffers [N, ...]): rows split like the batch
-        axis = 0 if isinstance(cache.k, tuple) else 1
-        return cache._replace(k=jax.tree.map(lambda a: constrain(a, axis), cache.k),
-                              v=jax.tree.map(lambda a: constrain(a, axis), cache.v), start=constrain(cache.start))
 
     def program(params, prompt_tokens, prompt_mask, key, temperature, top_p):
         p = prompt_tokens.shape[0]
@@ -259,66 +226,49 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
 
         first_logits = jnp.repeat(decoder.unembed(config, params, prompt.last_hidden), g, axis=0)   # [N, V]
         params, prefix = decoder.for_decoding(config, params, prompt.prefix)
-        tok0, lp0 = draw(constrain(first_logits), _uniforms(row_keys, 0))
-        tokens = jnp.full((n, t_max), pad_id, jnp.int32).at[:, 0].set(tok0)
-        logps = jnp.zeros((n, t_max), jnp.float32).at[:, 0].set(lp0)
-        done = _is_stop(tok0, stop_ids)
-        lengths = jnp.ones((n,), jnp.int32)
-        start = jnp.repeat(prompt.length, g)  # completion token j sits at position length + j, in cache slot j
-
-        def body(carry):
-            t, tokens, logps, done, lengths, cache = carry
-            prev = jax.lax.dynamic_index_in_dim(tokens, t - 1, axis=1, keepdims=False)
-            prev = jnp.where(done, 0, prev)  # finished rows feed a valid id (pad_id may be outside the vocab)
-            hidden, cache = decoder.decode_step(config, params, prev, prefix, cache)   # writes slot t - 1
-            tok, lp = draw(decoder.unembed(config, params, hidden), _uniforms(row_keys, t))
-            tok = jnp.where(done, pad_id, tok)
-            lp = jnp.where(done, 0.0, lp)
-            tokens = jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
-            logps = jax.lax.dynamic_update_slice_in_dim(logps, lp[:, None], t, axis=1)
-            lengths = lengths + (~done).astype(jnp.int32)
-            done = done | _is_stop(tok, stop_ids)
-            return (t + 1, constrain(tokens), constrain(logps), constrain(done), constrain(lengths),
-                    constrain_cache(cache))
-
-        phases = cache_phases(t_max)
-
-        def running(carry, last_step):  # carry = (t, tokens, logps, done, lengths, ...)
-            return (carry[0] <= last_step) & ~jnp.all(carry[3])
-
-        def run_phase(k, carry, cache):
-            """Phase k: steps writing slots [phases[k-1], phases[k]) with a cache of phases[k] slots (the previous
-            phase's cache, padded), then -- unless every row is done -- phase k + 1. Returns the carry without
-            the cache."""
-            slots = phases[k]
-            cache = (decoder.new_cache(config, n, slots, start) if cache is None
-                     else decoder.grow_cache(cache, slots))
-            last_step = min(t_max - 1, slots)  # step t writes slot t - 1
-            *carry, cache = jax.lax.while_loop(functools.partial(running, last_step=last_step), body,
-                                               (*carry, constrain_cache(cache)))
-            if k + 1 == len(phases):
-                return tuple(carry)
-            return jax.lax.cond(running(carry, t_max - 1), functools.partial(run_phase, k + 1), lambda c, _: c,
-                                tuple(carry), cache)
-
-        _, tokens, logps, done, lengths = run_phase(0, (jnp.int32(1), tokens, logps, done, lengths), None)
-        mask = (jnp.arange(t_max, dtype=jnp.int32)[None, :] < lengths[:, None]).astype(jnp.float32)
-        return Rollout(tokens, mask, logps, lengths, ~done)
+        tok0, lp0 = draw(constrain(first_logits), decode_loop.row_uniforms(row_keys, 0))
+        start = jnp.repeat(prompt.length, g)  # completion token j sits at position length + j
+        problem = decode_loop.Problem(config, params, prefix, constrain(start), constrain(tok0), row_keys, draw, g,
+                                      t_max, stop_ids, constrain)
+        out = decode_loop.decode(problem, constrain(lp0), pad_id=pad_id, shards=shards, compact=compact,
+                                 max_decode_rows=max_decode_rows)
+        mask = (jnp.arange(t_max, dtype=jnp.int32)[None, :] < out.lengths[:, None]).astype(jnp.float32)
+        return Rollout(out.tokens, mask, out.logps, out.lengths, ~out.stopped), out
 
     return program
 
 
-@functools.lru_cache(maxsize=64)
 def _compiled(config: ModelConfig, group_size: int, max_new_tokens: int, top_k: int, use_top_p: bool, greedy: bool,
-              stop_ids: tuple, pad_id: int, mesh: Optional[Mesh]):
-    program = _decode_program(config, group_size, max_new_tokens, top_k, use_top_p, greedy, stop_ids, pad_id, mesh)
+              stop_ids: tuple, pad_id: int, mesh: Optional[Mesh], compact: bool = True, max_decode_rows: int = 0,
+              stats: bool = False):
+    """The jitted program (params, prompt_tokens, prompt_mask, key, temperature, top_p) -> Rollout (with `stats`:
+    (Rollout, decode_loop.Outputs), for the loop's work counters); one per settings (arguments normalised, so a
+    call with the defaults spelled out finds the same program)."""
+    return _jitted(config, int(group_size), int(max_new_tokens), int(top_k), bool(use_top_p), bool(greedy),
+                   tuple(stop_ids), int(pad_id), mesh, bool(compact), int(max_decode_rows), bool(stats))
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted(config, group_size, max_new_tokens, top_k, use_top_p, greedy, stop_ids, pad_id, mesh, compact,
+            max_decode_rows, stats):
+    program = _decode_program(config, group_size, max_new_tokens, top_k, use_top_p, greedy, stop_ids, pad_id, mesh,
+                              compact, max_decode_rows)
+    if not stats:
+        with_stats = program
+
+        def program(*args):
+            return with_stats(*args)[0]
     if mesh is None:
         return jax.jit(program)
     rows = NamedSharding(mesh, PartitionSpec(_data_axes(mesh)))
     rows2 = NamedSharding(mesh, PartitionSpec(_data_axes(mesh), None))
+    out_shardings = Rollout(rows2, rows2, rows2, rows, rows)
+    if stats:
+        replicated = NamedSharding(mesh, PartitionSpec())
+        out_shardings = (out_shardings, decode_loop.Outputs(rows2, rows2, rows, rows, replicated, replicated))
     # The model's activations and caches are constrained by the sampler's rules table (see grpo_jax.partitioning).
     return jax.jit(partitioning.with_rules(program, mesh, partitioning.rules_for("sample")),
-                   out_shardings=Rollout(rows2, rows2, rows2, rows, rows))
+                   out_shardings=out_shardings)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -370,19 +320,49 @@ def _place(tree, sharding: NamedSharding):
     return jax.tree.map(put, tree)
 
 
+class DecodeStats(NamedTuple):
+    """The decode loop's work (`generate_with_stats`): decode steps run at each batch size of the compaction
+    ladder, and rows that took a slot another row had freed (refill)."""
+    buckets: tuple       # the ladder's batch sizes (rows per decode step), largest first
+    steps: np.ndarray    # int [len(buckets)]: decode steps run at each size
+    refilled: int
+
+
 def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, group_size: int, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
-             stop_ids: Sequence[int] = (), pad_id: int = 0, mesh: Optional[Mesh] = None) -> Rollout:
+             stop_ids: Sequence[int] = (), pad_id: int = 0, mesh: Optional[Mesh] = None, compact: bool = True,
+             max_decode_rows: int = 0) -> Rollout:
     """G = group_size completions of each left-padded prompt (tokens/mask [P, S], see `batching.left_pad`).
 
     Rows of the result are p-major (row = p * G + g); T = max_new_tokens columns. A row ends at the first token in
     `stop_ids` (pass config.eos_token_ids plus any tokenizer extras; () never stops early); later columns hold
     `pad_id` with mask 0. With `mesh` (axes ('data', 'fsdp', 'tensor')), prompts and rows are split over
     ('data', 'fsdp'); params already on the mesh keep their sharding, others are replicated. P need not divide
-    the number of data shards (the batch is padded and the padding dropped)."""
+    the number of data shards (the batch is padded and the padding dropped).
+
+    compact: shrink the decode batch as rows finish (`decode_loop.buckets`); False decodes every row until all
+    stop. max_decode_rows: decode at most this many rows at once (rounded up to a multiple of the data shards),
+    refilling finished rows' slots with waiting ones; 0 (or >= N) = all rows at once. Neither changes the result
+    (same tokens, log-probs within float rounding): only the work done."""
+    return _generate(config, params, prompt_tokens, prompt_mask, key, False, group_size=group_size,
+                     max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                     stop_ids=stop_ids, pad_id=pad_id, mesh=mesh, compact=compact, max_decode_rows=max_decode_rows)
+
+
+def generate_with_stats(config: ModelConfig, params, prompt_tokens, prompt_mask, key, **settings):
+    """`generate` (same arguments) -> (Rollout, DecodeStats): the rollout and the decode loop's work counters."""
+    return _generate(config, params, prompt_tokens, prompt_mask, key, True, **settings)
+
+
+def _generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, stats: bool, *, group_size: int,
+              max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+              greedy: bool = False, stop_ids: Sequence[int] = (), pad_id: int = 0, mesh: Optional[Mesh] = None,
+              compact: bool = True, max_decode_rows: int = 0):
     mask = np.asarray(prompt_mask).astype(bool)
     stop_ids = tuple(int(s) for s in stop_ids)
     _validate(config, mask, group_size, max_new_tokens, temperature, top_k, top_p, greedy, stop_ids)
+    if not isinstance(max_decode_rows, (int, np.integer)) or max_decode_rows < 0:
+        raise ValueError(f"generate: max_decode_rows must be an integer >= 0 (0 = all rows), got {max_decode_rows!r}")
     tokens = np.asarray(prompt_tokens).astype(np.int32)
     if tokens.shape != mask.shape:
         raise ValueError(f"generate: prompt_tokens {tokens.shape} and prompt_mask {mask.shape} differ in shape")
@@ -392,13 +372,14 @@ def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, gr
         raise ValueError(f"generate: prompt {i} holds token id {tokens[i, j]} outside the vocabulary "
                          f"[0, {config.vocab_size})")
     top_k = int(min(top_k, config.vocab_size))
-    fn = _compiled(config, int(group_size), int(max_new_tokens), top_k, float(top_p) < 1.0, bool(greedy), stop_ids,
-                   int(pad_id), mesh)
+    fn = _compiled(config, group_size, max_new_tokens, top_k, float(top_p) < 1.0, greedy, stop_ids, pad_id, mesh,
+                   compact, max_decode_rows, stats)
     temperature = jnp.float32(1.0 if greedy else temperature)
     top_p = jnp.float32(top_p)
     p = tokens.shape[0]
     if mesh is None:
-        return fn(params, tokens, mask, key, temperature, top_p)
+        return _with_stats(fn(params, tokens, mask, key, temperature, top_p), stats, mask.shape[0] * group_size,
+                           1, compact, max_decode_rows)
     shards = int(np.prod([mesh.shape[a] for a in _data_axes(mesh)]))
     extra = -p % shards
     if extra:  # pad with copies of the last prompt; their rows are dropped below
@@ -408,6 +389,18 @@ def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, gr
     replicated = NamedSharding(mesh, PartitionSpec())
     out = fn(_place(params, replicated), jax.device_put(tokens, rows), jax.device_put(mask, rows),
              jax.device_put(key, replicated), temperature, top_p)
+    rollout = out[0] if stats else out
     if extra:
-        out = Rollout(*(x[: p * group_size] for x in out))
-    return out
+        rollout = Rollout(*(x[: p * group_size] for x in rollout))
+    return _with_stats((rollout, out[1]) if stats else rollout, stats, (p + extra) * group_size, shards, compact,
+                       max_decode_rows)
+
+
+def _with_stats(out, stats: bool, rows: int, shards: int, compact: bool, max_decode_rows: int):
+    """The rollout, or (rollout, DecodeStats) from the program's (Rollout, decode_loop.Outputs)."""
+    if not stats:
+        return out
+    rollout, loop = out
+    b = -(-max_decode_rows // shards) * shards if max_decode_rows > 0 else rows
+    sizes = decode_loop.buckets(min(b, rows), shards, compact)
+    return rollout, DecodeStats(sizes, np.asarray(loop.steps), int(loop.refilled))

@@ -1,4 +1,5 @@
-"""The sampler gives the same rollout on 1 device and on 8 (virtual CPU) devices for the same key.
+"""The sampler gives the same rollout on 1 device and on 8 (virtual CPU) devices for the same key, with and without
+compaction and refill.
 
 XLA fixes the number of CPU devices when jax is first imported, and pytest (and its xdist workers) import jax long
 before this module runs, so the 8-device half runs in a fresh interpreter: this file is also a script
@@ -23,7 +24,8 @@ def test_same_rollout_on_one_and_eight_devices():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["devices"] == DEVICES
-    assert report["checked"] == ["data8_replicated", "data2_fsdp2_tensor2_sharded", "data8_uneven_prompts"]
+    assert report["checked"] == ["data8_replicated", "data2_fsdp2_tensor2_sharded", "data8_uneven_prompts",
+                                 "plain_loop", "data8_compaction", "data8_refill"]
 
 
 def _check() -> dict:
@@ -84,6 +86,22 @@ def _check() -> dict:
     # 3 prompts over 8 data shards: padded to 8 inside, the padding dropped
     same(jax.tree.map(lambda x: x[:9], single), run(tokens[:3], mask[:3], data8), "uneven")
     checked.append("data8_uneven_prompts")
+
+    # the plain loop (no compaction) on 1 device; compaction over 8 shards (24 -> 16 -> 8 rows) and refill (10
+    # slots, rounded up to 16) on 8 devices: the same rollout
+    same(single, jax.tree.map(np.asarray, sampling.generate(config, params, tokens, mask, key, compact=False,
+                                                            **settings)), "plain")
+    checked.append("plain_loop")
+    out, stats = sampling.generate_with_stats(config, params, tokens, mask, key, mesh=data8, **settings)
+    same(single, jax.tree.map(np.asarray, out), "data8 compaction")
+    assert stats.buckets == (24, 16, 8) and stats.steps[1:].sum() > 0 and stats.refilled == 0, stats
+    checked.append("data8_compaction")
+    out, stats = sampling.generate_with_stats(config, params, tokens, mask, key, mesh=data8, max_decode_rows=10,
+                                              **settings)
+    same(single, jax.tree.map(np.asarray, out), "data8 refill")
+    assert stats.buckets == (16, 8) and stats.refilled > 0, stats
+    assert out.tokens.sharding.spec[0] in (("data", "fsdp"), "data"), out.tokens.sharding
+    checked.append("data8_refill")
     return {"devices": jax.device_count(), "checked": checked}
 
 
