@@ -31,7 +31,9 @@ def register_engine(name: str, *, fields=None, validate=None):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How to sample: G completions of at most max_new_tokens per prompt."""
+    """How to sample: G completions of at most max_new_tokens per prompt. max_decode_rows (`rollout.max_decode_rows`):
+    rows decoded at once, finished rows' slots refilled with waiting ones (0 = all rows at once); an engine may
+    use it to bound its memory, never to change the result."""
     group_size: int
     max_new_tokens: int
     temperature: float = 1.0
@@ -40,6 +42,7 @@ class Settings:
     greedy: bool = False
     stop_ids: tuple = ()
     pad_id: int = 0
+    max_decode_rows: int = 0
 
 
 class RolloutEngine(Protocol):

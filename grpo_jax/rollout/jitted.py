@@ -1,5 +1,6 @@
 """Rollout engine 'jitted': the group sampler `sampling.generate`, one compiled program per shapes and settings
-(prefill each prompt once, decode all rows in a `lax.while_loop`; see grpo_jax/sampling.py)."""
+(prefill each prompt once, decode the rows in a `lax.while_loop` that compacts the batch as rows finish and, with
+settings.max_decode_rows < N, refills finished rows' slots; see grpo_jax/sampling.py and grpo_jax/decode_loop.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from grpo_jax.rollout.engine import Settings, register_engine
 
 
 class JittedGroupSampler:
-    """Every row decoded until all stop or max_new_tokens; exact log-probs."""
+    """Every row decoded until it stops or reaches max_new_tokens, at most settings.max_decode_rows at once
+    (0 = all); exact log-probs."""
 
     def __init__(self, model_config, mesh=None):
         self.model_config, self.mesh = model_config, mesh
@@ -18,7 +20,7 @@ class JittedGroupSampler:
                                  group_size=settings.group_size, max_new_tokens=settings.max_new_tokens,
                                  temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
                                  greedy=settings.greedy, stop_ids=settings.stop_ids, pad_id=settings.pad_id,
-                                 mesh=self.mesh)
+                                 mesh=self.mesh, max_decode_rows=settings.max_decode_rows)
 
 
 @register_engine("jitted")
