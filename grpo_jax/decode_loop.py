@@ -11,17 +11,28 @@ Three ways the loop avoids paying for rows that are done, none with a host round
   * cache phases (`cache_phases`): the loop's caches start at 64 slots and double, so an early step reads at most
     twice the slots written so far; a phase's loop exits when its cache is full and the next phase pads it;
   * compaction (`buckets`): the batch sizes form a ladder B, ~B/2, ~B/4, ... (multiples of the data shards, no
-    smaller than MIN_BUCKET rows). Within a phase, bucket k's loop runs while more than bucket k + 1's size of
-    rows are running; the next segment gathers the running slots (rows, last tokens, cache rows, their prompts'
-    keys/values) into the smaller batch, runs, and scatters them back. A rollout compiles one loop per
-    (phase, bucket) -- segments are sequential `lax.cond`s, phases nest as before -- and copies the cache once
-    per compaction, never per token;
+    smaller than MIN_BUCKET rows); the batch moves down the ladder once at most the next size of rows runs (half
+    the batch or more has stopped), and the running slots -- rows, last tokens, cache rows, and their prompts'
+    keys/values, one copy per slot since the rows no longer come in whole groups -- are gathered into it;
   * refill (max_decode_rows = B < N rows): the rows that still need decoding queue up in row order; whenever a
     slot's row ends and rows wait, the slot takes the next one: its token 0 was drawn with all N rows' at the
     start, its prompt keys/values are gathered from the group's shared prefill, and its cache is a ring
     (`KVCache.first`: the earlier occupant's slots are masked), so a slot is reused without clearing it. A
     refilled slot can start at any step, so the refill loop uses one cache of T - 1 slots (no phases); once no
     row waits, compaction shrinks the batch as above.
+
+Program structure (all static Python around `lax` control flow, traced once):
+
+    all rows at once:  run_phase(0) = ladder(phase 0); cond(rows run) -> grow cache, run_phase(1) = ...
+    refill:            ladder with the refill queue on its first segment, one ring cache, no phases
+    ladder(phase):     segment 0 on the whole batch (while > sizes[1] rows run, or rows wait, and the cache has
+                       room), then for k = 1, 2, ...: cond(more than sizes[k + 1] rows run and room) ->
+                       gather the running slots into sizes[k] slots, while_loop, scatter them back
+
+Segments run in sequence because after segment 0 (no row waits) the running count only falls, so the batch between segments keeps one shape
+(all B slots) and each (phase, bucket) loop is traced once: a rollout compiles len(phases) * len(buckets) loop
+bodies at most. A compaction copies the running rows' caches twice (gather, scatter back) and a phase change
+pads all B rows' caches: per compaction, never per token.
 
 Rows whose token 0 is already a stop token never take a slot in a compacted or refilled batch.
 

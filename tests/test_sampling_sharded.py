@@ -95,6 +95,7 @@ def _check() -> dict:
     out, stats = sampling.generate_with_stats(config, params, tokens, mask, key, mesh=data8, **settings)
     same(single, jax.tree.map(np.asarray, out), "data8 compaction")
     assert stats.buckets == (24, 16, 8) and stats.steps[1:].sum() > 0 and stats.refilled == 0, stats
+    assert 0 < (single.lengths > 65).sum() <= 16  # the second cache phase runs on a compacted batch
     checked.append("data8_compaction")
     out, stats = sampling.generate_with_stats(config, params, tokens, mask, key, mesh=data8, max_decode_rows=10,
                                               **settings)
