@@ -29,10 +29,10 @@ Program structure (all static Python around `lax` control flow, traced once):
                        room), then for k = 1, 2, ...: cond(more than sizes[k + 1] rows run and room) ->
                        gather the running slots into sizes[k] slots, while_loop, scatter them back
 
-Segments run in sequence because after segment 0 (no row waits) the running count only falls, so the batch between segments keeps one shape
-(all B slots) and each (phase, bucket) loop is traced once: a rollout compiles len(phases) * len(buckets) loop
-bodies at most. A compaction copies the running rows' caches twice (gather, scatter back) and a phase change
-pads all B rows' caches: per compaction, never per token.
+Segments run in sequence because after segment 0 (no row waits) the running count only falls, so the batch
+between segments keeps one shape (all B slots) and each (phase, bucket) loop is traced once: a rollout compiles
+len(phases) * len(buckets) loop bodies at most. A compaction copies the running rows' caches twice (gather,
+scatter back) and a phase change pads all B rows' caches: per compaction, never per token.
 
 Rows whose token 0 is already a stop token never take a slot in a compacted or refilled batch.
 

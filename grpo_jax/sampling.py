@@ -47,7 +47,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grpo_jax import decode_loop, partitioning
-from grpo_jax.decode_loop import cache_phases  # noqa: F401  (part of sampling's API)
 from grpo_jax.logprobs import encode_prompt
 from grpo_jax.models import decoder
 from grpo_jax.models.config import ModelConfig
@@ -196,6 +195,9 @@ def sample_logits(logits: jax.Array, u: jax.Array, temperature, top_p, *, top_k:
 # --------------------------------------------------------------------------------------------------------------
 # The compiled program.
 # --------------------------------------------------------------------------------------------------------------
+cache_phases = decode_loop.cache_phases  # the decode loop's cache capacities, part of the sampler's API
+
+
 def _data_axes(mesh: Optional[Mesh]) -> tuple:
     return tuple(a for a in ("data", "fsdp") if mesh is not None and a in mesh.axis_names)
 
