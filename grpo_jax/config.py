@@ -13,7 +13,9 @@ the core fields declared by `grpo_jax.losses` and `grpo_jax.advantages` plus eve
 KL estimator's, aggregation's and advantage plug-in's own fields; `rollout` the registered engines' fields. So a
 plug-in with a new hyperparameter declares it in its own module and `--config.loss.<name>=...` sets it; import a
 plug-in module of your own before building the config (e.g. at the top of the experiment file). The `optim` and
-`mesh` sections come from `optim.optim_config` and `sharding.mesh_config`. The other sections are defined here:
+`mesh` sections come from `optim.optim_config` and `sharding.mesh_config`; `population` (evolutionary
+hyperparameter optimisation, off by default) from `population.config.population_config`, whose docstring holds its
+keys. The other sections are defined here:
 
   seed                      one integer; every random stream of a run (data order, sampling, eval) derives from it
   total_steps               GRPO steps (one rollout + `loss.num_iterations` updates each)
@@ -55,6 +57,7 @@ import ml_collections
 from grpo_jax import advantages, losses, registry, rewards, rollout, tasks  # noqa: F401  (register the built-ins)
 from grpo_jax.models.layers import ATTENTION_IMPLEMENTATIONS
 from grpo_jax.optim import optim_config, validate_optim_config
+from grpo_jax.population.config import population_config, validate_population_config
 from grpo_jax.sharding import mesh_config, validate_mesh_config
 
 DTYPES = ("float32", "bfloat16")
@@ -107,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = loss_section()
     c.optim = optim_config()
     c.mesh = mesh_config()
+    c.population = population_config()
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0
@@ -238,6 +242,7 @@ def validate(config) -> None:
 
     registry.validate_section("loss", _get(config, "loss"))
     _validate_optim_and_mesh(config)
+    validate_population_config(config)
 
     _int(config, "eval.every", 0)
     _int(config, "eval.num_examples", 0)
@@ -295,6 +300,9 @@ def trajectory_dict(config) -> dict:
     d = json.loads(config.to_json_best_effort(sort_keys=True))
     for path in RESUMABLE_KEYS:
         _drop(d, path)
+    size = d.get("population", {}).get("size", 0)
+    if not isinstance(size, int) or size < 2:
+        d.pop("population", None)  # off: no population key changes what the run computes (validate: none is set)
     return d
 
 
