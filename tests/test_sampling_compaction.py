@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from grpo_jax import batching, decode_loop, logprobs, sampling
+from grpo_jax import batching, decode_loop, logprobs, rollout, sampling
 from grpo_jax.models import ModelConfig, init_params
 
 CONFIG = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -68,7 +68,7 @@ def test_buckets():
 
 @pytest.mark.parametrize("loop,compacted,refilled", [
     (dict(), True, False),                              # compaction 32 -> 16 -> 8
-    (dict(compact=False, max_decode_rows=12), False, True),  # refill, 12 slots (not a divisor of 32)
+    (dict(max_decode_rows=12), False, True),            # refill, 12 slots (not a divisor of 32; ladder (12,))
     (dict(max_decode_rows=16), True, True),             # refill into 16 slots, then compaction to 8
     (dict(max_decode_rows=5), False, True),             # refill, 5 slots (below the smallest bucket)
 ], ids=["compact", "refill-12", "refill-16-compact", "refill-5"])
@@ -132,3 +132,20 @@ def test_bad_max_decode_rows():
     tokens, mask = _prompts()
     with pytest.raises(ValueError, match="max_decode_rows must be an integer >= 0"):
         sampling.generate(CONFIG, _params(), tokens, mask, KEY, max_decode_rows=-1, **SETTINGS)
+
+
+def test_the_jitted_engine_passes_max_decode_rows(monkeypatch):
+    """rollout.Settings.max_decode_rows reaches sampling.generate through the 'jitted' engine."""
+    seen = []
+    generate = sampling.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["max_decode_rows"])
+        return generate(*args, **kwargs)
+    monkeypatch.setattr(sampling, "generate", spy)
+    tokens, mask = _prompts()
+    engine = rollout.make("jitted", CONFIG)
+    out = engine.generate(_params(), tokens, mask, KEY, rollout.Settings(group_size=G, max_new_tokens=T,
+                                                                         stop_ids=STOPS, max_decode_rows=12))
+    assert seen == [12]
+    _same(_plain()[0], jax.tree.map(np.asarray, out))
