@@ -37,8 +37,8 @@ keys. The other sections are defined here:
   rewards                   reward name -> weight; reward_options: reward name -> dict of its options
   rollout.*                 prompts_per_step (P), group_size (G), max_new_tokens, temperature, top_p, top_k
   rollout.engine            the rollout engine plug-in that samples completions (grpo_jax.rollout; 'jitted')
-  rollout.max_decode_rows   reserved for a continuous-refill engine: rows decoded at once (0 = all rows); the
-                            'jitted' engine decodes every row and ignores it
+  rollout.max_decode_rows   rows the engine decodes at once (0 = all rows): with fewer slots than rows, a finished
+                            row's slot takes the next waiting one (continuous refill; grpo_jax/decode_loop.py)
   eval.every                held-out eval at the start, every N steps and at the end (0 = no eval)
   eval.num_examples         held-out problems evaluated (0 = the whole eval split)
   eval.pass_k               k of pass@k (0 = off); eval.num_samples samples per problem (>= pass_k)

@@ -109,13 +109,15 @@ class Completions:
 
 class Sampler:
     """Examples -> completions with one model, tokenizer, mesh and rollout engine (a name registered in
-    `grpo_jax.rollout`, or an engine object). Prompt tokens are cached by example id."""
+    `grpo_jax.rollout`, or an engine object). Prompt tokens are cached by example id. `max_decode_rows`
+    (`rollout.max_decode_rows`): rows the engine decodes at once, refilling finished ones (0 = all rows)."""
 
-    def __init__(self, model_config, tokenizer, mesh, *, bucket: int = 16, engine="jitted"):
+    def __init__(self, model_config, tokenizer, mesh, *, bucket: int = 16, engine="jitted", max_decode_rows: int = 0):
         if tokenizer is None:
             raise ValueError("the model has no tokenizer (a checkpoint dir without tokenizer files); training "
                              "needs one to build prompts and read completions")
         self.model_config, self.tokenizer, self.mesh, self.bucket = model_config, tokenizer, mesh, bucket
+        self.max_decode_rows = int(max_decode_rows)
         self.engine = rollout.make(engine, model_config, mesh) if isinstance(engine, str) else engine
         self.stop_ids = stop_ids(model_config, tokenizer)
         self.pad_id = pad_id(model_config, tokenizer)
@@ -141,7 +143,7 @@ class Sampler:
         tokens, mask = self.encode(examples)
         settings = rollout.Settings(group_size=group_size, max_new_tokens=max_new_tokens, temperature=temperature,
                                     top_k=top_k, top_p=top_p, greedy=greedy, stop_ids=self.stop_ids,
-                                    pad_id=self.pad_id)
+                                    pad_id=self.pad_id, max_decode_rows=self.max_decode_rows)
         out = self.engine.generate(params, tokens, mask, key, settings)
         start, local_tokens = distributed.local_part(out.tokens)
         _, lengths = distributed.local_part(out.lengths)

@@ -130,7 +130,8 @@ class Experiment:
         self.model_config, self.tokenizer = policy.config, _tokenizer(config, policy)
         sampler_config = policy.config.replace(attention=str(config.model.attention),  # as the train step's
                                                scan_layers=bool(config.model.get("scan_layers", True)))
-        self.sampler = evaluation.Sampler(sampler_config, self.tokenizer, self.mesh, engine=config.rollout.engine)
+        self.sampler = evaluation.Sampler(sampler_config, self.tokenizer, self.mesh, engine=config.rollout.engine,
+                                          max_decode_rows=int(config.rollout.max_decode_rows))
         self.state, self.frozen = init_train_state(policy.config, policy.params, config, self.mesh)
         use_ref = float(config.loss.kl_beta) > 0 and int(config.model.lora_rank) == 0
         self.ref = sharding.shard_params(policy.params, policy.config, self.mesh) if use_ref else None

@@ -273,11 +273,13 @@ def test_an_engine_is_chosen_by_name(checkpoint):
     rollout.register_engine("recording_test")(Recording)
     try:
         policy = models.load(checkpoint)
-        sampler = evaluation.Sampler(policy.config, policy.tokenizer, MESH, engine="recording_test")
+        sampler = evaluation.Sampler(policy.config, policy.tokenizer, MESH, engine="recording_test",
+                                     max_decode_rows=1)
         example = {"prompt": [{"role": "user", "content": "1+1?"}], "id": "x"}
         (tokens, mask), out, completions = sampler.sample(policy.params, [example], jax.random.PRNGKey(0),
                                                           group_size=2, max_new_tokens=4)
         assert len(calls) == 1 and calls[0].group_size == 2 and calls[0].max_new_tokens == 4
+        assert calls[0].max_decode_rows == 1  # rollout.max_decode_rows reaches the engine (1 slot, refilled)
         want = sampling.generate(policy.config, policy.params, tokens, mask, jax.random.PRNGKey(0), group_size=2,
                                  max_new_tokens=4, stop_ids=sampler.stop_ids, pad_id=sampler.pad_id, mesh=MESH)
         np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(want.tokens))
