@@ -21,8 +21,11 @@ The two sides alternate call by call, so a change in machine load hits both. tok
 `--stop-at-eos`: ragged work, as a rollout has it. Both sides stop a row at the model's eos ids and stop decoding
 when every row has (grpo_jax: `stop_ids=config.eos_token_ids`; transformers: `eos_token_id=...`, no
 min_new_tokens). Each side's tokens/s is its tokens generated (every row up to and including its eos) per second,
-and `tokens_computed` counts what it decoded, padding included (rows x the longest row's length). The two sides
-draw different random tokens, so their lengths differ call by call; the roofline's fraction is left out.
+and `tokens_computed` counts what it decoded, padding included: transformers rows x the longest row's length;
+grpo_jax the rows of every decode step, which its decode loop compacts once at most half are still running
+(`--no-compact`: the plain loop, rows x the longest; `--max-decode-rows B`: B slots refilled from the waiting rows).
+The two sides draw different random tokens, so their lengths differ call by call; the roofline's fraction is left
+out.
 
 Roofline: the FLOPs this batch needs (`flops.sampling`: each prompt prefilled once, the P G (T - 1) decode steps,
 attention) divided by this machine's float32 matmul rate (`machine.matmul_rate`, probed before and after the runs,
@@ -67,6 +70,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-eos", action="store_true",
                    help="rows end at the model's eos ids on both sides (each stops when every row has); tokens/s "
                         "count generated tokens, and tokens computed (padding included) are reported")
+    p.add_argument("--no-compact", action="store_true",
+                   help="grpo_jax's plain decode loop: every row decoded until the last stops (no compaction)")
+    p.add_argument("--max-decode-rows", type=int, default=0,
+                   help="grpo_jax decodes at most this many rows at once, refilling finished slots (0 = all)")
     p.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul that measures FLOP/s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", "--out", dest="results", default=results.RESULTS,
@@ -145,15 +152,19 @@ def main(argv=None) -> dict:
 
     def ours(i: int) -> float:
         def call():
-            out = sampling.generate(config, params, tokens, mask, jax.random.PRNGKey(args.seed + i), group_size=g,
-                                    max_new_tokens=t, temperature=1.0, stop_ids=eos, pad_id=pad)
+            out = sampling.generate_with_stats(config, params, tokens, mask, jax.random.PRNGKey(args.seed + i),
+                                               group_size=g, max_new_tokens=t, temperature=1.0, stop_ids=eos,
+                                               pad_id=pad, compact=not args.no_compact,
+                                               max_decode_rows=args.max_decode_rows)
             return jax.block_until_ready(out)
-        seconds, out = results.timed(call)
+        seconds, (out, stats) = results.timed(call)
         lengths = np.asarray(out.lengths)
         if not eos and not bool(np.all(lengths == t)):
             raise RuntimeError("grpo_jax: a completion ended before --new-tokens (stop ids are off)")
-        counts["grpo_jax"].append((int(lengths.sum()), int(lengths.size * lengths.max())))  # every row decodes
-        return seconds                                                                    # until the longest ends
+        # token 0 of every row from the prefill, then each decode step's batch (the compaction ladder's sizes)
+        computed = int(lengths.size + np.dot(np.asarray(stats.buckets), np.asarray(stats.steps)))
+        counts["grpo_jax"].append((int(lengths.sum()), computed))
+        return seconds
 
     thread_counts = [int(x) for x in str(args.torch_threads).split(",") if x.strip()]
     hf = None
@@ -206,7 +217,8 @@ def main(argv=None) -> dict:
             "settings": {"model": args.model, "prompts": p, "group": g, "new_tokens": t, "scan_layers": not args.unrolled,
                          "prompt_tokens_padded": int(tokens.shape[1]), "prompt_tokens_mean": float(mask.sum(1).mean()),
                          "temperature": 1.0, "top_k": 0, "top_p": 1.0, "forced_full_length": not eos,
-                         "stop_ids": list(eos)},
+                         "stop_ids": list(eos), "compact": not args.no_compact,
+                         "max_decode_rows": args.max_decode_rows},
             "grpo_jax": {**side(steady, counts["grpo_jax"][1:]), "first_call_s": round(first, 3),
                          "compile_s": round(max(first - best, 0.0), 3), "load_s": round(t_load, 2)}}
     if hf is not None:

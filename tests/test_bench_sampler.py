@@ -91,6 +91,16 @@ def test_sampler_benchmark_with_eos_counts_generated_and_computed_tokens(tmp_pat
     assert "vs_roofline" not in line["roofline"]
 
 
+def test_sampler_benchmark_refill_counts_the_slots_it_decodes():
+    """--max-decode-rows 2: 2 slots for the 6 rows, refilled; every decode step computes 2 rows."""
+    line = benchmark.main(["sampler", *TINY_ARGS, "--new-tokens", "12", "--stop-at-eos", "--max-decode-rows", "2",
+                           "--no-transformers", "--results", ""])
+    got = line["grpo_jax"]
+    assert line["settings"]["max_decode_rows"] == 2 and line["settings"]["compact"]
+    assert 0 < got["tokens_generated"] <= got["tokens_computed"] <= 6 + 2 * got["tokens_generated"]
+    assert (got["tokens_computed"] - 6) % 2 == 0  # token 0 of each row from the prefill, then 2 rows per step
+
+
 def test_generated_tokens_end_at_the_first_eos():
     import numpy as np
 
