@@ -4,6 +4,7 @@
     python -m benchmarks train_step   [--lora-rank 0]
     python -m benchmarks grpo_step    [--vs-trl]
     python -m benchmarks learning
+    python -m benchmarks ragged_sampler    [--shape qwen2.5-0.5b --dtype bfloat16]  (for the GPU)
     python -m benchmarks sampler_profile   (a diagnostic: the decode loop's time per XLA operation)
     python -m benchmarks <name> --help
 
@@ -19,6 +20,7 @@ import sys
 # subcommand -> (module, what it measures)
 SUBCOMMANDS = {
     "sampler": ("sampler", "grpo_jax's group sampler vs transformers' generate: tokens/s, compile time, roofline"),
+    "ragged_sampler": ("ragged_sampler", "the decode loop's compaction and refill vs the plain loop on ragged rows"),
     "sampler_profile": ("sampler_profile", "where the sampler's decode step spends its time, per XLA operation"),
     "train_step": ("train_step", "one jitted GRPO train step: time, peak memory, roofline"),
     "grpo_step": ("grpo_step", "one full GRPO step (sample, reward, update), grpo_jax beside TRL's GRPOTrainer"),

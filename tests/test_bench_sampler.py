@@ -109,3 +109,16 @@ def test_generated_tokens_end_at_the_first_eos():
     rows = np.array([[5, 2, 7, 2], [5, 6, 7, 8], [2, 0, 0, 0]])
     assert _generated(rows, (2,)) == (2 + 4 + 1, 12)
     assert _generated(rows, ()) == (12, 12)
+
+
+def test_ragged_sampler_benchmark_smoke():
+    """The GPU check's harness on the tiny shape: rows stop at different lengths, compaction computes fewer rows
+    than the plain loop, and both give the same tokens."""
+    line = benchmark.main(["ragged_sampler", "--shape", "tiny", "--dtype", "float32", "--prompts", "2", "--group",
+                           "8", "--new-tokens", "24", "--mean-length", "6", "--repeats", "1", "--modes",
+                           "plain,compact", "--results", ""])
+    plain, compact = line["plain"], line["compact"]
+    assert plain["tokens_generated"] == compact["tokens_generated"] and line["same_tokens"] == {"compact": True}
+    assert plain["tokens_computed"] == 16 * plain["longest"]  # every row until the longest ends
+    assert compact["tokens_computed"] < plain["tokens_computed"] and compact["buckets"] == [16, 8]
+    assert plain["mean_length"] < plain["longest"]  # ragged
