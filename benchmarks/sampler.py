@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
     args = parser().parse_args(argv)
     import jax
 
-    from grpo_jax import batching, sampling
+    from grpo_jax import batching, decode_loop, sampling
 
     rate_before = machine.matmul_rate(args.matmul_size)
     t_load, (config, params, tokenizer) = results.timed(lambda: load_policy(args.model))
@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
         def call():
             out = sampling.generate_with_stats(config, params, tokens, mask, jax.random.PRNGKey(args.seed + i),
                                                group_size=g, max_new_tokens=t, temperature=1.0, stop_ids=eos,
-                                               pad_id=pad, compact=not args.no_compact,
+                                               pad_id=pad, compact=False if args.no_compact else None,
                                                max_decode_rows=args.max_decode_rows)
             return jax.block_until_ready(out)
         seconds, (out, stats) = results.timed(call)
@@ -217,7 +217,7 @@ def main(argv=None) -> dict:
             "settings": {"model": args.model, "prompts": p, "group": g, "new_tokens": t, "scan_layers": not args.unrolled,
                          "prompt_tokens_padded": int(tokens.shape[1]), "prompt_tokens_mean": float(mask.sum(1).mean()),
                          "temperature": 1.0, "top_k": 0, "top_p": 1.0, "forced_full_length": not eos,
-                         "stop_ids": list(eos), "compact": not args.no_compact,
+                         "stop_ids": list(eos), "compact": not args.no_compact and t >= decode_loop.COMPACT_MIN_NEW_TOKENS,
                          "max_decode_rows": args.max_decode_rows},
             "grpo_jax": {**side(steady, counts["grpo_jax"][1:]), "first_call_s": round(first, 3),
                          "compile_s": round(max(first - best, 0.0), 3), "load_s": round(t_load, 2)}}

@@ -53,6 +53,10 @@ from grpo_jax.models import decoder
 from grpo_jax.models.config import ModelConfig
 
 MIN_BUCKET = 8            # the smallest compacted batch (rows); never below the number of data shards
+# `generate(compact=None)` compacts only from this many new tokens on: each rung of the ladder is one more compiled
+# loop body, which a rollout of fewer decode steps does not win back (a demo-sized 16-token rollout compiled ~2.7x
+# longer with compaction, and compacting can skip at most half of its 15 steps).
+COMPACT_MIN_NEW_TOKENS = 64
 _FIRST_PHASE_SLOTS = 64   # cache slots of the decode loop's first phase (see `cache_phases`)
 
 

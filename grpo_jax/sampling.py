@@ -13,7 +13,7 @@ One call is one jitted program (compiled once per shapes and static settings):
      keys/values live in the loop carry (`models.KVCache`, [L, rows, Hkv, slots, hd]), one slot written per step.
      The loop avoids work for finished rows three ways (see grpo_jax/decode_loop.py): its caches double in size
      (`cache_phases`: 64, 128, ... slots), so a step reads at most twice the slots written so far; with
-     `compact` (default) the running rows are gathered into a smaller batch (a ladder N, N/2, N/4, ... of at
+     `compact` (default from 64 new tokens on) the running rows are gathered into a smaller batch (a ladder N, N/2, N/4, ... of at
      least `decode_loop.MIN_BUCKET` rows) each time at most half of the batch still runs; with
      `max_decode_rows` = B < N, only B rows decode at once and a finished row's slot takes the next waiting row,
      whose prompt keys/values come from the group's shared prefill.
@@ -332,7 +332,7 @@ class DecodeStats(NamedTuple):
 
 def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, group_size: int, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
-             stop_ids: Sequence[int] = (), pad_id: int = 0, mesh: Optional[Mesh] = None, compact: bool = True,
+             stop_ids: Sequence[int] = (), pad_id: int = 0, mesh: Optional[Mesh] = None, compact: Optional[bool] = None,
              max_decode_rows: int = 0) -> Rollout:
     """G = group_size completions of each left-padded prompt (tokens/mask [P, S], see `batching.left_pad`).
 
@@ -343,7 +343,7 @@ def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, gr
     the number of data shards (the batch is padded and the padding dropped).
 
     compact: shrink the decode batch as rows finish (`decode_loop.buckets`); False decodes every row until all
-    stop. max_decode_rows: decode at most this many rows at once (rounded up to a multiple of the data shards),
+    stop; None (default): compact when max_new_tokens >= `decode_loop.COMPACT_MIN_NEW_TOKENS` (64). max_decode_rows: decode at most this many rows at once (rounded up to a multiple of the data shards),
     refilling finished rows' slots with waiting ones; 0 (or >= N) = all rows at once. Neither changes the result
     (same tokens, log-probs within float rounding): only the work done."""
     return _generate(config, params, prompt_tokens, prompt_mask, key, False, group_size=group_size,
@@ -359,7 +359,10 @@ def generate_with_stats(config: ModelConfig, params, prompt_tokens, prompt_mask,
 def _generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, stats: bool, *, group_size: int,
               max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
               greedy: bool = False, stop_ids: Sequence[int] = (), pad_id: int = 0, mesh: Optional[Mesh] = None,
-              compact: bool = True, max_decode_rows: int = 0):
+              compact: Optional[bool] = None, max_decode_rows: int = 0):
+    if compact is None:
+        compact = int(max_new_tokens) >= decode_loop.COMPACT_MIN_NEW_TOKENS
+    compact = bool(compact)
     mask = np.asarray(prompt_mask).astype(bool)
     stop_ids = tuple(int(s) for s in stop_ids)
     _validate(config, mask, group_size, max_new_tokens, temperature, top_k, top_p, greedy, stop_ids)

@@ -35,6 +35,7 @@ def _prompts():
 
 
 def _run(config=CONFIG, settings=SETTINGS, **loop):
+    loop.setdefault("compact", True)  # T = 40 is below the default's threshold (COMPACT_MIN_NEW_TOKENS)
     tokens, mask = _prompts()
     out, stats = sampling.generate_with_stats(config, _params(config), tokens, mask, KEY, **settings, **loop)
     return jax.tree.map(np.asarray, out), stats
@@ -87,6 +88,18 @@ def test_same_rollout_as_the_plain_loop(loop, compacted, refilled):
         assert stats.refilled == np.sum(lengths > 1) - stats.buckets[0], stats
     if compacted:  # each smaller batch ran only once at most its size of rows were running
         assert stats.steps[0] < T - 1
+
+
+def test_compaction_by_default_from_64_new_tokens():
+    """compact=None: off below decode_loop.COMPACT_MIN_NEW_TOKENS (the plain loop's program), on from it."""
+    assert decode_loop.COMPACT_MIN_NEW_TOKENS == 64 > T
+    _, stats = _run(compact=None)
+    assert stats.buckets == (32,)
+    tokens, mask = _prompts()
+    longer = CONFIG.replace(max_position_embeddings=128)
+    _, stats = sampling.generate_with_stats(longer, _params(longer), tokens, mask, KEY,
+                                            **{**SETTINGS, "max_new_tokens": 64})
+    assert stats.buckets == (32, 16, 8) and stats.steps[1:].sum() > 0, stats
 
 
 def test_unrolled_layers_compact_and_refill():
