@@ -15,6 +15,11 @@
 
 The schedule counts optimizer *updates*: a train step with `loss.num_iterations = mu` makes mu of them, so the
 train step passes `total_steps * mu`.
+
+`make_schedule` / `make_optimizer` take an optional `lr`: the peak learning rate in place of optim.lr, which may be
+a traced scalar (a population member's, one per member under `jax.vmap`). The schedule's shape (warmup, decay) is
+the config's, and since optax's adamw multiplies the decoupled weight decay by the learning rate too, the result is
+exactly the optimizer of a config with optim.lr = lr (same state structure, so moments carry over when lr changes).
 """
 
 from __future__ import annotations
@@ -65,9 +70,10 @@ def validate_optim_config(optim_cfg) -> None:
             raise ValueError(f"optim.{name} must be in [0, 1), got {value!r}")
 
 
-def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
-    """Learning rate as a function of the update count: linear warmup 0 -> lr, then constant or cosine to 0."""
-    lr = float(_nonneg(optim_cfg, "lr"))
+def make_schedule(optim_cfg, total_steps: int, lr=None) -> optax.Schedule:
+    """Learning rate as a function of the update count: linear warmup 0 -> lr, then constant or cosine to 0.
+    `lr`: the peak in place of optim.lr (a Python number or a traced scalar; not validated here)."""
+    lr = float(_nonneg(optim_cfg, "lr")) if lr is None else lr
     warmup = int(_nonneg(optim_cfg, "warmup_steps", integer=True))
     kind = optim_cfg.schedule
     if kind not in SCHEDULES:
@@ -92,12 +98,13 @@ def _decay_mask(params):
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
-    """optax.chain(clip_by_global_norm(max_grad_norm), adamw(schedule, b1, b2, weight_decay))."""
+def make_optimizer(optim_cfg, total_steps: int, lr=None) -> optax.GradientTransformation:
+    """optax.chain(clip_by_global_norm(max_grad_norm), adamw(schedule, b1, b2, weight_decay)); `lr` as in
+    `make_schedule` (weight decay is scaled by it, as by optim.lr)."""
     validate_optim_config(optim_cfg)
     max_norm = float(_nonneg(optim_cfg, "max_grad_norm"))
     wd = float(_nonneg(optim_cfg, "weight_decay"))
     clip = optax.clip_by_global_norm(max_norm) if max_norm > 0 else optax.identity()
-    adam = optax.adamw(make_schedule(optim_cfg, total_steps), b1=float(optim_cfg.get("b1", 0.9)),
+    adam = optax.adamw(make_schedule(optim_cfg, total_steps, lr), b1=float(optim_cfg.get("b1", 0.9)),
                        b2=float(optim_cfg.get("b2", 0.99)), weight_decay=wd, mask=_decay_mask if wd else None)
     return optax.chain(clip, adam)

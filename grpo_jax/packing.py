@@ -95,10 +95,11 @@ def bucket_rows(needed: int, rows: int, multiple: int) -> int:
     return int(min(rows, max(step, -(-needed // step) * step)))
 
 
-def plan(lengths, group_size: int, num_micro: int, width: int, multiple: int = 1) -> Plan:
+def plan(lengths, group_size: int, num_micro: int, width: int, multiple: int = 1, min_rows: int = 0) -> Plan:
     """The packing plan of a step: `lengths` [N] completion lengths (tokens to compute per row, <= width), rows
     p-major in groups of `group_size`, split into `num_micro` micro-batches as the train step splits them; packed
-    rows of `width` columns, their count per micro-batch a multiple of `multiple`."""
+    rows of `width` columns, their count per micro-batch a multiple of `multiple` and at least `min_rows` (more
+    padding rows, so that plans of equal R stack, e.g. a population's; at most the padded layout's rows)."""
     lengths = np.asarray(lengths, np.int64)
     n = lengths.shape[0]
     if n % group_size or (n // group_size) % num_micro:
@@ -117,6 +118,11 @@ def plan(lengths, group_size: int, num_micro: int, width: int, multiple: int = 1
                 packed.append((p, [(int(local[i]), start) for i, start in segs]))
         layouts.append(packed)
     r = bucket_rows(max(len(x) for x in layouts), rows, multiple)
+    if min_rows:
+        if min_rows > rows or min_rows % multiple:
+            raise ValueError(f"packing: min_rows = {min_rows} must be at most the {rows} rows of a micro-batch and a "
+                             f"multiple of {multiple}")
+        r = max(r, int(min_rows))
     source = np.full((num_micro, r, width), -1, np.int32)
     prompt = np.zeros((num_micro, r), np.int32)
     unpack = np.zeros((n, width), np.int32)

@@ -32,6 +32,11 @@ batch = dict(prompt_tokens int32 [P, S] (left-padded), prompt_mask bool [P, S], 
 
 Metrics are a `step_metrics.Metrics`: each carries its reduction over micro-batches and iterations, declared
 where it is computed (the loss, its variant, this module), so no table here names them.
+
+Traced hyperparameters: the step function (`build_program(...).step_fn`) also takes `hyperparameters`, {name:
+scalar} of `TRACED_HYPERPARAMETERS` (lr, kl_beta, clip_low, clip_high, entropy_coef) used in place of the config's
+values without a recompile; `grpo_jax.population.train` vmaps this one function over a population's members. What
+the config decides statically stays static: the reference pass runs when `use_kl` (default loss.kl_beta > 0).
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ ROW_KEYS = REQUIRED_ROW_KEYS + ("truncated", "keep")  # read by the step itself;
 TOKEN_KL = "token_kl"
 # The packing plan's arrays laid out per packed row (split into micro-batches by a reshape; pack_unpack is per row).
 PACKED_KEYS = ("pack_source", "pack_prompt")
+# The hyperparameters `step_fn(hyperparameters=)` takes as traced values (a population's, one per member): the
+# optimizer's peak learning rate and the loss fields that may be traced (`losses.TRACEABLE_FIELDS`).
+TRACED_HYPERPARAMETERS = ("lr",) + losses.TRACEABLE_FIELDS
 _DTYPES = {"prompt_tokens": jnp.int32, "prompt_mask": jnp.bool_, "completions": jnp.int32,
            "completion_mask": jnp.float32, "advantages": jnp.float32, "old_logps": jnp.float32,
            "truncated": jnp.bool_, "keep": jnp.bool_}
@@ -93,7 +101,9 @@ class _Settings(NamedTuple):
     seed: int
 
 
-def _settings(config) -> _Settings:
+def _settings(config, use_kl=None) -> _Settings:
+    """use_kl: whether the step runs the reference pass; None = loss.kl_beta > 0 (a population decides it from its
+    members' kl_beta range: see `build_program`)."""
     losses.ensure_valid(config.loss)  # a no-op after the run's validation (config.validate)
     model = config.model
     rank = int(model.get("lora_rank", 0))
@@ -107,6 +117,7 @@ def _settings(config) -> _Settings:
         raise ValueError(f"optim.micro_batch_size = {micro} is not a multiple of rollout.group_size = {group}: "
                          "a micro-batch holds whole prompt groups")
     mu = int(config.loss.num_iterations)
+    use_kl = float(config.loss.kl_beta) > 0.0 if use_kl is None else bool(use_kl)
     return _Settings(
         group_size=group,
         temperature=float(config.rollout.get("temperature", 1.0)),
@@ -117,8 +128,8 @@ def _settings(config) -> _Settings:
         lora_alpha=float(model.get("lora_alpha", None) or 2.0 * rank),
         lora_targets=tuple(model.get("lora_targets", lora.DEFAULT_TARGETS)),
         kl_beta=float(config.loss.kl_beta),
-        use_kl=float(config.loss.kl_beta) > 0.0,
-        exact_kl=float(config.loss.kl_beta) > 0.0 and TOKEN_KL in losses.KL_ESTIMATORS.entry(
+        use_kl=use_kl,
+        exact_kl=use_kl and TOKEN_KL in losses.KL_ESTIMATORS.entry(
             config.loss.kl_estimator).inputs,
         total_updates=max(1, int(config.total_steps)) * mu,
         remat=bool(model.get("remat", False)),
@@ -216,7 +227,7 @@ def _split(x, num_micro: int, group: int, mesh: Mesh):
     return _row_constraint(y, mesh, 1)
 
 
-def _check_batch(batch: dict, s: _Settings, mesh: Mesh) -> dict:
+def _check_batch(batch: dict, s: _Settings, mesh: Mesh, packed_rows: int = 0) -> dict:
     required = PROMPT_KEYS + REQUIRED_ROW_KEYS
     missing = [k for k in required if k not in batch]
     if missing:
@@ -250,7 +261,7 @@ def _check_batch(batch: dict, s: _Settings, mesh: Mesh) -> dict:
            for k, v in out.items()}
     out.update({k: (v if isinstance(v, jax.Array) else np.asarray(v)) for k, v in extra.items()})
     if s.pack_completions:
-        out.update(_packing_plan(out["completion_mask"], s, n // micro, mesh))
+        out.update(_packing_plan(out["completion_mask"], s, n // micro, mesh, packed_rows))
     return out
 
 
@@ -265,12 +276,12 @@ def tokens_computed(config, mesh: Mesh, completion_mask) -> int:
     return int(_packing_plan(completion_mask, s, num_micro, mesh)["pack_source"].size)
 
 
-def _packing_plan(completion_mask, s: _Settings, num_micro: int, mesh: Mesh) -> dict:
+def _packing_plan(completion_mask, s: _Settings, num_micro: int, mesh: Mesh, min_rows: int = 0) -> dict:
     """The batch's packing plan (`grpo_jax.packing`) as batch arrays whose leading axis splits over the data
-    shards: pack_source [M * R, T], pack_prompt [M * R], pack_unpack [N, T]."""
+    shards: pack_source [M * R, T], pack_prompt [M * R], pack_unpack [N, T]; R at least `min_rows`."""
     mask = distributed.to_host(completion_mask)
     plan = packing.plan(packing.lengths_from_mask(mask), s.group_size, num_micro, mask.shape[1],
-                        sharding.batch_shards(mesh))
+                        sharding.batch_shards(mesh), min_rows=min_rows)
     m, r, t = plan.source.shape
     return {"pack_source": plan.source.reshape(m * r, t), "pack_prompt": plan.prompt.reshape(m * r),
             "pack_unpack": plan.unpack}
@@ -313,9 +324,12 @@ def reference_hidden(model_config: ModelConfig, ref_params, micro_batches: dict,
     return jax.lax.stop_gradient(jax.lax.map(one, micro_batches))
 
 
-def _build(model_config: ModelConfig, config, mesh: Mesh):
-    """(step_fn(state, frozen, ref, batch), grad_fn(trainable, frozen, ref, batch), settings, tx) — unjitted."""
-    s = _settings(config)
+def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
+    """(step_fn(state, frozen, ref, batch, hyperparameters=None), grad_fn(trainable, frozen, ref, batch), settings,
+    tx) — unjitted. `hyperparameters`: {name: scalar} of `TRACED_HYPERPARAMETERS` (may be traced), each in place
+    of the config's value: 'lr' the optimizer's peak learning rate (`optim.make_optimizer(lr=)`), the others the
+    loss's (`losses.policy_loss(hyperparameters=)`)."""
+    s = _settings(config, use_kl)
     model_config = model_config.replace(remat=s.remat, attention=s.attention,  # model.remat, .attention,
                                         scan_layers=s.scan_layers)            # .scan_layers
     loss_cfg = config.loss
@@ -328,8 +342,9 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
     def reference_source(frozen, ref_params):
         return frozen if s.lora_rank else ref_params  # LoRA: the base with the adapters off
 
-    def micro_loss(trainable, frozen, mb, ref_mb, dens, num_valid, ref_params):
-        """ref_mb: the micro-batch's reference log-probs [rows, T], or with exact_kl its hidden states."""
+    def micro_loss(trainable, frozen, mb, ref_mb, dens, num_valid, ref_params, loss_hp):
+        """ref_mb: the micro-batch's reference log-probs [rows, T], or with exact_kl its hidden states. loss_hp: the
+        loss's traced hyperparameters ({} = the config's)."""
         params = full_params(trainable, frozen)
         reference = (ref_params, ref_mb) if s.exact_kl else None
         out = logprobs.completion_logprobs(model_config, params, mb["prompt_tokens"], mb["prompt_mask"],
@@ -342,7 +357,8 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
         ref_lp = None if s.exact_kl else ref_mb
         loss, metrics = losses.policy_loss(logps, mb["old_logps"], ref_lp, mb["advantages"], mb["completion_mask"],
                                            loss_cfg, norm_length=s.norm_length, truncated=mb["truncated"],
-                                           entropy=entropy, denominators=dens, keep=mb["keep"], inputs=inputs)
+                                           entropy=entropy, denominators=dens, keep=mb["keep"], inputs=inputs,
+                                           hyperparameters=loss_hp or None)
         # Sampler-vs-trainer mismatch (Tunix logs it every step): exact sampling gives 0 at the first iteration,
         # so it is reported for the first iteration (params = the sampler's).
         valid = mb["completion_mask"] > 0
@@ -373,21 +389,22 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
                 ref = reference_logprobs(model_config, ref_source, rows, s.group_size, s.temperature)
         return mbs, ref, dens, num_valid
 
-    def accumulate(trainable, frozen, mbs, ref, dens, num_valid, ref_params):
+    def accumulate(trainable, frozen, mbs, ref, dens, num_valid, ref_params, loss_hp=None):
         """Sum of the micro-batch gradients (= the full-batch gradient) and combined metrics."""
+        loss_hp = loss_hp or {}
         ref_params = reference_source(frozen, ref_params) if s.exact_kl else None  # its head, for the exact KL
         first = jax.tree.map(lambda x: x[0], (mbs, ref))
         if jax.tree.leaves(mbs)[0].shape[0] == 1:  # one micro-batch: no loop
-            return grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params)
+            return grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params, loss_hp)
         metric_shapes = jax.eval_shape(
-            lambda: grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params))[1]
+            lambda: grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params, loss_hp))[1]
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
         init = (zeros, step_metrics.identity(metric_shapes))
 
         def body(carry, xs):
             g_sum, m_sum = carry
             mb, ref_lp = xs
-            g, m = grad_of(trainable, frozen, mb, ref_lp, dens, num_valid, ref_params)
+            g, m = grad_of(trainable, frozen, mb, ref_lp, dens, num_valid, ref_params, loss_hp)
             g_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)  # accumulate in float32
             return (g_sum, step_metrics.combine_micro_batches(m_sum, m)), None
 
@@ -399,15 +416,25 @@ def _build(model_config: ModelConfig, config, mesh: Mesh):
         mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params)
         return accumulate(trainable, frozen, mbs, ref, dens, num_valid, ref_params)
 
-    def step_fn(state: TrainState, frozen, ref_params, batch):
+    def step_fn(state: TrainState, frozen, ref_params, batch, hyperparameters=None):
+        hyperparameters = dict(hyperparameters or {})
+        bad = sorted(set(hyperparameters) - set(TRACED_HYPERPARAMETERS))
+        if bad:
+            raise ValueError(f"the train step carries the hyperparameters {list(TRACED_HYPERPARAMETERS)} as traced "
+                             f"values, not {bad}")
+        lr = hyperparameters.pop("lr", None)
+        if not s.use_kl:  # no reference pass in this program: every kl_beta is 0 (checked by the caller, on values)
+            hyperparameters.pop("kl_beta", None)
+        step_tx = tx if lr is None else make_optimizer(config.optim, s.total_updates, lr)
+        step_schedule = schedule if lr is None else make_schedule(config.optim, s.total_updates, lr)
         mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params)
 
         def update(carry, _):
             params, opt_state, step = carry
-            grads, metrics = accumulate(params, frozen, mbs, ref, dens, num_valid, ref_params)
+            grads, metrics = accumulate(params, frozen, mbs, ref, dens, num_valid, ref_params, hyperparameters)
             metrics.add("grad_norm", optax.tree.norm(grads), "mean")
-            metrics.add("learning_rate", jnp.asarray(schedule(step), jnp.float32), "mean")
-            updates, opt_state = tx.update(grads, opt_state, params)
+            metrics.add("learning_rate", jnp.asarray(step_schedule(step), jnp.float32), "mean")
+            updates, opt_state = step_tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state, step + 1), metrics
 
         carry = (state.params, state.opt_state, state.step)
@@ -440,13 +467,61 @@ def _check_ref(s: _Settings, ref_params):
                              "off; pass ref_params=None (no second copy of the weights)")
         return None
     if ref_params is None:
-        raise ValueError(f"loss.kl_beta = {s.kl_beta} > 0 needs the reference params: pass the initial "
-                         "params as ref_params (or set loss.kl_beta = 0)")
+        why = (f"loss.kl_beta = {s.kl_beta} > 0" if s.kl_beta > 0 else
+               "a member's kl_beta that may be > 0 (population.ranges.kl_beta)")
+        raise ValueError(f"{why} needs the reference params: pass the initial params as ref_params (or set "
+                         "loss.kl_beta = 0)")
     return ref_params
 
 
 def _place(tree, shardings):
     return None if tree is None else jax.device_put(tree, shardings)
+
+
+class Program(NamedTuple):
+    """The step's unjitted pieces, for a caller that wraps the one step function (`grpo_jax.population.train` vmaps
+    it over members): `step_fn(state, frozen, ref_params, batch, hyperparameters=None) -> (state, metrics)`, the
+    settings, the arguments' shardings, and the host-side checks (clear ValueErrors) that `make_train_step` runs."""
+    step_fn: Any
+    settings: _Settings
+    state_shardings: TrainState
+    frozen_sharding: Any
+    ref_sharding: Any
+    batch_sharding: Any
+    mesh: Mesh
+
+    def check_ref(self, ref_params):
+        """`ref_params` as the step reads them (None when never read); ValueError when missing or misplaced."""
+        return _check_ref(self.settings, ref_params)
+
+    def check_frozen(self, frozen) -> None:
+        s = self.settings
+        if (frozen is None) != (not s.lora_rank):
+            raise ValueError(f"frozen must be {'the LoRA base params' if s.lora_rank else 'None'} for "
+                             f"model.lora_rank = {s.lora_rank} (use what init_train_state returned)")
+
+    def check_batch(self, batch: dict, packed_rows: int = 0) -> dict:
+        """The batch checked, typed and with its packing plan (R at least `packed_rows`), still on the host."""
+        return _check_batch(batch, self.settings, self.mesh, packed_rows)
+
+    def packed_rows(self, checked: dict) -> int:
+        """R, the packed rows per micro-batch of a batch `check_batch` returned (0 when it is not packed)."""
+        if "pack_source" not in checked:
+            return 0
+        n = np.shape(checked["completions"])[0]
+        return int(np.shape(checked["pack_source"])[0]) // (n // (self.settings.micro_batch_size or n))
+
+    def place(self, frozen, ref_params) -> tuple:
+        """(frozen, ref_params) placed on the mesh by their shardings (None stays None)."""
+        return _place(frozen, self.frozen_sharding), _place(ref_params, self.ref_sharding)
+
+
+def build_program(model_config: ModelConfig, config, mesh: Mesh, use_kl=None) -> Program:
+    """The `Program` of this config. use_kl: whether the step runs the reference pass (None: loss.kl_beta > 0); a
+    population sets it when any member's kl_beta may be > 0."""
+    step_fn, _, s, _ = _build(model_config, config, mesh, use_kl)
+    frozen_sh, ref_sh, batch_sh = _arg_shardings(model_config, config, mesh, s)
+    return Program(step_fn, s, state_shardings(model_config, config, mesh), frozen_sh, ref_sh, batch_sh, mesh)
 
 
 def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_options=None):
@@ -461,20 +536,23 @@ def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_opti
     valid tokens at the first iteration. `compiler_options` go to `jax.jit` (tests pass
     {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}: ~3x quicker compilation of a
     tiny model on CPU)."""
-    step_fn, _, s, _ = _build(model_config, config, mesh)
-    st_sh = state_shardings(model_config, config, mesh)
-    frozen_sh, ref_sh, batch_sh = _arg_shardings(model_config, config, mesh, s)
-    jitted = jax.jit(step_fn, in_shardings=(st_sh, frozen_sh, ref_sh, batch_sh), out_shardings=(st_sh, None),
-                     donate_argnums=(0,), compiler_options=compiler_options)
+    program = build_program(model_config, config, mesh)
+
+    def step_fn(state, frozen, ref_params, batch):
+        return program.step_fn(state, frozen, ref_params, batch)
+
+    batch_sh = program.batch_sharding
+    jitted = jax.jit(step_fn, in_shardings=(program.state_shardings, program.frozen_sharding, program.ref_sharding,
+                                            batch_sh),
+                     out_shardings=(program.state_shardings, None), donate_argnums=(0,),
+                     compiler_options=compiler_options)
 
     def prepare(state: TrainState, frozen, ref_params, batch: dict) -> tuple:
         """Checks the arguments (clear ValueErrors) and places them on the mesh: the jitted program's inputs."""
-        ref_params = _check_ref(s, ref_params)
-        if (frozen is None) != (not s.lora_rank):
-            raise ValueError(f"frozen must be {'the LoRA base params' if s.lora_rank else 'None'} for "
-                             f"model.lora_rank = {s.lora_rank} (use what init_train_state returned)")
-        b = jax.device_put(_check_batch(batch, s, mesh), batch_sh)
-        return state, _place(frozen, frozen_sh), _place(ref_params, ref_sh), b
+        ref_params = program.check_ref(ref_params)
+        program.check_frozen(frozen)
+        b = jax.device_put(program.check_batch(batch), batch_sh)
+        return (state, *program.place(frozen, ref_params), b)
 
     def train_step(state: TrainState, frozen, ref_params, batch: dict):
         return jitted(*prepare(state, frozen, ref_params, batch))

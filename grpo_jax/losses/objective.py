@@ -28,6 +28,13 @@ The core fields of the `loss` section declared here:
   entropy_coef       loss -= entropy_coef * aggregated entropy      (0.0)
   mask_truncated     drop completions that hit the length limit     (False; DAPO's overlong filtering)
   num_iterations     mu: updates per rollout                        (1)
+
+Traced hyperparameters: `policy_loss(..., hyperparameters={field: value})` uses each given value in place of the
+config's field (`TRACEABLE_FIELDS`: kl_beta, clip_low, clip_high, entropy_coef), so one trace serves values that
+differ per call or per population member under `jax.vmap`; the formulas are the same code, reading the value as an
+array. A field given this way is never tested as a Python number, so what the config's value decides statically
+follows the key's presence instead: a given kl_beta forms the KL term (ref_logps / the estimator's inputs needed;
+kl_beta = 0 then adds 0 * kl, and `kl` is logged), a given entropy_coef subtracts coef * entropy (entropy needed).
 """
 
 from __future__ import annotations
@@ -50,6 +57,41 @@ CORE_FIELDS = {
     "mask_truncated": False,
     "num_iterations": 1,
 }
+
+
+# The loss fields `policy_loss(hyperparameters=...)` may give as (traced) values: every formula reading them treats
+# them as arrays. Others (dual_clip, the variant's own fields, ...) decide the program's structure or are not
+# written for it.
+TRACEABLE_FIELDS = ("kl_beta", "clip_low", "clip_high", "entropy_coef")
+
+
+class _WithValues:
+    """The loss ConfigDict seen with some fields replaced by (traced) values: attribute, item and .get access."""
+
+    def __init__(self, config, values: dict):
+        self._config, self._values = config, values
+
+    def __getattr__(self, name):
+        values = self.__dict__["_values"]
+        return values[name] if name in values else getattr(self.__dict__["_config"], name)
+
+    def __getitem__(self, name):
+        return self._values[name] if name in self._values else self._config[name]
+
+    def __contains__(self, name):
+        return name in self._values or name in self._config
+
+    def get(self, name, default=None):
+        return self._values[name] if name in self._values else self._config.get(name, default)
+
+
+def _traced_values(hyperparameters) -> dict:
+    values = dict(hyperparameters or {})
+    bad = sorted(set(values) - set(TRACEABLE_FIELDS))
+    if bad:
+        raise ValueError(f"policy_loss(hyperparameters=) names {bad}; the loss fields that may be given as traced "
+                         f"values are {list(TRACEABLE_FIELDS)}")
+    return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 
 def _validate_core(cfg) -> None:
@@ -149,7 +191,7 @@ def _variant_inputs(entry, inputs, n, kind="loss.variant"):
 
 
 def policy_loss(logps, old_logps, ref_logps, advantages, mask, config, norm_length=None, truncated=None,
-                entropy=None, denominators=None, keep=None, inputs=None):
+                entropy=None, denominators=None, keep=None, inputs=None, hyperparameters=None):
     """The GRPO objective -> (loss scalar, metrics: a `step_metrics.Metrics` of scalars).
 
     logps [N, T]: the current policy's log-probs of the completion tokens (differentiate w.r.t. these).
@@ -164,6 +206,8 @@ def policy_loss(logps, old_logps, ref_logps, advantages, mask, config, norm_leng
     keep [N] bool: rows to include (drop_zero_std_groups' keep_mask repeated G times); None = all.
     inputs: {name: [N, ...]} per-row arrays; the variant and the KL estimator receive those they declare
         (`register_variant(inputs=)`, `register_kl_estimator(inputs=)`).
+    hyperparameters: {field: scalar} of `TRACEABLE_FIELDS`, used in place of config's (may be traced; module
+        docstring); None = the config's values.
 
     Metrics: loss, policy_loss (the aggregated policy term), kl (token mean; only when kl_beta > 0), entropy
     (token mean, when given), clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean, ratio/mean,
@@ -178,12 +222,18 @@ def policy_loss(logps, old_logps, ref_logps, advantages, mask, config, norm_leng
     old_logps = jax.lax.stop_gradient(logps) if old_logps is None else jnp.asarray(old_logps, jnp.float32)
     advantages = jnp.asarray(advantages, dtype=jnp.float32)
     mask = jnp.asarray(mask, dtype=jnp.float32)
-    use_kl = float(config.kl_beta) > 0.0
+    traced = _traced_values(hyperparameters)
+    use_kl = "kl_beta" in traced or float(config.kl_beta) > 0.0
+    kl_beta = traced.get("kl_beta", float(config.kl_beta))
+    use_entropy = "entropy_coef" in traced or float(config.entropy_coef) != 0.0
+    entropy_coef = traced.get("entropy_coef", float(config.entropy_coef))
     kl_estimator = KL_ESTIMATORS.entry(config.kl_estimator)
     if use_kl and ref_logps is None and not kl_estimator.inputs:
-        raise ValueError(f"loss.kl_beta = {config.kl_beta} > 0 needs ref_logps (pass them, or set kl_beta = 0)")
-    if float(config.entropy_coef) != 0.0 and entropy is None:
-        raise ValueError(f"loss.entropy_coef = {config.entropy_coef} != 0 needs the per-token `entropy` [N, T]")
+        raise ValueError(f"loss.kl_beta = {'<given>' if 'kl_beta' in traced else config.kl_beta} > 0 needs "
+                         "ref_logps (pass them, or set kl_beta = 0)")
+    if use_entropy and entropy is None:
+        raise ValueError(f"loss.entropy_coef = {'<given>' if 'entropy_coef' in traced else config.entropy_coef} "
+                         "!= 0 needs the per-token `entropy` [N, T]")
     ref_logps = jnp.asarray(ref_logps, jnp.float32) if use_kl and ref_logps is not None else None
     entropy = None if entropy is None else jnp.asarray(entropy, jnp.float32)
     _check_shapes(logps, old_logps, ref_logps, advantages, mask, entropy)
@@ -203,7 +253,7 @@ def policy_loss(logps, old_logps, ref_logps, advantages, mask, config, norm_leng
     aggregate = aggregation.obj
 
     variant = VARIANTS.entry(config.variant)
-    term = variant.obj(logps, old_logps, advantages, m, config,
+    term = variant.obj(logps, old_logps, advantages, m, _WithValues(config, traced) if traced else config,
                        **_variant_inputs(variant, inputs, logps.shape[0]))
     per_token = term.loss
     metrics = Metrics()
@@ -212,11 +262,11 @@ def policy_loss(logps, old_logps, ref_logps, advantages, mask, config, norm_leng
         ref_masked = None if ref_logps is None else jnp.where(m > 0, ref_logps, 0.0)
         kl = kl_estimator.obj(jnp.where(m > 0, logps, 0.0), ref_masked,
                               **_variant_inputs(kl_estimator, inputs, logps.shape[0], "loss.kl_estimator"))
-        per_token = per_token + float(config.kl_beta) * kl
+        per_token = per_token + kl_beta * kl
         metrics.add("kl", _mean_over(kl, m, dens["num_tokens"]))
     if entropy is not None:
-        if float(config.entropy_coef) != 0.0:
-            per_token = per_token - float(config.entropy_coef) * entropy
+        if use_entropy:
+            per_token = per_token - entropy_coef * entropy
         metrics.add("entropy", _mean_over(entropy, m, dens["num_tokens"]))
     metrics.add("loss", aggregate(per_token, m, dens))
     metrics.update_from(_ratio_metrics(term, m, rows, dens))
