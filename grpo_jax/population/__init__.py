@@ -19,8 +19,9 @@ move, selection, mutation, the starting population, the lineage file and the ran
     parents, members, rows = population.evolve(fitness, members, rng, config.population, generation=g, step=i)
     population.append_rows(workdir, rows)
 
-Training K members side by side in one program (stacked adapters over one frozen base, per-member traced
-hyperparameters) is the runner's and the train step's part, not this package's.
+`population/train.py` (not imported here, so this package stays free of jax) is the train step of K members side
+by side in one program: stacked states over one frozen base, per-member traced hyperparameters. The runner's
+population loop and the members' joint decode loop are not built yet.
 """
 
 from grpo_jax.population import hyperparameters
