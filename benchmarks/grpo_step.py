@@ -146,7 +146,7 @@ def run_grpo_jax(settings: Settings, steps: int, warmup: int, workdir: str, pack
     tokens = [r["completions/mean_length"] * settings.sequences for r in bench.rows[warmup:]]
     counts = [{"generated": r["completions/mean_length"] * settings.sequences,
                "trained": r["train/tokens"],
-               "computed_sampling": r["completions/max_length"] * settings.sequences,  # every row until the last stops
+               "computed_sampling": r["sampler/tokens_computed"],  # the decode loop's rows of every step
                "computed_train": r["train/tokens_computed"]} for r in bench.rows[warmup:]]
     need = flops.grpo_step(bench.exp.model_config, settings.prompts_per_step, settings.group_size, prompt_tokens,
                            settings.max_new_tokens, settings.kl_beta > 0)

@@ -374,6 +374,9 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     row["train/tokens"] = float(lengths.sum())  # completion tokens trained on (stop tokens included)
     row["train/tokens_computed"] = tokens_computed(cfg, exp.mesh, batch["completion_mask"])  # padding included
     row["sampler/tokens_per_s"] = float(lengths.sum()) / max(t_sample, 1e-9)
+    computed = getattr(exp.sampler.engine, "last_tokens_computed", None)
+    if computed is not None:  # what the decode loop computed, finished rows' steps included
+        row["sampler/tokens_computed"] = computed
     samples = _train_samples(examples, completions, total, adv, G, int(cfg.logging.num_samples))
     return StepResult(row, samples)
 

@@ -150,15 +150,17 @@ def test_bad_max_decode_rows():
 def test_the_jitted_engine_passes_max_decode_rows(monkeypatch):
     """rollout.Settings.max_decode_rows reaches sampling.generate through the 'jitted' engine."""
     seen = []
-    generate = sampling.generate
+    generate = sampling.generate_with_stats
 
     def spy(*args, **kwargs):
         seen.append(kwargs["max_decode_rows"])
         return generate(*args, **kwargs)
-    monkeypatch.setattr(sampling, "generate", spy)
+    monkeypatch.setattr(sampling, "generate_with_stats", spy)
     tokens, mask = _prompts()
     engine = rollout.make("jitted", CONFIG)
     out = engine.generate(_params(), tokens, mask, KEY, rollout.Settings(group_size=G, max_new_tokens=T,
                                                                          stop_ids=STOPS, max_decode_rows=12))
     assert seen == [12]
+    # and it reports what its decode loop computed: token 0 of the 32 rows, then 12 slots per decode step
+    assert engine.last_tokens_computed > 32 and (engine.last_tokens_computed - 32) % 12 == 0
     _same(_plain()[0], jax.tree.map(np.asarray, out))

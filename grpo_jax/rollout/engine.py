@@ -46,6 +46,9 @@ class Settings:
 
 
 class RolloutEngine(Protocol):
+    """An engine may also set `last_tokens_computed`: the token positions its last call decoded, padding and
+    finished rows' steps included (the runner logs it as sampler/tokens_computed)."""
+
     def generate(self, params, prompt_tokens, prompt_mask, key, settings: Settings):
         """-> sampling.Rollout of all P * settings.group_size rows."""
 

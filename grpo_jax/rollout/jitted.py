@@ -14,13 +14,17 @@ class JittedGroupSampler:
 
     def __init__(self, model_config, mesh=None):
         self.model_config, self.mesh = model_config, mesh
+        self.last_tokens_computed = None  # token positions the last call decoded (see RolloutEngine)
 
     def generate(self, params, prompt_tokens, prompt_mask, key, settings: Settings) -> sampling.Rollout:
-        return sampling.generate(self.model_config, params, prompt_tokens, prompt_mask, key,
-                                 group_size=settings.group_size, max_new_tokens=settings.max_new_tokens,
-                                 temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                                 greedy=settings.greedy, stop_ids=settings.stop_ids, pad_id=settings.pad_id,
-                                 mesh=self.mesh, max_decode_rows=settings.max_decode_rows)
+        out, stats = sampling.generate_with_stats(
+            self.model_config, params, prompt_tokens, prompt_mask, key, group_size=settings.group_size,
+            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_k=settings.top_k,
+            top_p=settings.top_p, greedy=settings.greedy, stop_ids=settings.stop_ids, pad_id=settings.pad_id,
+            mesh=self.mesh, max_decode_rows=settings.max_decode_rows)
+        rows = out.lengths.shape[0]  # token 0 of every row from the prefill, then each decode step's batch
+        self.last_tokens_computed = int(rows + sum(b * int(s) for b, s in zip(stats.buckets, stats.steps)))
+        return out
 
 
 @register_engine("jitted")
