@@ -8,6 +8,8 @@ Measured (2026-11-26, commit 505bc9d, fresh clone, 2-core AMD EPYC VM, 24 GiB, n
 two held-out evals); held-out greedy accuracy on 200 problems 57.5% (step 0) -> 79.0% (step 30); training reward
 0.11 -> 0.94 (sampled at temperature 1). Two runs here gave identical numbers (CPU runs are deterministic; another
 CPU model may round differently).
+Re-measured 2026-12-02 (commit 4ad8dc8's code, packed train step, same VM type): `python -m experiments.train
+--config configs/default.py --workdir runs/demo` 9m41s, 57.5% -> 77.5%.
 `--config configs/default.py:tiny` is a 2-step smoke version (a few prompts, 8 held-out problems).
 """
 
