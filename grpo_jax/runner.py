@@ -318,7 +318,6 @@ def _progress(start: int, total: int, enabled: bool):
 
 def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) -> StepResult:
     """One GRPO step (`Experiment.step`): returns (metrics row, a few sample completions of this process)."""
-    from grpo_jax.train_step import tokens_computed
     cfg = exp.config
     t0 = time.time()
     examples = exp.task.train_batch(int(cfg.seed), step, P)
@@ -372,7 +371,7 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     row["sampler/time"], row["train/time"] = t_sample, t_train
     row["train/completion_width"] = width
     row["train/tokens"] = float(lengths.sum())  # completion tokens trained on (stop tokens included)
-    row["train/tokens_computed"] = tokens_computed(cfg, exp.mesh, batch["completion_mask"])  # padding included
+    row["train/tokens_computed"] = exp.train_step.last_tokens_computed  # the step's own plan, padding included
     row["sampler/tokens_per_s"] = float(lengths.sum()) / max(t_sample, 1e-9)
     computed = getattr(exp.sampler.engine, "last_tokens_computed", None)
     if computed is not None:  # what the decode loop computed, finished rows' steps included

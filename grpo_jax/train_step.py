@@ -265,17 +265,6 @@ def _check_batch(batch: dict, s: _Settings, mesh: Mesh, packed_rows: int = 0) ->
     return out
 
 
-def tokens_computed(config, mesh: Mesh, completion_mask) -> int:
-    """Completion positions one pass of the step computes for this mask [N, T] (padding included): the packed
-    rows' M * R * T with optim.pack_completions, else N * T (for metrics and benchmarks)."""
-    s = _settings(config)
-    n, t = np.shape(completion_mask)
-    if not s.pack_completions:
-        return n * t
-    num_micro = n // (s.micro_batch_size or n)
-    return int(_packing_plan(completion_mask, s, num_micro, mesh)["pack_source"].size)
-
-
 def _packing_plan(completion_mask, s: _Settings, num_micro: int, mesh: Mesh, min_rows: int = 0) -> dict:
     """The batch's packing plan (`grpo_jax.packing`) as batch arrays whose leading axis splits over the data
     shards: pack_source [M * R, T], pack_prompt [M * R], pack_unpack [N, T]; R at least `min_rows`."""
@@ -551,8 +540,10 @@ def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_opti
         """Checks the arguments (clear ValueErrors) and places them on the mesh: the jitted program's inputs."""
         ref_params = program.check_ref(ref_params)
         program.check_frozen(frozen)
-        b = jax.device_put(program.check_batch(batch), batch_sh)
-        return (state, *program.place(frozen, ref_params), b)
+        checked = program.check_batch(batch)
+        # completion positions one pass computes, padding included: the packed rows' M * R * T, else N * T
+        train_step.last_tokens_computed = int(np.size(checked.get("pack_source", checked["completions"])))
+        return (state, *program.place(frozen, ref_params), jax.device_put(checked, batch_sh))
 
     def train_step(state: TrainState, frozen, ref_params, batch: dict):
         return jitted(*prepare(state, frozen, ref_params, batch))
@@ -560,6 +551,7 @@ def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_opti
     # For ahead-of-time compilation (benchmarks): train_step.jitted.lower(*train_step.prepare(...)).compile()
     train_step.jitted = jitted
     train_step.prepare = prepare
+    train_step.last_tokens_computed = None  # set by each call (the runner logs it as train/tokens_computed)
     return train_step
 
 
