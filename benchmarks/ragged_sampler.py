@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
         timed = [results.timed(lambda i=i: call(mode, i + 1)) for i in range(args.repeats)]
         seconds, (out, stats) = min(timed, key=lambda x: x[0])
         lengths = np.asarray(out.lengths)
-        computed = int(n + np.dot(np.asarray(stats.buckets), np.asarray(stats.steps)))
+        computed = stats.tokens_computed(n)
         rollouts[mode] = np.asarray(out.tokens)
         line[mode] = {"tokens_per_s": round(float(lengths.sum()) / seconds, 1), "time_s": round(seconds, 3),
                       "first_call_s": round(first, 3), "tokens_generated": int(lengths.sum()),

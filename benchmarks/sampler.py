@@ -161,9 +161,7 @@ def main(argv=None) -> dict:
         lengths = np.asarray(out.lengths)
         if not eos and not bool(np.all(lengths == t)):
             raise RuntimeError("grpo_jax: a completion ended before --new-tokens (stop ids are off)")
-        # token 0 of every row from the prefill, then each decode step's batch (the compaction ladder's sizes)
-        computed = int(lengths.size + np.dot(np.asarray(stats.buckets), np.asarray(stats.steps)))
-        counts["grpo_jax"].append((int(lengths.sum()), computed))
+        counts["grpo_jax"].append((int(lengths.sum()), stats.tokens_computed(lengths.size)))
         return seconds
 
     thread_counts = [int(x) for x in str(args.torch_threads).split(",") if x.strip()]

@@ -329,6 +329,11 @@ class DecodeStats(NamedTuple):
     steps: np.ndarray    # int [len(buckets)]: decode steps run at each size
     refilled: int
 
+    def tokens_computed(self, rows: int) -> int:
+        """Token positions the call computed for `rows` rows: token 0 of each from the prefill, then every decode
+        step's batch (finished rows' idle slots included)."""
+        return int(rows + np.dot(np.asarray(self.buckets), np.asarray(self.steps)))
+
 
 def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, group_size: int, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,

@@ -149,6 +149,7 @@ def test_bad_max_decode_rows():
 
 def test_the_jitted_engine_passes_max_decode_rows(monkeypatch):
     """rollout.Settings.max_decode_rows reaches sampling.generate through the 'jitted' engine."""
+    want = _plain()[0]  # before the spy: only the engine's own call is recorded
     seen = []
     generate = sampling.generate_with_stats
 
@@ -163,4 +164,4 @@ def test_the_jitted_engine_passes_max_decode_rows(monkeypatch):
     assert seen == [12]
     # and it reports what its decode loop computed: token 0 of the 32 rows, then 12 slots per decode step
     assert engine.last_tokens_computed > 32 and (engine.last_tokens_computed - 32) % 12 == 0
-    _same(_plain()[0], jax.tree.map(np.asarray, out))
+    _same(want, jax.tree.map(np.asarray, out))

@@ -22,8 +22,7 @@ class JittedGroupSampler:
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_k=settings.top_k,
             top_p=settings.top_p, greedy=settings.greedy, stop_ids=settings.stop_ids, pad_id=settings.pad_id,
             mesh=self.mesh, max_decode_rows=settings.max_decode_rows)
-        rows = out.lengths.shape[0]  # token 0 of every row from the prefill, then each decode step's batch
-        self.last_tokens_computed = int(rows + sum(b * int(s) for b, s in zip(stats.buckets, stats.steps)))
+        self.last_tokens_computed = stats.tokens_computed(out.lengths.shape[0])
         return out
 
 
