@@ -34,8 +34,8 @@ Metrics are a `step_metrics.Metrics`: each carries its reduction over micro-batc
 where it is computed (the loss, its variant, this module), so no table here names them.
 
 Traced hyperparameters: the step function (`build_program(...).step_fn`) also takes `hyperparameters`, {name:
-scalar} of `TRACED_HYPERPARAMETERS` (lr, kl_beta, clip_low, clip_high, entropy_coef) used in place of the config's
-values without a recompile; `grpo_jax.population.train` vmaps this one function over a population's members. What
+scalar} of `TRACED_HYPERPARAMETERS` (lr, temperature, kl_beta, clip_low, clip_high, entropy_coef) used in place of
+the config's values without a recompile (temperature: the one the log-probs, the reference's included, are taken at); `grpo_jax.population.train` vmaps this one function over a population's members. What
 the config decides statically stays static: the reference pass runs when `use_kl` (default loss.kl_beta > 0).
 """
 
@@ -65,8 +65,9 @@ TOKEN_KL = "token_kl"
 # The packing plan's arrays laid out per packed row (split into micro-batches by a reshape; pack_unpack is per row).
 PACKED_KEYS = ("pack_source", "pack_prompt")
 # The hyperparameters `step_fn(hyperparameters=)` takes as traced values (a population's, one per member): the
-# optimizer's peak learning rate and the loss fields that may be traced (`losses.TRACEABLE_FIELDS`).
-TRACED_HYPERPARAMETERS = ("lr",) + losses.TRACEABLE_FIELDS
+# optimizer's peak learning rate, the sampling temperature the log-probs are taken at (a member's own
+# rollout.temperature), and the loss fields that may be traced (`losses.TRACEABLE_FIELDS`).
+TRACED_HYPERPARAMETERS = ("lr", "temperature") + losses.TRACEABLE_FIELDS
 _DTYPES = {"prompt_tokens": jnp.int32, "prompt_mask": jnp.bool_, "completions": jnp.int32,
            "completion_mask": jnp.float32, "advantages": jnp.float32, "old_logps": jnp.float32,
            "truncated": jnp.bool_, "keep": jnp.bool_}
@@ -331,13 +332,14 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
     def reference_source(frozen, ref_params):
         return frozen if s.lora_rank else ref_params  # LoRA: the base with the adapters off
 
-    def micro_loss(trainable, frozen, mb, ref_mb, dens, num_valid, ref_params, loss_hp):
+    def micro_loss(trainable, frozen, mb, ref_mb, dens, num_valid, ref_params, loss_hp, temperature):
         """ref_mb: the micro-batch's reference log-probs [rows, T], or with exact_kl its hidden states. loss_hp: the
-        loss's traced hyperparameters ({} = the config's)."""
+        loss's traced hyperparameters ({} = the config's); temperature: the log-probs' (rollout.temperature or a
+        member's traced value)."""
         params = full_params(trainable, frozen)
         reference = (ref_params, ref_mb) if s.exact_kl else None
         out = logprobs.completion_logprobs(model_config, params, mb["prompt_tokens"], mb["prompt_mask"],
-                                           mb["completions"], s.group_size, s.temperature, reference=reference,
+                                           mb["completions"], s.group_size, temperature, reference=reference,
                                            layout=_layout(mb))
         logps, entropy = out[0], out[1]
         inputs = {k: v for k, v in mb.items() if k not in PROMPT_KEYS + ROW_KEYS + packing.KEYS}
@@ -358,8 +360,8 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
 
     grad_of = jax.grad(micro_loss, has_aux=True)
 
-    def prepare(batch, frozen, ref_params):
-        """Split into micro-batches, global denominators, reference log-probs (once)."""
+    def prepare(batch, frozen, ref_params, temperature=s.temperature):
+        """Split into micro-batches, global denominators, reference log-probs (once, at `temperature`)."""
         n = batch["completions"].shape[0]
         num_micro = n // (s.micro_batch_size or n)
         dens = losses.batch_denominators(batch["completion_mask"], loss_cfg, s.norm_length, batch["truncated"],
@@ -375,25 +377,27 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
             if s.exact_kl:
                 ref = reference_hidden(model_config, ref_source, rows, s.group_size)
             else:
-                ref = reference_logprobs(model_config, ref_source, rows, s.group_size, s.temperature)
+                ref = reference_logprobs(model_config, ref_source, rows, s.group_size, temperature)
         return mbs, ref, dens, num_valid
 
-    def accumulate(trainable, frozen, mbs, ref, dens, num_valid, ref_params, loss_hp=None):
+    def accumulate(trainable, frozen, mbs, ref, dens, num_valid, ref_params, loss_hp=None,
+                   temperature=s.temperature):
         """Sum of the micro-batch gradients (= the full-batch gradient) and combined metrics."""
         loss_hp = loss_hp or {}
         ref_params = reference_source(frozen, ref_params) if s.exact_kl else None  # its head, for the exact KL
         first = jax.tree.map(lambda x: x[0], (mbs, ref))
         if jax.tree.leaves(mbs)[0].shape[0] == 1:  # one micro-batch: no loop
-            return grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params, loss_hp)
+            return grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params, loss_hp, temperature)
         metric_shapes = jax.eval_shape(
-            lambda: grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params, loss_hp))[1]
+            lambda: grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params, loss_hp,
+                            temperature))[1]
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
         init = (zeros, step_metrics.identity(metric_shapes))
 
         def body(carry, xs):
             g_sum, m_sum = carry
             mb, ref_lp = xs
-            g, m = grad_of(trainable, frozen, mb, ref_lp, dens, num_valid, ref_params, loss_hp)
+            g, m = grad_of(trainable, frozen, mb, ref_lp, dens, num_valid, ref_params, loss_hp, temperature)
             g_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)  # accumulate in float32
             return (g_sum, step_metrics.combine_micro_batches(m_sum, m)), None
 
@@ -412,15 +416,17 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
             raise ValueError(f"the train step carries the hyperparameters {list(TRACED_HYPERPARAMETERS)} as traced "
                              f"values, not {bad}")
         lr = hyperparameters.pop("lr", None)
+        temperature = hyperparameters.pop("temperature", s.temperature)
         if not s.use_kl:  # no reference pass in this program: every kl_beta is 0 (checked by the caller, on values)
             hyperparameters.pop("kl_beta", None)
         step_tx = tx if lr is None else make_optimizer(config.optim, s.total_updates, lr)
         step_schedule = schedule if lr is None else make_schedule(config.optim, s.total_updates, lr)
-        mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params)
+        mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params, temperature)
 
         def update(carry, _):
             params, opt_state, step = carry
-            grads, metrics = accumulate(params, frozen, mbs, ref, dens, num_valid, ref_params, hyperparameters)
+            grads, metrics = accumulate(params, frozen, mbs, ref, dens, num_valid, ref_params, hyperparameters,
+                                        temperature)
             metrics.add("grad_norm", optax.tree.norm(grads), "mean")
             metrics.add("learning_rate", jnp.asarray(step_schedule(step), jnp.float32), "mean")
             updates, opt_state = step_tx.update(grads, opt_state, params)

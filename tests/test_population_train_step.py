@@ -14,7 +14,7 @@ from train_fixtures import CFG, FAST_COMPILE, batch, config, max_abs_diff, param
 
 MESH = sharding.make_mesh(sharding.mesh_config())
 TOL = 1e-6
-NAMES = ("lr", "kl_beta", "clip_low", "clip_high", "entropy_coef")
+NAMES = ("lr", "temperature", "kl_beta", "clip_low", "clip_high", "entropy_coef")
 
 
 def _config(lora_rank, **kw):
@@ -105,21 +105,22 @@ def test_identical_members_equal_the_single_step():
     assert max_abs_diff(want_state.params, state.params) > 1e-4  # the step did move the adapters
 
 
-# Member 0: no KL (the single run then has no reference pass); 1: a larger lr and tight clip bounds (many tokens
-# clipped); 2: a smaller lr, a strong KL, tight clip bounds the other way round and an entropy bonus.
+# Member 0: no KL (the single run then has no reference pass); 1: a larger lr, a lower temperature and tight clip
+# bounds (many tokens clipped); 2: a smaller lr, a higher temperature, a strong KL, tight clip bounds the other way
+# round and an entropy bonus.
 # The config: lr 1e-3, kl_beta 0.04, clip bounds 0.2, no entropy bonus.
 MEMBERS = [
-    dict(lr=1e-3, kl_beta=0.0, clip_low=0.2, clip_high=0.2, entropy_coef=0.0),
-    dict(lr=3e-3, kl_beta=0.04, clip_low=0.02, clip_high=0.01, entropy_coef=0.0),
-    dict(lr=5e-4, kl_beta=0.3, clip_low=0.01, clip_high=0.03, entropy_coef=0.05),
+    dict(lr=1e-3, temperature=1.0, kl_beta=0.0, clip_low=0.2, clip_high=0.2, entropy_coef=0.0),
+    dict(lr=3e-3, temperature=0.7, kl_beta=0.04, clip_low=0.02, clip_high=0.01, entropy_coef=0.0),
+    dict(lr=5e-4, temperature=1.3, kl_beta=0.3, clip_low=0.01, clip_high=0.03, entropy_coef=0.05),
 ]
 
 
 @pytest.mark.parametrize("lora_rank,members", [(2, (0, 1, 2)), (0, (0, 2))], ids=["lora", "full"])
 def test_members_with_their_own_hyperparameters_give_their_own_single_runs(lora_rank, members):
     """Each member's result is the single run with its hyperparameters written into the config
-    (population.with_hyperparameters), over mu = 2 updates with weight decay: lr, kl_beta, clip bounds and
-    entropy_coef are traced per member, not the config's. (Full finetuning: two members, to save compilations.)"""
+    (population.with_hyperparameters), over mu = 2 updates with weight decay: lr, temperature (the log-probs', the
+    reference's included), kl_beta, clip bounds and entropy_coef are traced per member, not the config's. (Full finetuning: two members, to save compilations.)"""
     chosen = [MEMBERS[i] for i in members]
     cfg = _config(lora_rank, num_iterations=2)
     cfg.optim.weight_decay = 0.1
@@ -234,8 +235,10 @@ def test_reference_pass_and_bad_hyperparameters():
     step = population_train.make_population_train_step(CFG, cfg, MESH, FAST_COMPILE)
     with pytest.raises(ValueError, match="runs no reference pass"):
         step.prepare(states, frozen, None, b, {"kl_beta": np.asarray([0.0, 0.1])})
-    with pytest.raises(ValueError, match="not 'temperature'"):
-        step.prepare(states, frozen, None, b, {"temperature": np.asarray([1.0, 0.9])})
+    with pytest.raises(ValueError, match="not 'top_p'"):
+        step.prepare(states, frozen, None, b, {"top_p": np.asarray([1.0, 0.9])})
+    with pytest.raises(ValueError, match="temperature.*must be > 0"):
+        step.prepare(states, frozen, None, b, {"temperature": np.asarray([1.0, 0.0])})
     with pytest.raises(ValueError, match=r"shape \(2,\), got \(3,\)"):
         step.prepare(states, frozen, None, b, {"lr": np.ones(3)})
     with pytest.raises(ValueError, match="leading member axis"):

@@ -10,11 +10,12 @@
   `frozen` (the LoRA base) and `ref_params` (full finetuning's reference) are shared, not mapped.
 - `batches` is the train step's batch dict with a leading member axis on every array: member k trains on its own
   completions (and advantages, old log-probs, ...) of the SAME prompts.
-- `hyperparameters` is {name: float [K]} of `train_step.TRACED_HYPERPARAMETERS` (lr, kl_beta, clip_low, clip_high,
-  entropy_coef), one traced value per member, so members differ without a recompile; a name left out takes the
-  config's value for every member. 'lr' is the member's peak learning rate in place of optim.lr (the schedule's
-  shape is the config's; AdamW's decoupled weight decay is scaled by it as by optim.lr). The others reach
-  `losses.policy_loss(hyperparameters=)`.
+- `hyperparameters` is {name: float [K]} of `train_step.TRACED_HYPERPARAMETERS` (lr, temperature, kl_beta,
+  clip_low, clip_high, entropy_coef), one traced value per member, so members differ without a recompile; a name
+  left out takes the config's value for every member. 'lr' is the member's peak learning rate in place of optim.lr
+  (the schedule's shape is the config's; AdamW's decoupled weight decay is scaled by it as by optim.lr).
+  'temperature' is the member's sampling temperature, at which its log-probs (and the reference's) are taken. The
+  others reach `losses.policy_loss(hyperparameters=)`.
 
 Invariant: member k's result is the single-policy step's on member k's state and batch with member k's
 hyperparameters written into the config (`population.with_hyperparameters`), up to float32 rounding: there is one
@@ -28,8 +29,8 @@ Static choices, fixed per program:
   rows per micro-batch) the largest over members, so the plans stack (`packing.plan(min_rows=)`: padding rows).
 
 Not here yet (issue 18): the sampler side (each member's completions in one decode loop), the runner loop, a
-`mesh.member` axis (members are replicated over the mesh; each member's rows shard over data x fsdp as usual), and
-temperature / top_p / group_size as traced train-step values (the log-probs use rollout.temperature). With LoRA the
+`mesh.member` axis (members are replicated over the mesh; each member's rows shard over data x fsdp as usual).
+top_p is the sampler's alone (log-probs are of the full softmax); group_size is the runner's (masked rows). With LoRA the
 vmapped step merges each member's adapters into its own copy of the adapted kernels ([K, ...] merged weights exist
 in the program); the reference pass reads the shared base once for all members' rows.
 """
@@ -122,7 +123,7 @@ def _check_hyperparameters(hyperparameters, k: int, use_kl: bool) -> dict:
     for name, value in dict(hyperparameters or {}).items():
         if name not in TRAIN_HYPERPARAMETERS:
             raise ValueError(f"the population train step carries {list(TRAIN_HYPERPARAMETERS)} per member, not "
-                             f"{name!r} (temperature, top_p and group_size are the sampler's)")
+                             f"{name!r} (top_p is the sampler's, group_size the runner's)")
         v = np.asarray(jax.device_get(value), np.float32)
         if v.shape != (k,):
             raise ValueError(f"hyperparameters[{name!r}] must hold one value per member, shape ({k},), got {v.shape}")
@@ -130,6 +131,8 @@ def _check_hyperparameters(hyperparameters, k: int, use_kl: bool) -> dict:
             raise ValueError(f"hyperparameters[{name!r}] must be finite, got {v.tolist()}")
         if name in ("lr", "kl_beta", "clip_high", "entropy_coef") and np.any(v < 0):
             raise ValueError(f"hyperparameters[{name!r}] must be >= 0, got {v.tolist()}")
+        if name == "temperature" and np.any(v <= 0):
+            raise ValueError(f"hyperparameters['temperature'] must be > 0, got {v.tolist()}")
         if name == "clip_low" and np.any((v < 0) | (v > 1)):
             raise ValueError(f"hyperparameters['clip_low'] must lie in [0, 1], got {v.tolist()}")
         if name == "kl_beta" and not use_kl and np.any(v > 0):
