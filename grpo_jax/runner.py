@@ -53,6 +53,7 @@ class RunResult:
     last_eval: Optional[dict]      # the latest eval metrics of this invocation
     plots: list
     export: Optional[str]
+    population: Optional[dict] = None  # a population run: the elite member, its final fitness, the generations
 
 
 class _Preemption:
@@ -112,8 +113,22 @@ class Experiment:
     training steps from elsewhere (benchmarks, notebooks). `state` and `base_key` are what a checkpoint holds."""
 
     def __init__(self, config, workdir: str):
-        from grpo_jax import models, rewards, tasks
         from grpo_jax.train_step import init_train_state
+
+        policy = self._setup(config, workdir)
+        self.state, self.frozen = init_train_state(policy.config, policy.params, config, self.mesh)
+        use_ref = float(config.loss.kl_beta) > 0 and int(config.model.lora_rank) == 0
+        self.ref = sharding.shard_params(policy.params, policy.config, self.mesh) if use_ref else None
+        del policy
+        self.train_step = _cached_train_step(self.model_config, config, self.mesh)
+        self.base_key = jax.random.PRNGKey(int(config.seed))
+        if self.main:
+            check_workdir(workdir, config, write=True)
+
+    def _setup(self, config, workdir: str):
+        """Everything but the train state and step (shared with the population's experiment): validation, mesh,
+        task, rewards, eval set, tokenizer, sampler. Returns the loaded policy (its params seed the state)."""
+        from grpo_jax import models, rewards, tasks
 
         config_base.validate(config)
         self.config, self.workdir = config, workdir
@@ -132,14 +147,7 @@ class Experiment:
                                                scan_layers=bool(config.model.get("scan_layers", True)))
         self.sampler = evaluation.Sampler(sampler_config, self.tokenizer, self.mesh, engine=config.rollout.engine,
                                           max_decode_rows=int(config.rollout.max_decode_rows))
-        self.state, self.frozen = init_train_state(policy.config, policy.params, config, self.mesh)
-        use_ref = float(config.loss.kl_beta) > 0 and int(config.model.lora_rank) == 0
-        self.ref = sharding.shard_params(policy.params, policy.config, self.mesh) if use_ref else None
-        del policy
-        self.train_step = _cached_train_step(self.model_config, config, self.mesh)
-        self.base_key = jax.random.PRNGKey(int(config.seed))
-        if self.main:
-            check_workdir(workdir, config, write=True)
+        return policy
 
     def policy_params(self):
         from grpo_jax.train_step import policy_params
@@ -224,23 +232,26 @@ def _train_samples(examples, completions, scores_local, adv, group_size, limit) 
     return out
 
 
-def _eval(exp: Experiment, step: int, writer) -> dict:
+def _eval(exp: Experiment, step: int, writer, params=None, tags: Optional[dict] = None) -> dict:
+    """Evaluate `params` (default: the experiment's policy) on the eval set; writes one eval row (with `tags`,
+    e.g. a population member's {'member': k, 'hp/lr': ...}) and returns the eval metrics."""
     config = exp.config
     t0 = time.time()
-    result = evaluation.evaluate(exp.sampler, exp.policy_params(), exp.eval_examples,
+    result = evaluation.evaluate(exp.sampler, exp.policy_params() if params is None else params, exp.eval_examples,
                                  _key(exp.base_key, EVAL_TAG, step),
                                  reward_fn=exp.reward_fn, accuracy_fn=exp.accuracy_fn, config=config,
                                  num_samples_shown=int(config.logging.num_samples),
                                  eval_metrics=exp.task.eval_metrics)
-    row = {"step": step, **result.metrics, "eval/time": time.time() - t0}
+    row = {"step": step, **(tags or {}), **result.metrics, "eval/time": time.time() - t0}
     writer.write(row)
     shown = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in result.metrics.items()
                       if isinstance(v, float))
-    _say(f"[eval step {step}] {len(exp.eval_examples)} held-out problems: {shown}", exp.main)
+    who = f" member {tags['member']}" if tags and "member" in tags else ""
+    _say(f"[eval step {step}{who}] {len(exp.eval_examples)} held-out problems: {shown}", exp.main)
     if result.samples and config.logging.num_samples:
         table = evaluation.format_table(result.samples, ("prompt", "completion", "reward", "correct"))
         _say(table, exp.main)
-        writer.write_text("eval/samples", table, step)
+        writer.write_text("eval/samples" + (f"/member_{tags['member']}" if who else ""), table, step)
     return result.metrics
 
 
@@ -251,6 +262,11 @@ def run(config, workdir: str, *, preempt_after: Optional[int] = None,
     preempt_after: testing hook, behave as if SIGTERM arrived after this many steps.
     on_step: called with each training metrics row (after it is written)."""
     workdir = os.path.abspath(workdir)
+    from grpo_jax import population
+
+    if "population" in config and population.enabled(config):
+        from grpo_jax.population.experiment import run_population
+        return run_population(config, workdir, preempt_after=preempt_after, on_step=on_step)
     exp = Experiment(config, workdir)
     cfg, main = config, exp.main
     P = int(cfg.rollout.prompts_per_step)
@@ -321,39 +337,83 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     cfg = exp.config
     t0 = time.time()
     examples = exp.task.train_batch(int(cfg.seed), step, P)
-    (prompt_tokens, prompt_mask), rollout, completions = exp.sampler.sample(
+    sampled = exp.sampler.sample(
         exp.policy_params(), examples, _key(base_key, SAMPLE_TAG, step), group_size=G,
         max_new_tokens=int(cfg.rollout.max_new_tokens), temperature=float(cfg.rollout.temperature),
         top_p=float(cfg.rollout.top_p), top_k=int(cfg.rollout.top_k))
     t_sample = time.time() - t0
-    total, per_reward, num_errors = evaluation.score(exp.reward_fn, examples, completions, G)
-    scores = _gather_scores(total, per_reward, completions)
-    rewards_pg = scores[:, 0].reshape(P, G)
-    per_reward_pgr = scores[:, 3:].reshape(P, G, len(per_reward))  # unweighted, in config.rewards' order
-    weights = np.asarray([float(cfg.rewards[name]) for name in per_reward], np.float32)
-    adv = np.asarray(advantages.group_advantages(rewards_pg, cfg.loss, per_reward=per_reward_pgr,
-                                                 reward_weights=weights), np.float32).reshape(-1)
-    stats = advantages.group_stats(rewards_pg, cfg.loss)
-    columns = (rollout.tokens, rollout.mask, rollout.logps)
-    width = completion_width(scores[:, 1].max(), rollout.tokens.shape[1],
+    member = member_batch(exp, examples, sampled, G)
+    width = completion_width(member.longest, sampled[1].tokens.shape[1],
                              packed=bool(cfg.optim.get("pack_completions", True)))
-    if width < rollout.tokens.shape[1]:
-        columns = _first_columns(columns, width)
-    batch = dict(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, completions=columns[0],
-                 completion_mask=columns[1], old_logps=columns[2], advantages=adv, truncated=rollout.truncated,
-                 keep=np.repeat(np.asarray(stats["keep_mask"]), G))
+    batch = trim_columns(member.batch, width)
     t1 = time.time()
     exp.state, train_metrics = exp.train_step(exp.state, exp.frozen, exp.ref, batch)
     train_metrics = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
     t_train = time.time() - t1
+    row = with_train_metrics({"step": step + 1, **member.row}, train_metrics)
+    row["step_time"] = time.time() - t0
+    row["sampler/time"], row["train/time"] = t_sample, t_train
+    row["train/completion_width"] = width
+    row["train/tokens"] = member.tokens  # completion tokens trained on (stop tokens included)
+    row["train/tokens_computed"] = exp.train_step.last_tokens_computed  # the step's own plan, padding included
+    row["sampler/tokens_per_s"] = member.generated / max(t_sample, 1e-9)
+    computed = getattr(exp.sampler.engine, "last_tokens_computed", None)
+    if computed is not None:  # what the decode loop computed, finished rows' steps included
+        row["sampler/tokens_computed"] = computed
+    return StepResult(row, member.samples)
 
-    lengths, truncated = scores[:, 1], scores[:, 2]
+
+class MemberBatch(NamedTuple):
+    """One policy's scored rollout of a step, ready for the train step: `batch` (all rollout.max_new_tokens
+    columns; `trim_columns` cuts them), its metrics `row` so far (step, reward and completion statistics), sample
+    completions, the longest completion of any row, the kept completions' token count, and every row's."""
+    batch: dict
+    row: dict
+    samples: list
+    longest: int
+    tokens: float
+    generated: float
+
+
+def member_batch(exp, examples, sampled, G: int, group: int = 0) -> MemberBatch:
+    """Rewards, advantages and statistics of one policy's sampled completions (`Sampler.sample`'s return) of the
+    step's `examples`, G per prompt.
+
+    group: the effective group size g (a population member's `group_size`; 0 = G): only completions 0..g-1 of
+    each group count -- advantages and reward statistics are those of the [P, g] rewards, the other rows get
+    advantage 0 and keep = False (in no loss term or denominator), and the completion statistics and token
+    counts are over the kept rows. g = G is exactly the unmasked computation."""
+    cfg = exp.config
+    (prompt_tokens, prompt_mask), rollout, completions = sampled
+    P = len(examples)
+    g = int(group) or G
+    if not 2 <= g <= G:
+        raise ValueError(f"effective group size {g} must be in 2..rollout.group_size = {G}")
+    total, per_reward, num_errors = evaluation.score(exp.reward_fn, examples, completions, G)
+    scores = _gather_scores(total, per_reward, completions)
+    kept = scores.reshape(P, G, -1)[:, :g]                     # [P, g, 3 + R]
+    rewards_pg = kept[:, :, 0]
+    per_reward_pgr = kept[:, :, 3:]  # unweighted, in config.rewards' order
+    weights = np.asarray([float(cfg.rewards[name]) for name in per_reward], np.float32)
+    adv_pg = np.zeros((P, G), np.float32)
+    adv_pg[:, :g] = np.asarray(advantages.group_advantages(rewards_pg, cfg.loss, per_reward=per_reward_pgr,
+                                                           reward_weights=weights), np.float32)
+    adv = adv_pg.reshape(-1)
+    stats = advantages.group_stats(rewards_pg, cfg.loss)
+    keep = np.repeat(np.asarray(stats["keep_mask"]), G)
+    if g < G:
+        keep = keep & (np.arange(P * G) % G < g)
+    batch = dict(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, completions=rollout.tokens,
+                 completion_mask=rollout.mask, old_logps=rollout.logps, advantages=adv, truncated=rollout.truncated,
+                 keep=keep)
+    kept = kept.reshape(P * g, -1)
+    lengths, truncated = kept[:, 1], kept[:, 2]
     errors = np.asarray([num_errors[k] for k in per_reward], np.float32)
     errors = distributed.allgather_rows(errors[None]).sum(axis=0)
-    row = {"step": step + 1, "reward": float(stats["reward"]), "reward_std": float(stats["reward_std"])}
+    row = {"reward": float(stats["reward"]), "reward_std": float(stats["reward_std"])}
     for i, name in enumerate(per_reward):
-        row[f"rewards/{name}/mean"] = float(scores[:, 3 + i].mean())
-        row[f"rewards/{name}/std"] = float(scores[:, 3 + i].std())
+        row[f"rewards/{name}/mean"] = float(kept[:, 3 + i].mean())
+        row[f"rewards/{name}/std"] = float(kept[:, 3 + i].std())
         if errors[i]:
             row[f"rewards/{name}/errors"] = int(errors[i])
     row.update({
@@ -363,21 +423,26 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": float(truncated.mean()),
     })
-    # Every metric the train step returns (the loss's, its plug-ins', the step's own), under its own name.
+    samples = _train_samples(examples, completions, total, adv, G, int(cfg.logging.num_samples))
+    return MemberBatch(batch, row, samples, int(scores[:, 1].max()), float(lengths.sum()), float(scores[:, 1].sum()))
+
+
+def trim_columns(batch: dict, width: int) -> dict:
+    """The batch with its completion columns cut to the first `width` (see `completion_width`)."""
+    if width >= np.shape(batch["completions"])[1]:
+        return batch
+    columns = _first_columns((batch["completions"], batch["completion_mask"], batch["old_logps"]), width)
+    return dict(batch, completions=columns[0], completion_mask=columns[1], old_logps=columns[2])
+
+
+def with_train_metrics(row: dict, train_metrics: dict) -> dict:
+    """The row plus every metric the train step returns (the loss's, its plug-ins', the step's own) under its own
+    name (train/<name> where the row already has it), and logp_mismatch."""
+    row = dict(row)
     row.update({(f"train/{k}" if k in row else k): v for k, v in train_metrics.items()})
     if "logp_mismatch/max" in train_metrics:
         row["logp_mismatch"] = train_metrics["logp_mismatch/max"]
-    row["step_time"] = time.time() - t0
-    row["sampler/time"], row["train/time"] = t_sample, t_train
-    row["train/completion_width"] = width
-    row["train/tokens"] = float(lengths.sum())  # completion tokens trained on (stop tokens included)
-    row["train/tokens_computed"] = exp.train_step.last_tokens_computed  # the step's own plan, padding included
-    row["sampler/tokens_per_s"] = float(lengths.sum()) / max(t_sample, 1e-9)
-    computed = getattr(exp.sampler.engine, "last_tokens_computed", None)
-    if computed is not None:  # what the decode loop computed, finished rows' steps included
-        row["sampler/tokens_computed"] = computed
-    samples = _train_samples(examples, completions, total, adv, G, int(cfg.logging.num_samples))
-    return StepResult(row, samples)
+    return row
 
 
 def _export(exp: Experiment, workdir: str) -> Optional[str]:
