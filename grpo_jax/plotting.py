@@ -4,6 +4,11 @@
 
 Each panel plots one metric of DIR/metrics.jsonl against `step`; a metric the run did not log (e.g. kl with
 kl_beta = 0) is left out.
+
+A population run (rows with `member`) draws one line per member in every panel, and adds `fitness.png` (each
+member's `population/fitness` at every evolution and at the end) and `hp_<name>.png` for each member
+hyperparameter its rows carry (`hp/<name>`, e.g. hp_lr.png: the value each member trained with, step by step, so a
+copy or a mutation shows as a jump).
 """
 
 from __future__ import annotations
@@ -22,25 +27,54 @@ PANELS = {
 }
 
 
-def _series(rows: list[dict], key: str) -> tuple[list, list]:
-    points = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+FITNESS_KEY, HP_PREFIX = "population/fitness", "hp/"  # population.experiment's row columns
+
+
+def _series(rows: list[dict], key: str, member=None) -> tuple[list, list]:
+    points = [(r["step"], r[key]) for r in rows
+              if key in r and r[key] is not None and r.get("member") == member]
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _draw(ax, rows, title, ylabel, keys) -> bool:
+def _members(rows: list[dict]) -> list:
+    """The population's members in the rows ([None] for a single run)."""
+    found = sorted({r["member"] for r in rows if r.get("member") is not None})
+    return found or [None]
+
+
+def _draw(ax, rows, title, ylabel, keys, step_lines: bool = False) -> bool:
     drawn = False
+    members = _members(rows)
     for key in keys:
-        steps, values = _series(rows, key)
-        if steps:
-            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key)
+        for member in members:
+            steps, values = _series(rows, key, member)
+            if not steps:
+                continue
+            label = key if member is None else (f"member {member}" if len(keys) == 1 else f"{key} (member {member})")
+            if step_lines:
+                ax.step(steps, values, where="post", label=label)
+            else:
+                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
             drawn = True
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if drawn and len(keys) > 1:
+    if drawn and (len(keys) > 1 or members != [None]):
         ax.legend(fontsize=8)
     return drawn
+
+
+def _population_panels(rows: list[dict]) -> dict:
+    """fitness and hp_<name> panels of a population run's rows (none for a single run)."""
+    if _members(rows) == [None]:
+        return {}
+    panels = {"fitness": ("Fitness per member", FITNESS_KEY, (FITNESS_KEY,))}
+    names = sorted({k for r in rows for k in r if k.startswith(HP_PREFIX)})
+    for key in names:
+        name = key[len(HP_PREFIX):]
+        panels[f"hp_{name}"] = (f"{name} per member", name, (key,))
+    return panels
 
 
 def plot_workdir(workdir: str, out_dir: Optional[str] = None) -> list[str]:
@@ -55,14 +89,17 @@ def plot_workdir(workdir: str, out_dir: Optional[str] = None) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     present = {}
-    for name, (title, ylabel, keys) in PANELS.items():
+    population_panels = _population_panels(rows)
+    for name, (title, ylabel, keys) in {**PANELS, **population_panels}.items():
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        if _draw(ax, rows, title, ylabel, keys):
+        train_rows = [r for r in rows if FITNESS_KEY not in r] if name.startswith("hp_") else rows
+        if _draw(ax, train_rows, title, ylabel, keys, step_lines=name.startswith("hp_")):
             fig.tight_layout()
             path = os.path.join(out_dir, f"{name}.png")
             fig.savefig(path, dpi=110)
             paths.append(path)
-            present[name] = (title, ylabel, keys)
+            if name in PANELS or name == "fitness":
+                present[name] = (title, ylabel, keys)
         plt.close(fig)
     if present:
         fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.5), squeeze=False)
