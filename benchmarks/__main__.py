@@ -4,6 +4,7 @@
     python -m benchmarks train_step   [--lora-rank 0]
     python -m benchmarks grpo_step    [--vs-trl]
     python -m benchmarks learning
+    python -m benchmarks population        [--config-arg tiny --model M --out DIR]
     python -m benchmarks ragged_sampler    [--shape qwen2.5-0.5b --dtype bfloat16]  (for the GPU)
     python -m benchmarks sampler_profile   (a diagnostic: the decode loop's time per XLA operation)
     python -m benchmarks <name> --help
@@ -25,6 +26,7 @@ SUBCOMMANDS = {
     "train_step": ("train_step", "one jitted GRPO train step: time, peak memory, roofline"),
     "grpo_step": ("grpo_step", "one full GRPO step (sample, reward, update), grpo_jax beside TRL's GRPOTrainer"),
     "learning": ("learning_curves", "learning curves of grpo_jax and TRL on the same task and seeds"),
+    "population": ("population", "a K-member population run beside its members' learning rates trained alone"),
 }
 
 
