@@ -146,7 +146,7 @@ def test_gemma3_multimodal_checkpoint_loads_its_text_tower(tmp_path):
 @pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "gemma3"])
 def test_attention_implementations_agree(tmp_path, family):
     """model.attention 'dot_product' (jax.nn.dot_product_attention over the concatenated key blocks) equals the
-    einsum path within 1e-5, for a left-padded prefill and for completions over a shared prompt."""
+    einsum path within 1e-5 (+ 1e-6 relative), for a left-padded prefill and for completions over a shared prompt."""
     from grpo_jax import logprobs
 
     policy = load(make_checkpoint(family, tmp_path / family, seed=9))
@@ -156,7 +156,7 @@ def test_attention_implementations_agree(tmp_path, family):
     other = policy.config.replace(attention="dot_product")
     np.testing.assert_allclose(np.asarray(forward(other, policy.params, tokens, mask))[mask.astype(bool)],
                                np.asarray(forward(policy.config, policy.params, tokens, mask))[mask.astype(bool)],
-                               atol=1e-5, rtol=0)
+                               atol=1e-5, rtol=1e-6)  # logits reach ~30: a few float32 ulps there exceed 1e-5
     completions = random_tokens(policy.config.vocab_size, batch=6, length=7, seed=10)
     lp = [np.asarray(logprobs.completion_logprobs(c, policy.params, tokens, mask, completions, 2)[0])
           for c in (policy.config, other)]

@@ -310,7 +310,8 @@ def test_with_rules_traces_the_function_under_its_mesh_and_rules():
 
 def test_constrain_on_eight_devices():
     """The checks of `_eight_device_report` (below), run in a fresh interpreter with 8 virtual CPU devices."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip())
     root = os.path.dirname(HERE)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=root, capture_output=True,

@@ -36,7 +36,9 @@ def cli_env(cache_dir: str, devices: int = 1) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache_dir,
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "PYTHONPATH": REPO}
     env.pop("GRPO_JAX_TRACEBACK", None)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+    inherited = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env["XLA_FLAGS"] = f"{inherited} --xla_force_host_platform_device_count={devices}".strip() if devices > 1 \
+        else inherited
     return env
 
 
