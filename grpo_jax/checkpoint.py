@@ -4,7 +4,11 @@ Layout of a workdir:
 
     DIR/run.json              the config (and its fingerprint) of the run this workdir holds
     DIR/checkpoints/<step>/   orbax: `state` (the TrainState: params, opt_state, step; plus the PRNG key) and
-                              `meta` (JSON: step, data position, fingerprint)
+                              `meta` (JSON: step, data position, and the caller's `extra`)
+
+A population run (grpo_jax/population/experiment.py) saves its stacked TrainState (a leading member axis on every
+leaf) as `state` and its host state in `meta['population']`: the members' hyperparameters, the generation counter,
+the selection generator's state (`population.rng_state`) and the elite.
     DIR/export/               the final policy as an HF checkpoint dir (config.json + safetensors + tokenizer)
 
 Saves are atomic: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` only when every file is

@@ -125,9 +125,10 @@ class Experiment:
         if self.main:
             check_workdir(workdir, config, write=True)
 
-    def _setup(self, config, workdir: str):
+    def _setup(self, config, workdir: str, task=None):
         """Everything but the train state and step (shared with the population's experiment): validation, mesh,
-        task, rewards, eval set, tokenizer, sampler. Returns the loaded policy (its params seed the state)."""
+        task (`task`, when the caller made it already), rewards, eval set, tokenizer, sampler. Returns the loaded
+        policy (its params seed the state)."""
         from grpo_jax import models, rewards, tasks
 
         config_base.validate(config)
@@ -136,7 +137,7 @@ class Experiment:
         self.mesh = sharding.make_mesh(config.mesh)
         config_base.validate_for_mesh(config, self.mesh)
         check_workdir(workdir, config, write=False)
-        self.task = tasks.get(config.task.name, **_task_options(config))
+        self.task = task or tasks.get(config.task.name, **_task_options(config))
         self.reward_fn = rewards.combine(config.rewards.to_dict(), config.reward_options.to_dict())
         self.accuracy_fn = rewards.combine({self.task.accuracy_reward: 1.0})
         self.eval_examples = self.task.eval_set(int(config.eval.num_examples) or None) if config.eval.every else []

@@ -53,6 +53,7 @@ from grpo_jax.population import lineage, selection
 from grpo_jax.population.config import member_names
 from grpo_jax.population.init import initial_hyperparameters
 from grpo_jax.population.rng import population_rng, rng_from_state, rng_state
+from grpo_jax.population.sampling import sample_members
 from grpo_jax.population import train as population_train
 
 FITNESS_TAG = 2  # key of a fitness evaluation = fold_in(fold_in(PRNGKey(seed), FITNESS_TAG), step)
@@ -101,23 +102,6 @@ def _population_step(model_config, config, mesh):
     return cache[key]
 
 
-def _sample_members(sampler, model_config, states, frozen, examples, key, **settings):
-    """population.sampling.sample_members when it is there, else each member sampled alone with the same key
-    (what sample_members is specified to equal)."""
-    try:
-        from grpo_jax.population.sampling import sample_members
-    except ImportError:
-        sample_members = None
-    if sample_members is not None:
-        return sample_members(sampler, model_config, states, frozen, examples, key, **settings)
-    from grpo_jax.train_step import policy_params
-
-    temperatures, top_ps = settings.pop("temperature"), settings.pop("top_p")
-    return [sampler.sample(policy_params(model_config, population_train.member(states, k), frozen), examples, key,
-                           temperature=float(t), top_p=float(p), **settings)
-            for k, (t, p) in enumerate(zip(temperatures, top_ps))]
-
-
 class PopulationExperiment(runner.Experiment):
     """K members built once from a validated config: the single run's mesh, task, rewards, sampler (shared), the
     stacked states over one frozen base, the population train step, the members' hyperparameters, the selection
@@ -135,8 +119,9 @@ class PopulationExperiment(runner.Experiment):
         config_base.validate(config)
         if not config.population.size >= 2:
             raise ValueError(f"PopulationExperiment needs population.size >= 2, got {config.population.size}")
-        check_population_run(config, tasks.get(config.task.name, **runner._task_options(config)))  # before loading
-        policy = self._setup(config, workdir)
+        task = tasks.get(config.task.name, **runner._task_options(config))
+        check_population_run(config, task)  # before loading the model
+        policy = self._setup(config, workdir, task)
         self.size = int(config.population.size)
         self.names = member_names(config.population)
         self.states, self.frozen = population_train.init_population_state(
@@ -188,7 +173,7 @@ class PopulationExperiment(runner.Experiment):
         P, G = int(cfg.rollout.prompts_per_step), int(cfg.rollout.group_size)
         t0 = time.time()
         examples = self.task.train_batch(int(cfg.seed), step, P)
-        sampled = _sample_members(
+        sampled = sample_members(
             self.sampler, self.model_config, self.states, self.frozen, examples,
             runner._key(self.base_key, runner.SAMPLE_TAG, step), group_size=G,
             max_new_tokens=int(cfg.rollout.max_new_tokens),
@@ -209,6 +194,7 @@ class PopulationExperiment(runner.Experiment):
         train_metrics = {k: np.asarray(v, np.float64) for k, v in jax.device_get(train_metrics).items()}
         t_train = time.time() - t1
         generated = sum(m.generated for m in members)
+        computed = getattr(self.sampler.engine, "last_tokens_computed", None)  # all members' decode rows
         out = []
         for k, m in enumerate(members):
             row = runner.with_train_metrics({"step": step + 1, **self.tags(k), **m.row},
@@ -218,6 +204,8 @@ class PopulationExperiment(runner.Experiment):
             row["train/completion_width"] = width
             row["train/tokens"] = m.tokens
             row["sampler/tokens_per_s"] = generated / max(t_sample, 1e-9)  # all members' tokens, one call
+            if computed is not None:
+                row["sampler/tokens_computed"] = computed
             out.append(runner.StepResult(row, m.samples))
         return out
 
@@ -366,8 +354,9 @@ def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
                         final_fitness = float(fitness[exp.elite])
                         if eval_every:
                             last_eval = evals[exp.elite]
-                        runner._say(f"[population step {done}] final fitness [{' '.join(f'{f:.3f}' for f in fitness)}]"
-                                    f"; elite: member {exp.elite}", main)
+                        shown = " ".join(f"{f:.3f}" for f in fitness)
+                        runner._say(f"[population step {done}] final fitness [{shown}]; elite: member {exp.elite}",
+                                    main)
                     else:
                         evo = exp.evolve(fitness, done)
                         if main:
@@ -391,8 +380,8 @@ def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
         writer.close()
     export_path, plots = None, []
     if status == "completed":
-        if exp.main and cfg.checkpoint.export_hf:
-            runner._say(f"the elite is member {exp.elite} (fitness {final_fitness if final_fitness is not None else 'as saved'})")
+        if cfg.checkpoint.export_hf:
+            runner._say(f"exporting the elite, member {exp.elite}", main)
         export_path = runner._export(exp, workdir)
         plots = runner._plots(workdir, main and cfg.logging.plots)
     result = runner.RunResult(status, done, workdir, first_eval, last_eval, plots, export_path)
