@@ -4,7 +4,9 @@
 on a decode batch of B *slots*; each slot holds one output row (`Slots.row`, p-major row = p * G + g) and its own
 KV cache. Every step feeds each slot's last token (`models.decode_step`), draws the next one and scatters it to
 (row, the row's own step) of the [N, T] outputs. Rows never share state, so which slot a row sits in, and next to
-which other rows, changes nothing it computes: row r at its own step t draws with fold_in(fold_in(key, r), t).
+which other rows, changes nothing it computes: row r at its own step t draws with fold_in(row_keys[r], t)
+(the sampler's row key; population members' rows also carry their member's adapters, `Problem.adapters`, looked up
+by row, so reordering never mixes members).
 
 Three ways the loop avoids paying for rows that are done, none with a host round-trip:
 
@@ -135,12 +137,15 @@ class Problem(NamedTuple):
     prefix: decoder.PrefixKV   # the P prompts' keys/values (`models.for_decoding` layout)
     start: jax.Array           # int32 [N]: each row's prompt length (its token j sits at position start + j)
     tok0: jax.Array            # int32 [N]: every row's token 0
-    row_keys: jax.Array        # [N] PRNG keys, fold_in(key, row)
-    draw: Callable             # (logits [B, V], uniforms [B]) -> (tokens [B], logps [B])
+    row_keys: jax.Array        # [N] PRNG keys (the sampler's: fold_in(key, row within its member))
+    draw: Callable             # (logits [B, V], uniforms [B], rows int32 [B]) -> (tokens [B], logps [B])
     group_size: int
     max_new_tokens: int
     stop_ids: tuple
     constrain: Callable        # (array, row axis) -> array: keeps the rows split over the mesh's data axes
+    # None, or population members' adapters (`lora.MemberAdapters`, its `member` [N] each output row's member):
+    # a slot decodes with its row's member's adapters, so reordering rows (compaction, refill) changes nothing
+    adapters: Optional[object] = None
 
 
 def _constrain_slots(pb: Problem, s: Slots) -> Slots:
@@ -171,9 +176,10 @@ def _step(pb: Problem, k: int, slots: Slots, out: Outputs) -> tuple[Slots, Outpu
     t = _own_step(slots.cache, b)
     prefix = pb.prefix if slots.prefix is None else slots.prefix
     prev = jnp.where(slots.live, slots.prev, 0)  # idle slots feed a valid id (pad_id may be outside the vocab)
-    hidden, cache = decoder.decode_step(pb.config, pb.params, prev, prefix, slots.cache)
-    keys = pb.row_keys[jnp.clip(slots.row, 0, n - 1)]
-    tok, lp = pb.draw(decoder.unembed(pb.config, pb.params, hidden), row_uniforms(keys, t))
+    rows = jnp.clip(slots.row, 0, n - 1)
+    adapters = None if pb.adapters is None else pb.adapters._replace(member=pb.adapters.member[rows])
+    hidden, cache = decoder.decode_step(pb.config, pb.params, prev, prefix, slots.cache, adapters)
+    tok, lp = pb.draw(decoder.unembed(pb.config, pb.params, hidden), row_uniforms(pb.row_keys[rows], t), rows)
     stop = is_stop(tok, pb.stop_ids)
     w = jnp.where(slots.live, slots.row, n)  # row n is out of bounds: the write is dropped
     out = out._replace(tokens=pb.constrain(out.tokens.at[w, t].set(tok, mode="drop"), 0),

@@ -145,12 +145,16 @@ class Sampler:
                                     top_k=top_k, top_p=top_p, greedy=greedy, stop_ids=self.stop_ids,
                                     pad_id=self.pad_id, max_decode_rows=self.max_decode_rows)
         out = self.engine.generate(params, tokens, mask, key, settings)
+        return (tokens, mask), out, self.completions(out)
+
+    def completions(self, out) -> Completions:
+        """The decoded completions of the rows of the rollout `out` that this process holds."""
         start, local_tokens = distributed.local_part(out.tokens)
         _, lengths = distributed.local_part(out.lengths)
         _, truncated = distributed.local_part(out.truncated)
         texts = [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
                  for row, n in zip(local_tokens, lengths)]
-        return (tokens, mask), out, Completions(start, texts, np.asarray(lengths), np.asarray(truncated))
+        return Completions(start, texts, np.asarray(lengths), np.asarray(truncated))
 
 
 def score(reward_fn: Callable, examples: Sequence[dict], completions: Completions, group_size: int):

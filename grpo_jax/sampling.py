@@ -31,9 +31,16 @@ Randomness: row r (p-major, r = p * G + g) at its own step t uses fold_in(fold_i
 not depend on the batch size, on other rows, on compaction or refill, or on how the batch is split over devices:
 the same key gives the same rollout on 1 device and on 8, with or without compaction and refill (tested).
 
+Population members (`generate(members=lora.Members(adapters [K, ...], alpha))`, params the shared LoRA base):
+the K members' rows -- K * P * G, member-major -- are decoded in the same one program: each member's prompts are
+prefilled with its adapters (K * P prefix rows), every matmul of the base runs over all rows at once and each row
+adds its own member's unmerged low-rank update (`lora.MemberAdapters`, `layers.add_adapter`), temperature and
+top-p are one value per member, and row (k, r) draws with the single policy's key of row r. Member k's rows
+equal `generate` on the base merged with member k's adapters (tested), so members share random numbers.
+
 Static (recompile when changed): config, group_size, max_new_tokens, top_k, greedy, stop_ids, pad_id, mesh,
-compact, max_decode_rows and whether top-p is on (top_p < 1). Traced (free to change between calls): temperature
-and the top-p value.
+compact, max_decode_rows, the number of members K and whether top-p is on (top_p < 1). Traced (free to change
+between calls): temperature and the top-p value (per member with members), and the members' adapters.
 """
 
 from __future__ import annotations
@@ -47,8 +54,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grpo_jax import decode_loop, partitioning
-from grpo_jax.logprobs import encode_prompt
-from grpo_jax.models import decoder
+from grpo_jax.logprobs import Prompt, encode_prompt
+from grpo_jax.models import decoder, lora
 from grpo_jax.models.config import ModelConfig
 
 
@@ -166,7 +173,8 @@ def sample_logits(logits: jax.Array, u: jax.Array, temperature, top_p, *, top_k:
     vocabulary is on `axis`: [N, V] (-1, the decode loop's) or [V, N] (0, for vocabulary-first logits).
 
     Order as in transformers: logits / temperature, then top-k, then top-p on the top-k renormalised distribution.
-    The log-prob is of the full (untruncated) softmax(logits / temperature); greedy: argmax, log-prob at T = 1."""
+    The log-prob is of the full (untruncated) softmax(logits / temperature); greedy: argmax, log-prob at T = 1.
+    temperature, top_p: scalars, or one value per row [N] (a population's members' own settings)."""
     axis = axis % 2
     if greedy:
         tok = _argmax(logits, axis)
@@ -174,12 +182,14 @@ def sample_logits(logits: jax.Array, u: jax.Array, temperature, top_p, *, top_k:
     vocab = logits.shape[axis]
     if 0 < top_k < vocab and axis == 0:  # lax.top_k works on the last axis
         return sample_logits(logits.T, u, temperature, top_p, top_k=top_k, use_top_p=use_top_p)
+    if jnp.ndim(temperature):  # one per row: broadcast over the vocabulary
+        temperature = jnp.expand_dims(temperature, axis)
     scaled = logits / temperature
     if 0 < top_k < vocab:
         lse = jax.nn.logsumexp(scaled, axis=-1)
         cand, idx = jax.lax.top_k(scaled, top_k)          # sorted, descending
         if use_top_p:
-            cand = _nucleus_sorted(cand, top_p)
+            cand = _nucleus_sorted(cand, top_p[:, None] if jnp.ndim(top_p) else top_p)
         choice = _inverse_cdf(jnp.exp(cand - cand[:, :1]), u)
         tok = _pick(idx, choice, -1)
     else:  # one exp pass serves the normaliser (as jax.nn.logsumexp computes it) and the draw
@@ -202,11 +212,26 @@ def _data_axes(mesh: Optional[Mesh]) -> tuple:
     return tuple(a for a in ("data", "fsdp") if mesh is not None and a in mesh.axis_names)
 
 
+def _members_prompt(config: ModelConfig, params, prompt_tokens, prompt_mask, adapters) -> Prompt:
+    """`logprobs.encode_prompt` of prompt rows that each run their own member's adapters (`lora.MemberAdapters`,
+    member [rows]): the same prefill with the decoder's `adapters` option."""
+    mask = prompt_mask.astype(bool)
+    positions = decoder.padded_positions(mask)
+    hidden, (k, v) = decoder.hidden_states(config, params, prompt_tokens, positions, decoder.causal_mask(mask),
+                                           adapters=adapters)
+    return Prompt(decoder.PrefixKV(k, v, mask, positions), hidden[:, -1], jnp.sum(mask, axis=-1).astype(jnp.int32))
+
+
 def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, top_k: int, use_top_p: bool,
                     greedy: bool, stop_ids: tuple, pad_id: int, mesh: Optional[Mesh], compact: bool = True,
-                    max_decode_rows: int = 0):
-    """The traced function (params, prompt_tokens, prompt_mask, key, temperature, top_p) -> (Rollout,
-    decode_loop.Outputs): prefill, token 0 of every row, then `decode_loop.decode`."""
+                    max_decode_rows: int = 0, members: int = 0):
+    """The traced function (params, prompt_tokens, prompt_mask, key, temperature, top_p[, members]) -> (Rollout,
+    decode_loop.Outputs): prefill, token 0 of every row, then `decode_loop.decode`.
+
+    members = K > 0: `members` is a `lora.Members` of K adapters over the base `params`, temperature and top_p are
+    [K]; the rows are member-major (row = k * P * G + p * G + g): each member's prefill of the P prompts (K * P
+    prefix rows, its adapted keys/values its own), each row decoded with its member's adapters and settings and
+    the key of its row within the member (the single policy's key of that row)."""
     g, t_max = group_size, max_new_tokens
     axes = _data_axes(mesh)
     shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
@@ -218,20 +243,38 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
         spec[axis] = axes
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
-    def program(params, prompt_tokens, prompt_mask, key, temperature, top_p):
+    def program(params, prompt_tokens, prompt_mask, key, temperature, top_p, member_adapters=None):
         p = prompt_tokens.shape[0]
         n = p * g
-        prompt = encode_prompt(config, params, prompt_tokens, prompt_mask)
-        row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n, dtype=jnp.int32))
-        draw = functools.partial(sample_logits, temperature=temperature, top_p=top_p, top_k=top_k,
-                                 use_top_p=use_top_p, greedy=greedy)
+        adapters = None
+        if not members:
+            prompt = encode_prompt(config, params, prompt_tokens, prompt_mask)
+            row_index = jnp.arange(n, dtype=jnp.int32)
+        else:  # K members' rows, member-major
+            ids = jnp.arange(members, dtype=jnp.int32)
+            prompt = _members_prompt(config, params, jnp.tile(prompt_tokens, (members, 1)),
+                                     jnp.tile(prompt_mask, (members, 1)),
+                                     lora.member_adapters(member_adapters, jnp.repeat(ids, p)))
+            adapters = lora.member_adapters(member_adapters, constrain(jnp.repeat(ids, n)))
+            temperature, top_p = jnp.repeat(temperature, n), jnp.repeat(top_p, n)   # [K * N], per row
+            row_index = jnp.arange(members * n, dtype=jnp.int32) % n                # the row within its member
+            n = members * n
+        row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, row_index)
+
+        def draw(logits, u, rows):
+            def per_row(x):
+                return x if jnp.ndim(x) == 0 else x[rows]
+            return sample_logits(logits, u, per_row(temperature), per_row(top_p), top_k=top_k, use_top_p=use_top_p,
+                                 greedy=greedy)
 
         first_logits = jnp.repeat(decoder.unembed(config, params, prompt.last_hidden), g, axis=0)   # [N, V]
         params, prefix = decoder.for_decoding(config, params, prompt.prefix)
-        tok0, lp0 = draw(constrain(first_logits), decode_loop.row_uniforms(row_keys, 0))
+        adapters = decoder.adapters_for_decoding(config, adapters)
+        tok0, lp0 = draw(constrain(first_logits), decode_loop.row_uniforms(row_keys, 0),
+                         jnp.arange(n, dtype=jnp.int32))
         start = jnp.repeat(prompt.length, g)  # completion token j sits at position length + j
         problem = decode_loop.Problem(config, params, prefix, constrain(start), constrain(tok0), row_keys, draw, g,
-                                      t_max, stop_ids, constrain)
+                                      t_max, stop_ids, constrain, adapters)
         out = decode_loop.decode(problem, constrain(lp0), pad_id=pad_id, shards=shards, compact=compact,
                                  max_decode_rows=max_decode_rows)
         mask = (jnp.arange(t_max, dtype=jnp.int32)[None, :] < out.lengths[:, None]).astype(jnp.float32)
@@ -242,19 +285,20 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
 
 def _compiled(config: ModelConfig, group_size: int, max_new_tokens: int, top_k: int, use_top_p: bool, greedy: bool,
               stop_ids: tuple, pad_id: int, mesh: Optional[Mesh], compact: bool = True, max_decode_rows: int = 0,
-              stats: bool = False):
-    """The jitted program (params, prompt_tokens, prompt_mask, key, temperature, top_p) -> Rollout (with `stats`:
-    (Rollout, decode_loop.Outputs), for the loop's work counters); one per settings (arguments normalised, so a
-    call with the defaults spelled out finds the same program)."""
+              stats: bool = False, members: int = 0):
+    """The jitted program (params, prompt_tokens, prompt_mask, key, temperature, top_p[, lora.Members]) -> Rollout
+    (with `stats`: (Rollout, decode_loop.Outputs), for the loop's work counters); one per settings (arguments
+    normalised, so a call with the defaults spelled out finds the same program). members: K (static), 0 = one
+    policy."""
     return _jitted(config, int(group_size), int(max_new_tokens), int(top_k), bool(use_top_p), bool(greedy),
-                   tuple(stop_ids), int(pad_id), mesh, bool(compact), int(max_decode_rows), bool(stats))
+                   tuple(stop_ids), int(pad_id), mesh, bool(compact), int(max_decode_rows), bool(stats), int(members))
 
 
 @functools.lru_cache(maxsize=64)
 def _jitted(config, group_size, max_new_tokens, top_k, use_top_p, greedy, stop_ids, pad_id, mesh, compact,
-            max_decode_rows, stats):
+            max_decode_rows, stats, members=0):
     program = _decode_program(config, group_size, max_new_tokens, top_k, use_top_p, greedy, stop_ids, pad_id, mesh,
-                              compact, max_decode_rows)
+                              compact, max_decode_rows, members)
     if not stats:
         with_stats = program
 
@@ -338,7 +382,7 @@ class DecodeStats(NamedTuple):
 def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, group_size: int, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
              stop_ids: Sequence[int] = (), pad_id: int = 0, mesh: Optional[Mesh] = None, compact: Optional[bool] = None,
-             max_decode_rows: int = 0) -> Rollout:
+             max_decode_rows: int = 0, members: Optional[lora.Members] = None) -> Rollout:
     """G = group_size completions of each left-padded prompt (tokens/mask [P, S], see `batching.left_pad`).
 
     Rows of the result are p-major (row = p * G + g); T = max_new_tokens columns. A row ends at the first token in
@@ -350,10 +394,18 @@ def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, gr
     compact: shrink the decode batch as rows finish (`decode_loop.buckets`); False decodes every row until all
     stop; None (default): compact when max_new_tokens >= `decode_loop.COMPACT_MIN_NEW_TOKENS` (64). max_decode_rows: decode at most this many rows at once (rounded up to a multiple of the data shards),
     refilling finished rows' slots with waiting ones; 0 (or >= N) = all rows at once. Neither changes the result
-    (same tokens, log-probs within float rounding): only the work done."""
+    (same tokens, log-probs within float rounding): only the work done.
+
+    members: K population members' LoRA adapters over the base `params` (`lora.Members`), decoded together in the
+    one loop: K * P * G rows, member-major (row = k * P * G + p * G + g); temperature and top_p are then K values,
+    one per member (traced). Member k's rows are the rollout `generate` gives for params merged with member k's
+    adapters, its temperature and top_p, and the same `key` (same tokens, log-probs within float rounding): each
+    row draws with the key of its row within its member. The base matmuls run over all K members' rows at once;
+    each row adds its own member's unmerged update (`lora.MemberAdapters`). K is static (one program per K)."""
     return _generate(config, params, prompt_tokens, prompt_mask, key, False, group_size=group_size,
                      max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                     stop_ids=stop_ids, pad_id=pad_id, mesh=mesh, compact=compact, max_decode_rows=max_decode_rows)
+                     stop_ids=stop_ids, pad_id=pad_id, mesh=mesh, compact=compact, max_decode_rows=max_decode_rows,
+                     members=members)
 
 
 def generate_with_stats(config: ModelConfig, params, prompt_tokens, prompt_mask, key, **settings):
@@ -364,13 +416,20 @@ def generate_with_stats(config: ModelConfig, params, prompt_tokens, prompt_mask,
 def _generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, stats: bool, *, group_size: int,
               max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
               greedy: bool = False, stop_ids: Sequence[int] = (), pad_id: int = 0, mesh: Optional[Mesh] = None,
-              compact: Optional[bool] = None, max_decode_rows: int = 0):
+              compact: Optional[bool] = None, max_decode_rows: int = 0, members: Optional[lora.Members] = None):
     if compact is None:
         compact = int(max_new_tokens) >= decode_loop.COMPACT_MIN_NEW_TOKENS
     compact = bool(compact)
     mask = np.asarray(prompt_mask).astype(bool)
     stop_ids = tuple(int(s) for s in stop_ids)
-    _validate(config, mask, group_size, max_new_tokens, temperature, top_k, top_p, greedy, stop_ids)
+    k = 0 if members is None else lora.num_members(members)
+    if members is not None:
+        temperature, top_p = (_member_values(name, v, k) for name, v in (("temperature", temperature),
+                                                                          ("top_p", top_p)))
+        for t_k, p_k in zip(temperature, top_p):
+            _validate(config, mask, group_size, max_new_tokens, t_k, top_k, p_k, greedy, stop_ids)
+    else:
+        _validate(config, mask, group_size, max_new_tokens, temperature, top_k, top_p, greedy, stop_ids)
     if not isinstance(max_decode_rows, (int, np.integer)) or max_decode_rows < 0:
         raise ValueError(f"generate: max_decode_rows must be an integer >= 0 (0 = all rows), got {max_decode_rows!r}")
     tokens = np.asarray(prompt_tokens).astype(np.int32)
@@ -382,14 +441,22 @@ def _generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, stat
         raise ValueError(f"generate: prompt {i} holds token id {tokens[i, j]} outside the vocabulary "
                          f"[0, {config.vocab_size})")
     top_k = int(min(top_k, config.vocab_size))
-    fn = _compiled(config, group_size, max_new_tokens, top_k, float(top_p) < 1.0, greedy, stop_ids, pad_id, mesh,
-                   compact, max_decode_rows, stats)
-    temperature = jnp.float32(1.0 if greedy else temperature)
-    top_p = jnp.float32(top_p)
+    use_top_p = bool(np.any(np.asarray(top_p, np.float64) < 1.0))
+    fn = _compiled(config, group_size, max_new_tokens, top_k, use_top_p, greedy, stop_ids, pad_id, mesh,
+                   compact, max_decode_rows, stats, k)
+    if members is None:
+        temperature = jnp.float32(1.0 if greedy else temperature)
+        top_p = jnp.float32(top_p)
+        extra_args = ()
+    else:
+        temperature = jnp.asarray([1.0] * k if greedy else temperature, jnp.float32)
+        top_p = jnp.asarray(top_p, jnp.float32)
+        extra_args = (members,)
     p = tokens.shape[0]
+    per_member = max(k, 1)
     if mesh is None:
-        return _with_stats(fn(params, tokens, mask, key, temperature, top_p), stats, mask.shape[0] * group_size,
-                           1, compact, max_decode_rows)
+        return _with_stats(fn(params, tokens, mask, key, temperature, top_p, *extra_args), stats,
+                           per_member * mask.shape[0] * group_size, 1, compact, max_decode_rows)
     shards = int(np.prod([mesh.shape[a] for a in _data_axes(mesh)]))
     extra = -p % shards
     if extra:  # pad with copies of the last prompt; their rows are dropped below
@@ -398,12 +465,25 @@ def _generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, stat
     rows = NamedSharding(mesh, PartitionSpec(_data_axes(mesh), None))
     replicated = NamedSharding(mesh, PartitionSpec())
     out = fn(_place(params, replicated), jax.device_put(tokens, rows), jax.device_put(mask, rows),
-             jax.device_put(key, replicated), temperature, top_p)
+             jax.device_put(key, replicated), temperature, top_p, *_place(extra_args, replicated))
     rollout = out[0] if stats else out
-    if extra:
+    if extra and not k:
         rollout = Rollout(*(x[: p * group_size] for x in rollout))
-    return _with_stats((rollout, out[1]) if stats else rollout, stats, (p + extra) * group_size, shards, compact,
-                       max_decode_rows)
+    elif extra:  # each member's rows of the real prompts
+        rollout = Rollout(*(x.reshape(per_member, (p + extra) * group_size, *x.shape[1:])[:, : p * group_size]
+                            .reshape(per_member * p * group_size, *x.shape[1:]) for x in rollout))
+    return _with_stats((rollout, out[1]) if stats else rollout, stats, per_member * (p + extra) * group_size, shards,
+                       compact, max_decode_rows)
+
+
+def _member_values(name: str, values, k: int) -> tuple:
+    """One float per member, from a sequence of K values (or one value for all)."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    if v.size == 1:
+        v = np.repeat(v, k)
+    if v.size != k:
+        raise ValueError(f"generate: {name} must hold one value per member ({k}), got {v.size}")
+    return tuple(float(x) for x in v)
 
 
 def _with_stats(out, stats: bool, rows: int, shards: int, compact: bool, max_decode_rows: int):

@@ -76,15 +76,19 @@ class _Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, rope, sliding, own_mask, prefix, cache):
+    def __call__(self, x, positions, rope, sliding, own_mask, prefix, cache, adapters=None, rows=None):
         cfg = self.config
         dt = layers.compute_dtype(cfg.compute_dtype)
         h, hkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         b, t, _ = x.shape
         bias = cfg.attention_bias
-        q = layers.dense(h * hd, ("embed", "q_heads"), "q_proj", dt, bias)(x).reshape(b, t, h, hd)
-        k = layers.dense(hkv * hd, ("embed", "kv_heads"), "k_proj", dt, bias)(x).reshape(b, t, hkv, hd)
-        v = layers.dense(hkv * hd, ("embed", "kv_heads"), "v_proj", dt, bias)(x).reshape(b, t, hkv, hd)
+
+        def proj(features, axes, name, inp, use_bias):  # the kernel, plus each row's member adapter if any
+            y = layers.dense(features, axes, name, dt, use_bias)(inp)
+            return layers.add_adapter(y, inp, None if adapters is None else adapters.get(name), rows)
+        q = proj(h * hd, ("embed", "q_heads"), "q_proj", x, bias).reshape(b, t, h, hd)
+        k = proj(hkv * hd, ("embed", "kv_heads"), "k_proj", x, bias).reshape(b, t, hkv, hd)
+        v = proj(hkv * hd, ("embed", "kv_heads"), "v_proj", x, bias).reshape(b, t, hkv, hd)
         if cfg.qk_norm:
             q = layers.RMSNorm(cfg.rms_norm_eps, dt, cfg.norm_offset, "head_dim", name="q_norm")(q)
             k = layers.RMSNorm(cfg.rms_norm_eps, dt, cfg.norm_offset, "head_dim", name="k_norm")(k)
@@ -104,20 +108,22 @@ class _Attention(nn.Module):
         blocks.append(layers.KVBlock(k, v, own_mask, positions))
         out = layers.attention(q, positions, blocks, scale=cfg.attention_scale, softcap=cfg.attn_softcap,
                                window=cfg.sliding_window, window_on=sliding, implementation=cfg.attention)
-        out = layers.dense(cfg.hidden_size, ("q_heads", "embed"), "o_proj", dt)(out.reshape(b, t, h * hd))
+        out = proj(cfg.hidden_size, ("q_heads", "embed"), "o_proj", out.reshape(b, t, h * hd), False)
         return out, (k, v)
 
 
 class DecoderLayer(nn.Module):
     """One block (see the module docstring). Scanned over layers: `layer_in` holds this layer's slice of the
-    prefix and cache keys/values and whether it is a sliding-window layer."""
+    prefix and cache keys/values, whether it is a sliding-window layer, and this layer's members' adapters
+    (`lora.MemberAdapters.layers`, or None); `adapter_rows` [B, K * r] is the one-hot of each row's member."""
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_in, positions, rope, own_mask, prefix_meta, cache_meta):
+    def __call__(self, x, layer_in, positions, rope, own_mask, prefix_meta, cache_meta, adapter_rows=None):
         cfg = self.config
         dt = layers.compute_dtype(cfg.compute_dtype)
-        prefix_kv, cache_kv, sliding = layer_in
+        prefix_kv, cache_kv, sliding, adapters = layer_in
+        adapters = adapters or {}
         prefix = None if prefix_kv is None else (*prefix_kv, *prefix_meta)
         cache = None if cache_kv is None else (*cache_kv, *cache_meta)
 
@@ -125,12 +131,12 @@ class DecoderLayer(nn.Module):
             return layers.RMSNorm(cfg.rms_norm_eps, dt, cfg.norm_offset, "embed", name=name)
 
         y, kv = _Attention(cfg, name="attn")(norm("input_norm")(x), positions, rope, sliding, own_mask, prefix,
-                                             cache)
+                                             cache, adapters.get("attn"), adapter_rows)
         if cfg.sandwich_norms:
             y = norm("attn_out_norm")(y)
         x = partitioning.constrain(x + y, (BATCH, LENGTH, EMBED))
         y = layers.GatedMlp(cfg.intermediate_size, cfg.hidden_size, cfg.activation, dt,
-                            name="mlp")(norm("post_attn_norm")(x))
+                            name="mlp")(norm("post_attn_norm")(x), adapters.get("mlp"), adapter_rows)
         if cfg.sandwich_norms:
             y = norm("mlp_out_norm")(y)
         return partitioning.constrain(x + y, (BATCH, LENGTH, EMBED)), kv
@@ -163,25 +169,34 @@ def _layer_inputs(rows: int, prefix: Optional[PrefixKV], cache: Optional[KVCache
     return prefix_kv, prefix_meta, cache_kv, cache_meta
 
 
-def _unrolled_hidden_states(config: ModelConfig, params, tokens, positions, own_mask, prefix, cache):
+def _unrolled_hidden_states(config: ModelConfig, params, tokens, positions, own_mask, prefix, cache, adapters):
     """`hidden_states` with the layers unrolled (config.scan_layers False): the same DecoderLayer on each layer's
-    own weights, KV-cache buffer and prefix slice, with the embedding and final norm of `Decoder`."""
+    own weights, KV-cache buffer, prefix slice and adapters, with the embedding and final norm of `Decoder`."""
     cfg = config
     dt = layers.compute_dtype(cfg.compute_dtype)
     x = embed_tokens(cfg, params["embed"]["embedding"], tokens)
     prefix_kv, prefix_meta, cache_kv, cache_meta = _layer_inputs(tokens.shape[0], prefix, cache)
+    adapter_layers, rows = _adapter_inputs(adapters)
     rope = rope_tables(cfg, positions)
     apply = DecoderLayer(cfg).apply
     if cfg.remat:
         apply = jax.checkpoint(apply, prevent_cse=False)
     kvs = []
     for i, sliding in enumerate(cfg.sliding_layers):
-        layer_in = (_kv_layer(prefix_kv, i), _kv_layer(cache_kv, i), jnp.asarray(sliding))
+        layer_adapters = None if adapter_layers is None else _params_layer(adapter_layers, i)
+        layer_in = (_kv_layer(prefix_kv, i), _kv_layer(cache_kv, i), jnp.asarray(sliding), layer_adapters)
         x, kv = apply({"params": _params_layer(params["layers"], i)}, x, layer_in, positions, rope, own_mask,
-                      prefix_meta, cache_meta)
+                      prefix_meta, cache_meta, rows)
         kvs.append(kv)
     x = layers.rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps, dt, cfg.norm_offset)
     return x, tuple(jnp.stack(parts) for parts in zip(*kvs))
+
+
+def _adapter_inputs(adapters):
+    """(the members' per-layer adapters, the rows' one-hot [B, K * r] over their columns), or (None, None)."""
+    if adapters is None:
+        return None, None
+    return adapters.layers, adapters.member[:, None] == adapters.columns[None, :]
 
 
 def _kv_layer(kv, i: int):
@@ -202,7 +217,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions, own_mask, prefix: Optional[PrefixKV] = None,
-                 cache: Optional[KVCache] = None, compute_logits: bool = False):
+                 cache: Optional[KVCache] = None, compute_logits: bool = False, adapters=None):
         cfg = self.config
         dt = layers.compute_dtype(cfg.compute_dtype)
         embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, name="embed",
@@ -213,12 +228,14 @@ class Decoder(nn.Module):
         if cfg.remat:
             layer = nn.remat(layer, prevent_cse=False)
         stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast,
+                                 nn.broadcast),
                         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
         prefix_kv, prefix_meta, cache_kv, cache_meta = _layer_inputs(tokens.shape[0], prefix, cache)
         sliding = jnp.asarray(cfg.sliding_layers, bool)
-        x, kv = stack(cfg, name="layers")(x, (prefix_kv, cache_kv, sliding), positions, rope_tables(cfg, positions),
-                                          own_mask, prefix_meta, cache_meta)
+        adapter_layers, rows = _adapter_inputs(adapters)
+        x, kv = stack(cfg, name="layers")(x, (prefix_kv, cache_kv, sliding, adapter_layers), positions,
+                                          rope_tables(cfg, positions), own_mask, prefix_meta, cache_meta, rows)
         x = layers.RMSNorm(cfg.rms_norm_eps, dt, cfg.norm_offset, "embed", name="final_norm")(x)
         if not compute_logits:
             return x, kv
@@ -265,13 +282,19 @@ def unembed(config: ModelConfig, params, hidden: jax.Array) -> jax.Array:
 
 
 def hidden_states(config: ModelConfig, params, tokens, positions, own_mask, prefix: Optional[PrefixKV] = None,
-                  cache: Optional[KVCache] = None):
+                  cache: Optional[KVCache] = None, adapters=None):
     """The decoder without the head: (hidden [B, T, D], (k, v) of this call's tokens, stacked [L, B, T, Hkv, hd]).
     `own_mask` bool [B, T, T] says which of this call's tokens each query may read; the prefix and the cache's
-    written slots are read by every query (within the sliding window, on sliding layers)."""
+    written slots are read by every query (within the sliding window, on sliding layers).
+
+    adapters: None (the params alone), or `lora.MemberAdapters`: row b's adapted projections add its own member's
+    unmerged LoRA update (`layers.add_adapter`), so each row runs its member's policy over the shared `params`
+    (equal to the merged kernels up to float rounding). None computes exactly what it did without the option."""
     if not config.scan_layers:
-        return _unrolled_hidden_states(config, params, tokens, positions, own_mask, prefix, cache)
-    return Decoder(config).apply({"params": params}, tokens, positions, own_mask, prefix, cache)
+        return _unrolled_hidden_states(config, params, tokens, positions, own_mask, prefix, cache, adapters)
+    if adapters is None:
+        return Decoder(config).apply({"params": params}, tokens, positions, own_mask, prefix, cache)
+    return Decoder(config).apply({"params": params}, tokens, positions, own_mask, prefix, cache, adapters=adapters)
 
 
 def for_decoding(config: ModelConfig, params, prefix: Optional[PrefixKV]):
@@ -283,6 +306,14 @@ def for_decoding(config: ModelConfig, params, prefix: Optional[PrefixKV]):
     if prefix is not None:
         prefix = prefix._replace(k=tuple(prefix.k), v=tuple(prefix.v))
     return {**params, "layers": split}, prefix
+
+
+def adapters_for_decoding(config: ModelConfig, adapters):
+    """`lora.MemberAdapters` laid out for a decode loop as `for_decoding` lays out the params: unchanged with
+    scan_layers (or None); unrolled, each layer's adapters sliced out once, before the loop."""
+    if adapters is None or config.scan_layers or isinstance(adapters.layers, tuple):
+        return adapters
+    return adapters._replace(layers=tuple(_params_layer(adapters.layers, i) for i in range(config.num_layers)))
 
 
 def new_cache(config: ModelConfig, rows: int, slots: int, start: jax.Array) -> KVCache:
@@ -308,16 +339,18 @@ def grow_cache(cache: KVCache, slots: int) -> KVCache:
                           v=jax.tree.map(lambda a: pad(a, -2, CACHE_AXES), cache.v))
 
 
-def decode_step(config: ModelConfig, params, tokens: jax.Array, prefix: Optional[PrefixKV], cache: KVCache):
+def decode_step(config: ModelConfig, params, tokens: jax.Array, prefix: Optional[PrefixKV], cache: KVCache,
+                adapters=None):
     """The decoder on one new token per row, tokens int32 [N] at positions cache.start + cache.index (minus
-    cache.first with a ring): each row reads its prefix (if any), its cache's written slots and itself. Returns
+    cache.first with a ring): each row reads its prefix (if any), its cache's written slots and itself (with its
+    member's adapters: `adapters`, see `hidden_states`; adapters.member [N] the rows' members). Returns
     (final hidden states [N, D], the cache with the new keys/values written at slot `index` (mod S with a ring),
     index + 1)."""
     n = tokens.shape[0]
     own = cache.index if cache.first is None else cache.index - cache.first
     positions = (cache.start + own)[:, None]
     hidden, (k, v) = hidden_states(config, params, tokens[:, None], positions, jnp.ones((n, 1, 1), bool), prefix,
-                                   cache)
+                                   cache, adapters)
     k = k.transpose(0, 1, 3, 4, 2)  # [L, N, 1, Hkv, hd] -> the key cache's [L, N, Hkv, hd, 1]
     v = v.swapaxes(2, 3)            # -> the value cache's [L, N, Hkv, 1, hd]
     i = cache.index

@@ -109,6 +109,16 @@ def dense(features: int, axes: tuple, name: str, dtype, use_bias: bool = False) 
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)))
 
 
+def add_adapter(y: jax.Array, x: jax.Array, adapter: Optional[dict], rows: Optional[jax.Array]) -> jax.Array:
+    """y + ((x @ A) * rows) @ B: a projection's output y [B, T, out] of input x [B, T, in] plus each row's own
+    low-rank update (`lora.MemberAdapters`: A [in, K * r], B [K * r, out] with alpha / r folded in, rows
+    [B, K * r] the one-hot of each row's member over the columns). adapter None: y itself, untouched."""
+    if adapter is None:
+        return y
+    low = jnp.einsum("bti,ir->btr", x, adapter["a"].astype(x.dtype)) * rows[:, None, :].astype(x.dtype)
+    return y + jnp.einsum("btr,ro->bto", low, adapter["b"].astype(x.dtype)).astype(y.dtype)
+
+
 ACTIVATIONS = {
     "silu": jax.nn.silu,                                          # SwiGLU (Llama, Qwen)
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),      # GeGLU with tanh-approximated GELU (Gemma)
@@ -123,12 +133,17 @@ class GatedMlp(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x):
-        gate = dense(self.hidden, ("embed", "mlp"), "gate_proj", self.dtype)(x)
-        up = dense(self.hidden, ("embed", "mlp"), "up_proj", self.dtype)(x)
+    def __call__(self, x, adapters: Optional[dict] = None, rows: Optional[jax.Array] = None):
+        """adapters: None, or this block's members' adapters {module name: {'a', 'b'}} and their row one-hot
+        `rows` (see `add_adapter`)."""
+        def proj(features, axes, name, inp):
+            y = dense(features, axes, name, self.dtype)(inp)
+            return add_adapter(y, inp, None if adapters is None else adapters.get(name), rows)
+        gate = proj(self.hidden, ("embed", "mlp"), "gate_proj", x)
+        up = proj(self.hidden, ("embed", "mlp"), "up_proj", x)
         y = partitioning.constrain(ACTIVATIONS[self.activation](gate) * up,
                                        ("activation_batch", "activation_length", "activation_mlp"))
-        return dense(self.features, ("mlp", "embed"), "down_proj", self.dtype)(y)
+        return proj(self.features, ("mlp", "embed"), "down_proj", y)
 
 
 # --------------------------------------------------------------------------------------------------------------

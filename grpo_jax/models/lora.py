@@ -10,13 +10,15 @@ our B^T. Layers are stacked [L, ...], so each adapter is too: A [L, in, r], B [L
 
 The adapters live in their own tree (mirroring the paths of the kernels they adapt) and are merged functionally
 (`merge`) wherever the model runs: only they are trained and held in the optimizer, and the frozen base with the
-adapters off *is* the reference policy, so no second copy of the weights exists.
+adapters off *is* the reference policy, so no second copy of the weights exists. A population's members
+(`Members`: adapters with a leading member axis) can also run unmerged, all in one batch over the one base
+(`MemberAdapters`, read by `decoder.hidden_states(adapters=)`; see the section at the end).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -107,3 +109,58 @@ def lora_logical_axes(base_logical, lora) -> dict:
             _set(out, ("layers", group, name), {"a": PartitionSpec(spec[0], spec[1], None),
                                                 "b": PartitionSpec(spec[0], None, spec[2])})
     return out
+
+
+# ------------------------------------------------------------------------------------------------ members' adapters
+# A population's K members share one frozen base and each has its own adapters (a tree like `init_lora`'s with a
+# leading member axis [K, ...]). The sampler decodes all members' rows in one batch: the base matmuls are batched
+# over every row, and each row adds its own member's low-rank update, unmerged:
+#
+#     y = x @ W + (x @ concat_k(A_k)) * onehot(member of the row) @ concat_k((alpha / r) * B_k)
+#
+# x @ concat_k(A_k) is [B, T, K * r]; the one-hot over K * r columns zeroes the columns of the other members, so a
+# row's result is x @ W + (alpha / r) * (x @ A_k) @ B_k, whatever order the rows are in and whichever members sit
+# next to it (the decode loop reorders rows). Extra work per row and projection: K * r * (in + out) multiply-adds
+# beside the base's in * out. Equal to the merged kernel W + (alpha / r) A_k B_k up to float rounding.
+
+
+class Members(NamedTuple):
+    """K members' adapters over one base: `adapters` like `init_lora`'s tree with a leading member axis [K, ...]
+    (a population TrainState's params), and their LoRA alpha."""
+    adapters: dict
+    alpha: float
+
+
+class MemberAdapters(NamedTuple):
+    """What the decoder reads to apply each row's own member's adapters (`decoder.hidden_states(adapters=)`).
+
+    layers: {group: {module: {'a': [L, in, K * r], 'b': [L, K * r, out]}}}, member k's columns k * r .. k * r + r - 1,
+      B already scaled by alpha / r; or a tuple of L such trees without the L axis (unrolled layers, for a decode
+      loop: `decoder.adapters_for_decoding`).
+    columns: int32 [K * r], the member of each column.
+    member: int32 [B], the member of each row of the decoder's batch."""
+    layers: Any
+    columns: jax.Array
+    member: jax.Array
+
+
+def num_members(members: Members) -> int:
+    return int(jax.tree.leaves(members.adapters)[0].shape[0])
+
+
+def member_adapters(members: Members, member: jax.Array) -> MemberAdapters:
+    """The decoder's view of `members` for a batch whose row b belongs to member member[b] (int32 [B])."""
+    k = num_members(members)
+    r = int(jax.tree.leaves(members.adapters)[0].shape[-1])
+    scale = members.alpha / r
+
+    def cat(ab):
+        a, b = ab["a"].astype(jnp.float32), ab["b"].astype(jnp.float32)      # [K, L, in, r], [K, L, r, out]
+        _, n_layers, d_in, _ = a.shape
+        return {"a": a.transpose(1, 2, 0, 3).reshape(n_layers, d_in, k * r),
+                "b": scale * b.transpose(1, 0, 2, 3).reshape(n_layers, k * r, b.shape[-1])}
+
+    layers = {group: {name: cat(ab) for name, ab in modules.items()}
+              for group, modules in members.adapters["layers"].items()}
+    columns = jnp.repeat(jnp.arange(k, dtype=jnp.int32), r)
+    return MemberAdapters(layers, columns, jnp.asarray(member, jnp.int32))

@@ -19,9 +19,12 @@ move, selection, mutation, the starting population, the lineage file and the ran
     parents, members, rows = population.evolve(fitness, members, rng, config.population, generation=g, step=i)
     population.append_rows(workdir, rows)
 
-`population/train.py` (not imported here, so this package stays free of jax) is the train step of K members side
-by side in one program: stacked states over one frozen base, per-member traced hyperparameters. The runner's
-population loop and the members' joint decode loop are not built yet.
+`population/train.py` and `population/sampling.py` (not imported here, so this package stays free of jax) are
+the K members side by side in one program: the train step over stacked states on one frozen base with per-member
+traced hyperparameters, and `sample_members`, each member's completions of the step's prompts with the same key,
+LoRA members decoded together in ONE decode loop (the base's matmuls batched over all members' rows, each row
+adding its member's unmerged adapters; per-member temperature / top_p traced). The runner's population loop is
+`population/experiment.py`.
 """
 
 from grpo_jax.population import hyperparameters

@@ -5,18 +5,28 @@
     (prompt_tokens, prompt_mask), rollout, completions = samples[k]      # member k's, as Sampler.sample's
 
 Invariants:
-- samples[k] is exactly what `sampler.sample` returns for member k alone (its policy params
+- samples[k] is what `sampler.sample` returns for member k alone (its policy params
   `train_step.policy_params(model_config, member(states, k), frozen)`, its temperature[k] and top_p[k]), with the
   SAME `key` for every member: common random numbers. K identical members therefore give K identical rollouts,
-  equal to the single policy's, and a member's rollout does not depend on the other members.
-- temperature / top_p are one float per member (a member's mutated sampling settings reach its generation).
+  equal to the single policy's, and a member's rollout does not depend on the other members (same tokens,
+  lengths and truncation; log-probs within float rounding).
+- temperature / top_p are one float per member (a member's mutated sampling settings reach its generation);
+  they are traced values of the sampler's program, so changing them does not recompile.
+
+How: LoRA members (frozen is not None) with an engine that has `generate_members` (the jitted group sampler) are
+decoded together in ONE decode loop over the shared frozen base (`sampling.generate(members=)`): K * P * G rows,
+the base's weights read once per step for all of them, each row adding its own member's unmerged adapters.
+Full-finetuning members (frozen None: each member has its own full params, nothing to share) and engines without
+`generate_members` run one `sampler.sample` per member. Either way, afterwards the engine's
+`last_tokens_computed` (where it sets one) counts all members' rows.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from grpo_jax import train_step
+from grpo_jax import rollout, train_step
+from grpo_jax.models import lora
 from grpo_jax.population.train import member, num_members
 
 
@@ -36,7 +46,32 @@ def sample_members(sampler, model_config, states: train_step.TrainState, frozen,
     k = num_members(states)
     temperature = _per_member("temperature", temperature, k)
     top_p = _per_member("top_p", top_p, k)
-    return [sampler.sample(train_step.policy_params(model_config, member(states, i), frozen), examples, key,
-                           group_size=group_size, max_new_tokens=max_new_tokens, temperature=temperature[i],
-                           top_p=top_p[i], top_k=top_k)
-            for i in range(k)]
+    engine = sampler.engine
+    if frozen is None or not hasattr(engine, "generate_members"):
+        return _one_by_one(sampler, model_config, states, frozen, examples, key, group_size=group_size,
+                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+    tokens, mask = sampler.encode(examples)
+    settings = rollout.Settings(group_size=group_size, max_new_tokens=max_new_tokens, temperature=tuple(temperature),
+                                top_k=top_k, top_p=tuple(top_p), stop_ids=sampler.stop_ids, pad_id=sampler.pad_id,
+                                max_decode_rows=sampler.max_decode_rows)
+    out = engine.generate_members(frozen, lora.Members(states.params, states.lora_alpha), tokens, mask, key,
+                                  settings)
+    n = tokens.shape[0] * group_size
+    samples = []
+    for i in range(k):
+        part = type(out)(*(x[i * n:(i + 1) * n] for x in out))
+        samples.append(((tokens, mask), part, sampler.completions(part)))
+    return samples
+
+
+def _one_by_one(sampler, model_config, states, frozen, examples, key, *, temperature, top_p, **settings) -> list:
+    """The reference: one `sampler.sample` per member (full finetuning; engines without `generate_members`)."""
+    samples, counts = [], []
+    for i in range(num_members(states)):
+        params = train_step.policy_params(model_config, member(states, i), frozen)
+        samples.append(sampler.sample(params, examples, key, temperature=temperature[i], top_p=top_p[i],
+                                      **settings))
+        counts.append(getattr(sampler.engine, "last_tokens_computed", None))
+    if all(c is not None for c in counts):
+        sampler.engine.last_tokens_computed = sum(counts)
+    return samples

@@ -47,7 +47,10 @@ class Settings:
 
 class RolloutEngine(Protocol):
     """An engine may also set `last_tokens_computed`: the token positions its last call decoded, padding and
-    finished rows' steps included (the runner logs it as sampler/tokens_computed)."""
+    finished rows' steps included (the runner logs it as sampler/tokens_computed), and may offer
+    `generate_members(base_params, members, prompt_tokens, prompt_mask, key, settings)`: K LoRA population members
+    (`lora.Members`) in one call, settings.temperature / top_p one per member, rows member-major, member k's rows
+    those `generate` gives for member k alone (`population.sampling.sample_members` uses it when present)."""
 
     def generate(self, params, prompt_tokens, prompt_mask, key, settings: Settings):
         """-> sampling.Rollout of all P * settings.group_size rows."""

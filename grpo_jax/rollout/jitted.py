@@ -25,6 +25,21 @@ class JittedGroupSampler:
         self.last_tokens_computed = stats.tokens_computed(out.lengths.shape[0])
         return out
 
+    def generate_members(self, params, members, prompt_tokens, prompt_mask, key, settings: Settings
+                         ) -> sampling.Rollout:
+        """K population members' rows in one decode loop (`sampling.generate(members=)`): `params` the shared
+        base, `members` a `lora.Members` of K adapters, settings.temperature / top_p K values (one per member) or
+        one for all. -> Rollout of K * P * G rows, member-major; member k's rows are what `generate` gives for
+        member k's merged params and settings with the same key. settings.max_decode_rows bounds all K members'
+        rows decoded at once."""
+        out, stats = sampling.generate_with_stats(
+            self.model_config, params, prompt_tokens, prompt_mask, key, group_size=settings.group_size,
+            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_k=settings.top_k,
+            top_p=settings.top_p, greedy=settings.greedy, stop_ids=settings.stop_ids, pad_id=settings.pad_id,
+            mesh=self.mesh, max_decode_rows=settings.max_decode_rows, members=members)
+        self.last_tokens_computed = stats.tokens_computed(out.lengths.shape[0])
+        return out
+
 
 @register_engine("jitted")
 def jitted(model_config, mesh=None) -> JittedGroupSampler:
