@@ -65,13 +65,15 @@ def _config(checkpoint, lr=LR_A, lora_rank=4, **population_fields):
 _SINGLE = {}
 
 
-def _single_rows(checkpoint, tmp_path_factory, lr, lora_rank=4):
-    """The single-policy run's training rows at this learning rate (run once per module)."""
-    if (lr, lora_rank) not in _SINGLE:
-        workdir = str(tmp_path_factory.mktemp(f"single_{lr}_{lora_rank}"))
-        runner.run(_config(checkpoint, lr, lora_rank), workdir)
-        _SINGLE[lr, lora_rank] = [r for r in read_metrics(workdir) if "loss" in r]
-    return _SINGLE[lr, lora_rank]
+def _single_rows(checkpoint, tmp_path_factory, lr, lora_rank=4, **hyperparameters):
+    """The single-policy run's training rows at this learning rate and these other hyperparameters (short names,
+    population.with_hyperparameters), run once per module."""
+    key = (lr, lora_rank, tuple(sorted(hyperparameters.items())))
+    if key not in _SINGLE:
+        workdir = str(tmp_path_factory.mktemp("single"))
+        runner.run(population.with_hyperparameters(_config(checkpoint, lr, lora_rank), hyperparameters), workdir)
+        _SINGLE[key] = [r for r in read_metrics(workdir) if "loss" in r]
+    return _SINGLE[key]
 
 
 def _member_rows(workdir, k):
@@ -99,16 +101,22 @@ def test_identical_members_each_equal_the_single_run(checkpoint, tmp_path, tmp_p
     assert want[-1]["grad_norm"] > 0 and any(r["frac_reward_zero_std"] < 1 for r in want)  # something is learnt
 
 
-def test_members_with_different_learning_rates_each_equal_their_own_single_run(checkpoint, tmp_path,
-                                                                            tmp_path_factory):
+def test_members_with_their_own_learning_rate_and_temperature_each_equal_their_own_single_run(
+        checkpoint, tmp_path, tmp_path_factory):
+    """Member 0: lr 1e-2, temperature 1.0 (the config's); member 1: lr 3e-2, temperature 1.25 -- its mutated
+    temperature reaches its sampling and its train step's log-probs (else logp_mismatch and the loss differ)."""
     workdir = str(tmp_path / "pop")
-    runner.run(_config(checkpoint, init="spread", spread=("lr",), ranges__lr=(LR_A, LR_B)), workdir)
-    for k, lr in enumerate((LR_A, LR_B)):
+    runner.run(_config(checkpoint, init="spread", spread=("lr", "temperature"), ranges__lr=(LR_A, LR_B),
+                       ranges__temperature=(1.0, 1.25)), workdir)
+    for k, (lr, temperature) in enumerate(((LR_A, 1.0), (LR_B, 1.25))):
         rows = _member_rows(workdir, k)
         assert [r["hp/lr"] for r in rows] == pytest.approx([lr] * 3)
-        _assert_same(rows, _single_rows(checkpoint, tmp_path_factory, lr))
+        assert [r["hp/temperature"] for r in rows] == pytest.approx([temperature] * 3)
+        extra = {} if temperature == 1.0 else {"temperature": temperature}
+        _assert_same(rows, _single_rows(checkpoint, tmp_path_factory, lr, **extra))
+        assert all(r["logp_mismatch"] < 1e-4 for r in rows)
     a, b = _member_rows(workdir, 0), _member_rows(workdir, 1)
-    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b)) > 1e-4  # the learning rates really differ
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b)) > 1e-4  # the members really differ
 
 
 def _group_config(checkpoint):
