@@ -6,6 +6,10 @@ compaction on and off, with refill, and with the layers unrolled; K identical me
 equal to the single policy's; a member's adapters reach only its own rows."""
 
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -228,3 +232,21 @@ def test_sample_members_checks_one_value_per_member():
     with pytest.raises(ValueError, match="one value per member"):
         population_sampling.sample_members(_sampler(), CONFIG, _states((1, 2)), _base(), EXAMPLES, KEY,
                                            group_size=G, max_new_tokens=T, temperature=(1.0,), top_p=(1.0, 1.0))
+
+
+def test_joint_loop_same_on_one_and_four_devices():
+    """The members' joint loop on a (data 4) mesh equals one device's, 3 prompts padded to 4 (each member's padding
+    rows dropped), with compaction and with refill (a fresh interpreter: XLA fixes the device count at import)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip())
+    env["PYTHONPATH"] = os.path.dirname(here) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, os.path.join(here, "population_sampling_sharded_check.py")], env=env,
+                          cwd=os.path.dirname(here), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 4
+    for name in ("compacted", "refilled"):
+        case = report[name]
+        assert case["rows"] == 2 * 3 * 2 and case["tokens_equal"] and case["lengths_equal"], (name, case)
+        assert case["logps_diff"] <= 1e-5, (name, case)
