@@ -26,7 +26,7 @@ from grpo_jax.population import experiment
 LR_A, LR_B = 1e-2, 3e-2
 COMPARED = ("reward", "reward_std", "rewards/arithmetic/mean", "rewards/overlong/mean", "frac_reward_zero_std",
             "completions/mean_length", "completions/clipped_ratio", "loss", "kl", "entropy", "grad_norm",
-            "learning_rate", "clip_ratio/region_mean", "logp_mismatch")
+            "learning_rate", "clip_ratio/region_mean", "train/tokens_computed", "logp_mismatch")
 TOL = 1e-5
 
 

@@ -190,7 +190,10 @@ class PopulationExperiment(runner.Experiment):
         traced = {name: np.asarray([h[name] for h in self.hyperparameters], np.float32)
                   for name in self.names if name in population_train.TRAIN_HYPERPARAMETERS}
         t1 = time.time()
-        self.states, train_metrics = self.train_step(self.states, self.frozen, self.ref, batches, traced)
+        args = self.train_step.prepare(self.states, self.frozen, self.ref, batches, traced)
+        plan = args[3].get("pack_source", args[3]["completions"])  # [K, ...]: each member's packed rows or rows
+        train_computed = int(np.prod(plan.shape[1:]))  # one member's positions per pass, padding included
+        self.states, train_metrics = self.train_step.jitted(*args)
         train_metrics = {k: np.asarray(v, np.float64) for k, v in jax.device_get(train_metrics).items()}
         t_train = time.time() - t1
         generated = sum(m.generated for m in members)
@@ -203,6 +206,7 @@ class PopulationExperiment(runner.Experiment):
             row["sampler/time"], row["train/time"] = t_sample, t_train  # the population's joint calls
             row["train/completion_width"] = width
             row["train/tokens"] = m.tokens
+            row["train/tokens_computed"] = train_computed
             row["sampler/tokens_per_s"] = generated / max(t_sample, 1e-9)  # all members' tokens, one call
             if computed is not None:
                 row["sampler/tokens_computed"] = computed
