@@ -24,11 +24,13 @@ class Prompt(NamedTuple):
     length: jax.Array         # int32 [P] real prompt tokens (completion token j sits at position length + j)
 
 
-def encode_prompt(config: ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array) -> Prompt:
-    """Prefill: run the left-padded prompts [P, S] once."""
+def encode_prompt(config: ModelConfig, params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                  adapters=None) -> Prompt:
+    """Prefill: run the left-padded prompts [P, S] once. adapters: None, or a `lora.MemberAdapters` whose member
+    [P] says whose unmerged adapters each prompt row runs (a population's per-member prefill)."""
     mask = prompt_mask.astype(bool)
     positions = padded_positions(mask)
-    hidden, (k, v) = hidden_states(config, params, prompt_tokens, positions, causal_mask(mask))
+    hidden, (k, v) = hidden_states(config, params, prompt_tokens, positions, causal_mask(mask), adapters=adapters)
     return Prompt(PrefixKV(k, v, mask, positions), hidden[:, -1], jnp.sum(mask, axis=-1).astype(jnp.int32))
 
 

@@ -54,7 +54,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grpo_jax import decode_loop, partitioning
-from grpo_jax.logprobs import Prompt, encode_prompt
+from grpo_jax.logprobs import encode_prompt
 from grpo_jax.models import decoder, lora
 from grpo_jax.models.config import ModelConfig
 
@@ -212,16 +212,6 @@ def _data_axes(mesh: Optional[Mesh]) -> tuple:
     return tuple(a for a in ("data", "fsdp") if mesh is not None and a in mesh.axis_names)
 
 
-def _members_prompt(config: ModelConfig, params, prompt_tokens, prompt_mask, adapters) -> Prompt:
-    """`logprobs.encode_prompt` of prompt rows that each run their own member's adapters (`lora.MemberAdapters`,
-    member [rows]): the same prefill with the decoder's `adapters` option."""
-    mask = prompt_mask.astype(bool)
-    positions = decoder.padded_positions(mask)
-    hidden, (k, v) = decoder.hidden_states(config, params, prompt_tokens, positions, decoder.causal_mask(mask),
-                                           adapters=adapters)
-    return Prompt(decoder.PrefixKV(k, v, mask, positions), hidden[:, -1], jnp.sum(mask, axis=-1).astype(jnp.int32))
-
-
 def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, top_k: int, use_top_p: bool,
                     greedy: bool, stop_ids: tuple, pad_id: int, mesh: Optional[Mesh], compact: bool = True,
                     max_decode_rows: int = 0, members: int = 0):
@@ -252,9 +242,9 @@ def _decode_program(config: ModelConfig, group_size: int, max_new_tokens: int, t
             row_index = jnp.arange(n, dtype=jnp.int32)
         else:  # K members' rows, member-major
             ids = jnp.arange(members, dtype=jnp.int32)
-            prompt = _members_prompt(config, params, jnp.tile(prompt_tokens, (members, 1)),
-                                     jnp.tile(prompt_mask, (members, 1)),
-                                     lora.member_adapters(member_adapters, jnp.repeat(ids, p)))
+            prompt = encode_prompt(config, params, jnp.tile(prompt_tokens, (members, 1)),
+                                   jnp.tile(prompt_mask, (members, 1)),
+                                   lora.member_adapters(member_adapters, jnp.repeat(ids, p)))
             adapters = lora.member_adapters(member_adapters, constrain(jnp.repeat(ids, n)))
             temperature, top_p = jnp.repeat(temperature, n), jnp.repeat(top_p, n)   # [K * N], per row
             row_index = jnp.arange(members * n, dtype=jnp.int32) % n                # the row within its member
