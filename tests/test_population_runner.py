@@ -4,7 +4,7 @@ completions change nothing and the reward statistics use only the kept ones, one
 the fitness rows and the copied members, resume after preemption equals the straight run, bad settings are one
 clear error.
 
-Runs share compilations: the single step per learning rate (runner._cached_train_step) and one population step
+Runs share compilations: the single step per learning rate (grpo_jax.experiment._cached_train_step) and one population step
 for every population run (its cache key leaves out the population section); completions are not packed, since
 each packed-row count R is another program (tests/test_population_train_step.py covers packing).
 """
@@ -19,7 +19,7 @@ import pytest
 import tiny_run_config
 from tiny_tokenizer import make_run_checkpoint
 
-from grpo_jax import models, population, runner
+from grpo_jax import experiment as shared, models, population, runner
 from grpo_jax.metrics import read_metrics, without_timing
 from grpo_jax.population import experiment
 
@@ -127,8 +127,8 @@ def _group_config(checkpoint):
 
 def test_effective_group_size_masks_completions(checkpoint, tmp_path, tmp_path_factory, monkeypatch):
     scores = []  # [N, 3 + R] of every member_batch call: step by step, member 0 then member 1
-    gather = runner._gather_scores
-    monkeypatch.setattr(runner, "_gather_scores", lambda *a: scores.append(gather(*a)) or scores[-1])
+    gather = shared._gather_scores
+    monkeypatch.setattr(shared, "_gather_scores", lambda *a: scores.append(gather(*a)) or scores[-1])
     workdir = str(tmp_path / "pop")
     runner.run(_group_config(checkpoint), workdir)
     full = _single_rows(checkpoint, tmp_path_factory, LR_A)

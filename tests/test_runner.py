@@ -2,7 +2,7 @@
 workdir that holds another config's run.
 
 One 4-step run is the reference; the resumed run uses the same config, so the jitted train step is compiled once
-(runner._cached_train_step) and the test stays fast.
+(grpo_jax.experiment._cached_train_step) and the test stays fast.
 """
 
 import json
@@ -15,7 +15,7 @@ import pytest
 import tiny_run_config
 from tiny_tokenizer import make_run_checkpoint
 
-from grpo_jax import models, runner
+from grpo_jax import experiment, models, runner
 from grpo_jax.checkpoint import WorkdirMismatchError, check_workdir
 from grpo_jax.metrics import read_metrics, without_timing
 
@@ -115,9 +115,9 @@ def test_trained_on_the_needed_columns_only_the_run_is_the_same(checkpoint, tmp_
     config.checkpoint.export_hf = config.logging.plots = config.logging.tensorboard = False
     padded = config.copy_and_resolve_references()
     padded.optim.pack_completions = False
-    monkeypatch.setattr(runner, "completion_width", lambda longest, t, packed: t)
+    monkeypatch.setattr(experiment, "completion_width", lambda longest, t, packed: t)
     runner.run(padded, str(tmp_path / "full"))
-    monkeypatch.setattr(runner, "completion_width", lambda longest, t, packed: int(min(t, max(longest, 1))))
+    monkeypatch.setattr(experiment, "completion_width", lambda longest, t, packed: int(min(t, max(longest, 1))))
     runner.run(config, str(tmp_path / "trimmed"))
     full, trimmed = ([r for r in read_metrics(str(tmp_path / d)) if "loss" in r] for d in ("full", "trimmed"))
     assert [r["train/completion_width"] for r in full] == [12, 12]

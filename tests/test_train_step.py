@@ -199,7 +199,7 @@ def test_bad_batches_name_the_value():
 
 @pytest.mark.parametrize("aggregation", sorted(losses.AGGREGATIONS))
 def test_padding_columns_change_nothing(aggregation):
-    """The runner trains on the first `completion_width` columns only (runner.completion_width); columns that are
+    """The runner trains on the first `completion_width` columns only (experiment.completion_width); columns that are
     padding in every row carry no loss term, for every aggregation (Dr.GRPO's constant is max_new_tokens, not the
     width)."""
     from grpo_jax.runner import completion_width

@@ -7,7 +7,7 @@ One step (`PopulationExperiment.step`), the single run's step with a leading mem
   2. every member's G completions per prompt (`population.sampling.sample_members`), each member drawing with the
      single run's key fold_in(fold_in(PRNGKey(seed), SAMPLE_TAG), step) (common random numbers) at its own
      temperature / top_p;
-  3. rewards, advantages and statistics per member (`runner.member_batch`); a member whose effective group_size
+  3. rewards, advantages and statistics per member (`experiment.member_batch`); a member whose effective group_size
      g < rollout.group_size = G counts completions 0..g-1 of each group only (the others: advantage 0, keep False);
   4. the population train step (`population.train.make_population_train_step`): every member's update with its
      own traced hyperparameters (those of its dict named in `population.train.TRAIN_HYPERPARAMETERS`);
@@ -46,7 +46,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from grpo_jax import config_base, distributed, evaluation, metrics as metrics_lib, runner, sharding
+from grpo_jax import config_base, distributed, evaluation, experiment as shared, metrics as metrics_lib, sharding
 from grpo_jax.checkpoint import Checkpointer, check_workdir
 from grpo_jax.population.evolve import Evolution, evolve
 from grpo_jax.population import lineage, selection
@@ -85,7 +85,7 @@ def check_population_run(config, task) -> None:
 
 
 def _population_step(model_config, config, mesh):
-    """The jitted population train step, cached like runner._cached_train_step. Its key leaves out the population
+    """The jitted population train step, cached like experiment._cached_train_step. Its key leaves out the population
     section (the program reads it only through `reference_needed`), so runs differing only in population settings
     (selection, mutation, init) share one compilation."""
     from grpo_jax.population.config import population_config
@@ -94,7 +94,7 @@ def _population_step(model_config, config, mesh):
     plain.population = population_config()
     key = ("population", model_config, config_base.fingerprint(plain), population_train.reference_needed(config),
            mesh)
-    cache = runner._TRAIN_STEPS
+    cache = shared._TRAIN_STEPS
     if key not in cache:
         if len(cache) >= 4:
             cache.pop(next(iter(cache)))
@@ -102,7 +102,7 @@ def _population_step(model_config, config, mesh):
     return cache[key]
 
 
-class PopulationExperiment(runner.Experiment):
+class PopulationExperiment(shared.Experiment):
     """K members built once from a validated config: the single run's mesh, task, rewards, sampler (shared), the
     stacked states over one frozen base, the population train step, the members' hyperparameters, the selection
     generator and the generation counter.
@@ -119,7 +119,7 @@ class PopulationExperiment(runner.Experiment):
         config_base.validate(config)
         if not config.population.size >= 2:
             raise ValueError(f"PopulationExperiment needs population.size >= 2, got {config.population.size}")
-        task = tasks.get(config.task.name, **runner._task_options(config))
+        task = tasks.get(config.task.name, **shared._task_options(config))
         check_population_run(config, task)  # before loading the model
         policy = self._setup(config, workdir, task)
         self.size = int(config.population.size)
@@ -155,7 +155,7 @@ class PopulationExperiment(runner.Experiment):
         return policy_params(self.model_config, population_train.member(self.states, k), self.frozen)
 
     def policy_params(self):
-        """The elite's params (what `runner._export` writes)."""
+        """The elite's params (what `experiment._export` writes)."""
         return self.member_params(self.elite)
 
     def tags(self, k: int) -> dict:
@@ -167,7 +167,7 @@ class PopulationExperiment(runner.Experiment):
 
     # ---------------------------------------------------------------------------------------- one step
 
-    def step(self, step: int) -> list[runner.StepResult]:
+    def step(self, step: int) -> list[shared.StepResult]:
         """GRPO step `step` of every member (see the module docstring): K StepResults, member order."""
         cfg = self.config
         P, G = int(cfg.rollout.prompts_per_step), int(cfg.rollout.group_size)
@@ -175,16 +175,16 @@ class PopulationExperiment(runner.Experiment):
         examples = self.task.train_batch(int(cfg.seed), step, P)
         sampled = sample_members(
             self.sampler, self.model_config, self.states, self.frozen, examples,
-            runner._key(self.base_key, runner.SAMPLE_TAG, step), group_size=G,
+            shared._key(self.base_key, shared.SAMPLE_TAG, step), group_size=G,
             max_new_tokens=int(cfg.rollout.max_new_tokens),
             temperature=[float(self._value(k, "temperature", cfg.rollout.temperature)) for k in range(self.size)],
             top_p=[float(self._value(k, "top_p", cfg.rollout.top_p)) for k in range(self.size)],
             top_k=int(cfg.rollout.top_k))
         t_sample = time.time() - t0
-        members = [runner.member_batch(self, examples, s, G, int(self._value(k, "group_size", G)))
+        members = [shared.member_batch(self, examples, s, G, int(self._value(k, "group_size", G)))
                    for k, s in enumerate(sampled)]
         columns = int(np.shape(sampled[0][1].tokens)[1])
-        width = runner.completion_width(max(m.longest for m in members), columns,
+        width = shared.completion_width(max(m.longest for m in members), columns,
                                         packed=bool(cfg.optim.get("pack_completions", True)))
         batches = _stack_batches([m.batch for m in members], width)
         traced = {name: np.asarray([h[name] for h in self.hyperparameters], np.float32)
@@ -200,7 +200,7 @@ class PopulationExperiment(runner.Experiment):
         computed = getattr(self.sampler.engine, "last_tokens_computed", None)  # all members' decode rows
         out = []
         for k, m in enumerate(members):
-            row = runner.with_train_metrics({"step": step + 1, **self.tags(k), **m.row},
+            row = shared.with_train_metrics({"step": step + 1, **self.tags(k), **m.row},
                                             {name: float(v[k]) for name, v in train_metrics.items()})
             row["step_time"] = time.time() - t0
             row["sampler/time"], row["train/time"] = t_sample, t_train  # the population's joint calls
@@ -210,7 +210,7 @@ class PopulationExperiment(runner.Experiment):
             row["sampler/tokens_per_s"] = generated / max(t_sample, 1e-9)  # all members' tokens, one call
             if computed is not None:
                 row["sampler/tokens_computed"] = computed
-            out.append(runner.StepResult(row, m.samples))
+            out.append(shared.StepResult(row, m.samples))
         return out
 
     # ---------------------------------------------------------------------------------------- evolution
@@ -218,7 +218,7 @@ class PopulationExperiment(runner.Experiment):
     def fitness(self, step: int) -> tuple[np.ndarray, list[dict]]:
         """Every member's `population.fitness` on the shared fitness problems with the same key: ([K], K rows)."""
         name = str(self.config.population.fitness)
-        key = runner._key(self.base_key, FITNESS_TAG, step)
+        key = shared._key(self.base_key, FITNESS_TAG, step)
         values, rows = [], []
         for k in range(self.size):
             result = evaluation.evaluate(self.sampler, self.member_params(k), self.fitness_examples, key,
@@ -284,11 +284,11 @@ def _describe(evo: Evolution, fitness) -> str:
 
 
 def _evals(exp: PopulationExperiment, step: int, writer) -> list[dict]:
-    return [runner._eval(exp, step, writer, params=exp.member_params(k), tags=exp.tags(k)) for k in range(exp.size)]
+    return [shared._eval(exp, step, writer, params=exp.member_params(k), tags=exp.tags(k)) for k in range(exp.size)]
 
 
 def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
-                   on_step: Optional[Callable[[dict], None]] = None) -> runner.RunResult:
+                   on_step: Optional[Callable[[dict], None]] = None) -> shared.RunResult:
     """`runner.run` for a population (see the module docstring); `on_step` is called with each member's row.
     RunResult.first_eval / last_eval are the best member's eval metrics at step 0 and the elite's at the last
     eval; RunResult.population holds the elite, its final fitness and the generation count."""
@@ -309,7 +309,7 @@ def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
         exp.restore_meta(meta, f"checkpoint {start} in {workdir}")
         if main:
             lineage.truncate_lineage(workdir, exp.generation)
-        runner._say(f"resuming the population of {exp.size} (generation {exp.generation}) from the checkpoint of "
+        shared._say(f"resuming the population of {exp.size} (generation {exp.generation}) from the checkpoint of "
                     f"step {start} in {ckpt.directory}", main)
     elif main:
         lineage.truncate_lineage(workdir, None)
@@ -325,11 +325,11 @@ def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
         ckpt.save(step, exp.states, exp.base_key, data_position=step * P, extra=exp.checkpoint_meta())
 
     try:
-        with runner._Preemption() as preemption:
+        with shared._Preemption() as preemption:
             if eval_every and start == 0:
                 evals = _evals(exp, 0, writer)
                 first_eval = evals[selection.best([e["eval/accuracy"] for e in evals])]
-            progress = runner._progress(start, total_steps, main and cfg.logging.progress)
+            progress = shared._progress(start, total_steps, main and cfg.logging.progress)
             progress.set_description(f"GRPO x{exp.size}")
             for step in range(start, total_steps):
                 results = exp.step(step)
@@ -345,7 +345,7 @@ def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
                     samples = results[0].samples
                     if samples and cfg.logging.num_samples:
                         table = evaluation.format_table(samples, ("prompt", "completion", "reward", "advantage"))
-                        runner._say(f"[train step {done} member 0] sample completions:\n{table}", main)
+                        shared._say(f"[train step {done} member 0] sample completions:\n{table}", main)
                         writer.write_text("train/samples", table, done)
                     evals = _evals(exp, done, writer)
                     last_eval = evals[exp.elite]
@@ -359,13 +359,13 @@ def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
                         if eval_every:
                             last_eval = evals[exp.elite]
                         shown = " ".join(f"{f:.3f}" for f in fitness)
-                        runner._say(f"[population step {done}] final fitness [{shown}]; elite: member {exp.elite}",
+                        shared._say(f"[population step {done}] final fitness [{shown}]; elite: member {exp.elite}",
                                     main)
                     else:
                         evo = exp.evolve(fitness, done)
                         if main:
                             lineage.append_rows(workdir, evo.rows)
-                        runner._say(f"[population step {done}] generation {exp.generation}: "
+                        shared._say(f"[population step {done}] generation {exp.generation}: "
                                     f"{_describe(evo, fitness)}", main)
                 stop = distributed.any_process(preemption.requested or preempt_after == done)
                 every = int(cfg.checkpoint.every)
@@ -373,7 +373,7 @@ def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
                     save(done)
                 if stop and done < total_steps:
                     status = "preempted"
-                    runner._say(f"preempted: saved the checkpoint of step {done}; run the same command to resume",
+                    shared._say(f"preempted: saved the checkpoint of step {done}; run the same command to resume",
                                 main)
                     break
             progress.close()
@@ -385,9 +385,9 @@ def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
     export_path, plots = None, []
     if status == "completed":
         if cfg.checkpoint.export_hf:
-            runner._say(f"exporting the elite, member {exp.elite}", main)
-        export_path = runner._export(exp, workdir)
-        plots = runner._plots(workdir, main and cfg.logging.plots)
-    result = runner.RunResult(status, done, workdir, first_eval, last_eval, plots, export_path)
+            shared._say(f"exporting the elite, member {exp.elite}", main)
+        export_path = shared._export(exp, workdir)
+        plots = shared._plots(workdir, main and cfg.logging.plots)
+    result = shared.RunResult(status, done, workdir, first_eval, last_eval, plots, export_path)
     result.population = {"elite": exp.elite, "fitness": final_fitness, "generation": exp.generation}
     return result
