@@ -29,11 +29,11 @@ Static choices, fixed per program:
   rows per micro-batch) the largest over members, so the plans stack (`packing.plan(min_rows=)`: padding rows).
 
 The sampler side is `population/sampling.py` (`sample_members`: LoRA members' completions in one decode loop
-over the shared base). Not here yet (issue 18): the runner loop, a `mesh.member` axis (members are replicated
-over the mesh; each member's rows shard over data x fsdp as usual).
-top_p is the sampler's alone (log-probs are of the full softmax); group_size is the runner's (masked rows). With LoRA the
-vmapped step merges each member's adapters into its own copy of the adapted kernels ([K, ...] merged weights exist
-in the program); the reference pass reads the shared base once for all members' rows.
+over the shared base), the loop `population/experiment.py`. top_p is the sampler's alone (log-probs are of the
+full softmax); group_size is the loop's (masked rows). Not here yet (issue 18): a `mesh.member` axis (members are
+replicated over the mesh; each member's rows shard over data x fsdp as usual). With LoRA the vmapped step merges
+each member's adapters into its own copy of the adapted kernels ([K, ...] merged weights exist in the program,
+unlike the sampler's unmerged adapters); the reference pass reads the shared base once for all members' rows.
 """
 
 from __future__ import annotations
