@@ -16,6 +16,9 @@ OUT/single<k>. Reports:
 - wall time of the population run against the sum of the single runs' (each subprocess start to end: load,
   compiles, evals and checkpoints included).
 
+--cost-only measures the step cost alone: --steps (default 6) steps of the population and of member 0 alone, no
+eval, no evolution, no checkpoints or export (the population's last-step fitness is still measured).
+
 One JSON line on stdout, appended to benchmarks/results.jsonl (--results '' appends nothing).
 """
 
@@ -43,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=os.path.join("runs", "bench_population"))
     p.add_argument("--results", default=results.RESULTS, help="JSONL file the line is appended to ('' = none)")
     p.add_argument("--skip-singles", action="store_true", help="run the population only")
+    p.add_argument("--cost-only", action="store_true",
+                   help="the step cost alone: --steps (default 6) steps of the population and of member 0 alone, "
+                        "no eval, no evolution")
     return p
 
 
@@ -53,14 +59,19 @@ def _read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _run(arg: str, args, workdir: str, env) -> float:
+def _run(arg: str, args, workdir: str, env, population: bool) -> float:
     """Runs experiments.train on configs/population.py:arg in `workdir` (a fresh one); returns its wall seconds."""
     spec = CONFIG_FILE + (f":{arg}" if arg else "")
     command = [sys.executable, "-m", "experiments.train", "--config", spec, "--workdir", workdir]
     if args.model:
         command.append(f"--config.model.path={args.model}")
     if args.steps:
-        command += [f"--config.total_steps={args.steps}", f"--config.eval.every={args.steps}"]
+        command += [f"--config.total_steps={args.steps}",
+                    f"--config.eval.every={0 if args.cost_only else args.steps}"]
+    if args.cost_only:
+        command += ["--config.checkpoint.every=0", "--config.checkpoint.export_hf=False"]
+        if population:  # no evolution inside the run (the last step's fitness is still measured)
+            command.append(f"--config.population.evolve_every={args.steps + 1}")
     print(f"[benchmark population] {' '.join(command)}", file=sys.stderr, flush=True)
     t = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, env=env)
@@ -121,7 +132,7 @@ def report(args, population_wall: float, single_walls: dict) -> dict:
     line = {
         "benchmark": "population", "time": results.now(), "commit": results.git_commit(),
         "machine": machine.describe(), "config": f"configs/population.py:{args.config_arg}",
-        "members": len(members), "steps": int(args.steps or config.total_steps),
+        "members": len(members), "steps": int(args.steps or config.total_steps), "cost_only": bool(args.cost_only),
         "population": {
             "wall_s": round(population_wall, 1),
             "step_s": _median_step_time(rows),
@@ -149,7 +160,8 @@ def report(args, population_wall: float, single_walls: dict) -> dict:
         if steps and line["population"]["step_s"]:
             line["single_step_s"] = statistics.median(steps)
             line["step_ratio"] = round(line["population"]["step_s"] / line["single_step_s"], 3)
-        line["wall_ratio"] = round(population_wall / sum(s["wall_s"] for s in singles), 3)
+        if not args.cost_only:  # the population's wall time against all K single runs'
+            line["wall_ratio"] = round(population_wall / sum(s["wall_s"] for s in singles), 3)
     return line
 
 
@@ -161,12 +173,15 @@ def main(argv=None) -> dict:
     pop_dir = os.path.join(args.out, "population")
     if os.path.exists(pop_dir):
         raise SystemExit(f"{pop_dir} exists: give a fresh --out (a resumed run would not time the whole run)")
-    population_wall = _run(args.config_arg, args, pop_dir, env)
+    if args.cost_only:
+        args.steps = args.steps or 6
+    population_wall = _run(args.config_arg, args, pop_dir, env, population=True)
     single_walls = {}
     if not args.skip_singles:
-        for member in range(int(_config(args.config_arg).population.size)):
+        members = 1 if args.cost_only else int(_config(args.config_arg).population.size)
+        for member in range(members):
             arg = ",".join(a for a in (args.config_arg, f"single={member}") if a)
-            single_walls[member] = _run(arg, args, os.path.join(args.out, f"single{member}"), env)
+            single_walls[member] = _run(arg, args, os.path.join(args.out, f"single{member}"), env, population=False)
     return results.emit(report(args, population_wall, single_walls), args.results)
 
 

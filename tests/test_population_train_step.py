@@ -1,4 +1,5 @@
-"""The population train step: K members updated in one jitted program (the single step vmapped over members) each
+"""The population train step: K members updated in one jitted program (the single step mapped over members: one at
+a time, a few vmapped at once, or all vmapped: population.members_at_once) each
 give the single-policy step's result for their own state, batch and hyperparameters (written into the config), for
 LoRA members over one frozen base and for full finetuning; per-member packing plans stack; take_members copies
 parents' params and optimizer moments; traced loss hyperparameters equal the config's values."""
@@ -89,16 +90,25 @@ def _assert_member(states, metrics, k, want_state, want_metrics):
                                    err_msg=f"member {k}: {name}")
 
 
+def _at_once(cfg, members_at_once):
+    """cfg with population.members_at_once set (the population step's own copy: the single step's stays as is)."""
+    out = cfg.copy_and_resolve_references()
+    out.population.members_at_once = members_at_once
+    return out
+
+
 def test_identical_members_equal_the_single_step():
     """K = 3 LoRA members with the same state, batch and hyperparameters (given explicitly, at the config's
-    values), 2 micro-batches: each is the single step's result, metrics included."""
+    values), 2 micro-batches, updated 2 at a time (members_at_once = 2: one vmapped pair, then the third): each is
+    the single step's result, metrics included."""
     cfg = _config(2, **MICRO_CONFIG)
     state, frozen = _start(cfg)
     b = _member_batches()[0]
     want_state, want_metrics = _single(cfg, state, frozen, None, b)
     k = 3
     states = population_train.stack_states([_copy(state)] * k)
-    out, metrics = _population_step(cfg)(states, frozen, None, _stack_batches([b] * k), _config_values(cfg, k))
+    out, metrics = _population_step(_at_once(cfg, 2))(states, frozen, None, _stack_batches([b] * k),
+                                                      _config_values(cfg, k))
     assert set(want_metrics) <= set(metrics) and metrics["loss"].shape == (k,)
     for i in range(k):
         _assert_member(out, metrics, i, want_state, want_metrics)
@@ -146,14 +156,14 @@ def test_members_with_their_own_hyperparameters_give_their_own_single_runs(lora_
 def test_members_with_their_own_batches_and_packing_plans():
     """Members train on different completions / advantages of the same prompts, in 2 micro-batches: each gives the
     single step on its own batch; their packing plans need different packed-row counts R and are padded to the
-    largest."""
+    largest. All three members in one vmapped update (members_at_once = 0)."""
     cfg = _config(2, **MICRO_CONFIG)
     state, frozen = _start(cfg)
     batches = _member_batches()
     rows = [packing.plan(packing.lengths_from_mask(b["completion_mask"]), 2, 2, 5).source.shape[1]
             for b in batches]
     assert rows[1] < rows[0] == rows[2], rows  # the plans differ in R
-    out, metrics = _population_step(cfg)(population_train.stack_states([_copy(state)] * 3), frozen, None,
+    out, metrics = _population_step(_at_once(cfg, 0))(population_train.stack_states([_copy(state)] * 3), frozen, None,
                                          _stack_batches(batches), _config_values(cfg, 3))
     for i, b in enumerate(batches):
         want_state, want_metrics = _single(cfg, state, frozen, None, b)

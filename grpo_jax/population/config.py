@@ -17,6 +17,8 @@ sets them; a value keeps the type of its default):
                                                                                                      ('equal')
   population.spread               the hyperparameters spread by init 'spread'                        (('lr',))
   population.mutate               the hyperparameters a mutation may move                            (('lr', 'kl_beta'))
+  population.members_at_once      members whose updates run batched (vmap) in the train program; 1 = one after
+                                  another in the same program, 0 = all K at once                     (1)
   population.mutation.none        relative weight of "no mutation"                                  (0.1)
   population.mutation.hyperparameter  relative weight of "move one hyperparameter"                  (0.9)
   population.mutation.factors     the factors a 'factor' / 'int_step' move multiplies by, one drawn uniformly
@@ -62,6 +64,7 @@ FIELDS = {
     "init": "equal",
     "spread": ("lr",),
     "mutate": ("lr", "kl_beta"),
+    "members_at_once": 1,
 }
 MUTATION_FIELDS = {"none": 0.1, "hyperparameter": 0.9, "factors": (0.8, 1.2)}
 # The sub-sections, by the name `registry.declare_fields` knows them under (errors name the key as written here).
@@ -213,6 +216,9 @@ def validate_population_config(config) -> None:
         if not 0.0 < f <= 0.5:
             raise ValueError(f"population.truncation_fraction must be in (0, 0.5] (the bottom fraction copies the "
                              f"top one), got {f!r}")
+    if _number("population.members_at_once", pop.members_at_once, integer=True) < 0:
+        raise ValueError(f"population.members_at_once must be >= 0 (0 = all members at once), "
+                         f"got {pop.members_at_once!r}")
     if _number("population.evolve_every", pop.evolve_every, integer=True) < 1:
         raise ValueError(f"population.evolve_every must be >= 1, got {pop.evolve_every!r}")
     if not isinstance(pop.fitness, str) or not pop.fitness.startswith("eval/") or pop.fitness == "eval/":

@@ -60,7 +60,7 @@ FITNESS_TAG = 2  # key of a fitness evaluation = fold_in(fold_in(PRNGKey(seed), 
 HP_PREFIX = "hp/"  # a member row's hyperparameter columns: hp/lr, hp/kl_beta, ...
 FITNESS_KEY, GENERATION_KEY = "population/fitness", "population/generation"
 META_KEY = "population"  # the checkpoint meta's entry holding the population's host state
-BUILTIN_EVAL_METRICS = ("eval/accuracy", "eval/mean_reward", "eval/mean_length", "eval/num_examples")
+BUILTIN_EVAL_METRICS = tuple(f"eval/{name}" for name in evaluation.BUILTIN_METRICS)
 
 
 def check_population_run(config, task) -> None:
@@ -86,14 +86,14 @@ def check_population_run(config, task) -> None:
 
 def _population_step(model_config, config, mesh):
     """The jitted population train step, cached like experiment._cached_train_step. Its key leaves out the population
-    section (the program reads it only through `reference_needed`), so runs differing only in population settings
-    (selection, mutation, init) share one compilation."""
+    section (the program reads only `reference_needed` and members_at_once from it), so runs differing only in
+    population settings (selection, mutation, init) share one compilation."""
     from grpo_jax.population.config import population_config
 
     plain = config.copy_and_resolve_references()
     plain.population = population_config()
     key = ("population", model_config, config_base.fingerprint(plain), population_train.reference_needed(config),
-           mesh)
+           int(config.population.members_at_once), mesh)
     cache = shared._TRAIN_STEPS
     if key not in cache:
         if len(cache) >= 4:
