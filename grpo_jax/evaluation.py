@@ -11,9 +11,11 @@ WHOLE held-out set in batches:
                     eq. 1): pass@k = E[1 - C(n - c, k) / C(n, k)], c = correct samples of a problem
   eval/mean_reward  mean of the config's weighted reward over the greedy completions
   eval/mean_length  mean greedy completion length in tokens
-  eval/<name>       each of the task's own `eval_metrics` (name -> fn(completion text) -> float), averaged over the
-                    greedy completions: e.g. format_rate / answer_rate for the tasks whose prompt asks for the
-                    R1 `<think>...</think> <answer>...</answer>` format (grpo_jax/tasks/eval_metrics.py)
+  eval/mean_length_correct  the same over the correct completions only (0 when none is correct)
+  eval/<name>       each of the task's own `eval_metrics` (name -> fn(completion text, example) -> float),
+                    averaged over the greedy completions: e.g. format_rate / answer_rate for the tasks whose prompt
+                    asks for the R1 `<think>...</think> <answer>...</answer>` format, intermediate_rate for
+                    multi-step arithmetic (grpo_jax/tasks/eval_metrics.py)
 
 Multi-host: every process builds the same (small) prompt batch, the sampler splits its rows over the mesh, each
 process decodes and scores only the rows it holds, and the per-row scores are gathered (`distributed`).
@@ -171,6 +173,9 @@ def score(reward_fn: Callable, examples: Sequence[dict], completions: Completion
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
+# The evaluator's own metrics (eval/<name>); a task's eval_metrics may not reuse these names.
+BUILTIN_METRICS = ("accuracy", "mean_reward", "mean_length", "mean_length_correct", "num_examples")
+
 
 @dataclasses.dataclass
 class EvalResult:
@@ -184,13 +189,13 @@ def _batches(n: int, size: int):
 
 
 def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_fn: Callable, accuracy_fn: Callable,
-             config, num_samples_shown: int = 4, eval_metrics: Mapping[str, Callable[[str], float]] = None
+             config, num_samples_shown: int = 4, eval_metrics: Mapping[str, Callable[[str, dict], float]] = None
              ) -> EvalResult:
     """Greedy accuracy, pass@k, mean reward and the task's own metrics over every example of `examples`.
 
     reward_fn: the config's combined reward; accuracy_fn: the task's accuracy reward, combined alone
     (`rewards.combine({task.accuracy_reward: 1.0})`): 1.0 means solved. eval_metrics: the task's
-    `Task.eval_metrics` (name -> fn(greedy completion text) -> float), logged as eval/<name> means.
+    `Task.eval_metrics` (name -> fn(greedy completion text, its example) -> float), logged as eval/<name> means.
     config: the whole ConfigDict (eval.* and rollout.*)."""
     shards = int(sampler.mesh.shape["data"]) * int(sampler.mesh.shape["fsdp"])
     batch = max(shards, int(config.eval.batch_size) // shards * shards)
@@ -199,7 +204,7 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
     n = int(config.eval.num_samples) or k
     own = dict(eval_metrics or {})
     for name in own:
-        if name in ("accuracy", "mean_reward", "mean_length", "num_examples") or name.startswith("pass@"):
+        if name in BUILTIN_METRICS or name.startswith("pass@"):
             raise ValueError(f"task eval metric {name!r} has the name of a built-in eval metric")
     rows = []  # per problem: reward, correct, length, the task's metrics..., passes
     shown = []
@@ -211,7 +216,9 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
         _, _, greedy = sampler.sample(params, chunk, batch_key, group_size=1, max_new_tokens=max_new, greedy=True)
         total, _, _ = score(reward_fn, chunk, greedy, 1)
         correct = np.asarray(score(accuracy_fn, chunk, greedy, 1)[0]) >= 1.0 - 1e-6
-        task_columns = [np.asarray([float(fn(t)) for t in greedy.texts], np.float32) for fn in own.values()]
+        held = chunk[greedy.start: greedy.start + len(greedy.texts)]  # this process's rows (one per example)
+        task_columns = [np.asarray([float(fn(t, ex)) for t, ex in zip(greedy.texts, held)], np.float32)
+                        for fn in own.values()]
         local = np.stack([np.asarray(total, np.float32), correct.astype(np.float32),
                           greedy.lengths.astype(np.float32)] + task_columns, axis=1)
         passes = np.zeros((len(local), 1), np.float32)
@@ -228,10 +235,12 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
                 shown.append({"prompt": chunk[i]["prompt"][-1]["content"], "completion": greedy.texts[i],
                               "reward": float(total[i]), "correct": bool(correct[i])})
     table = np.concatenate(rows, axis=0)
+    correct_rows = table[:, 1] > 0.5
     metrics = {
         "eval/accuracy": float(table[:, 1].mean()),
         "eval/mean_reward": float(table[:, 0].mean()),
         "eval/mean_length": float(table[:, 2].mean()),
+        "eval/mean_length_correct": float(table[correct_rows, 2].mean()) if correct_rows.any() else 0.0,
         "eval/num_examples": int(len(table)),
     }
     for i, name in enumerate(own):

@@ -1,6 +1,7 @@
 """Learning curves of a workdir as PNG files (matplotlib, Agg backend: no display needed).
 
-    paths = plot_workdir("runs/demo")     # -> runs/demo/plots/{reward,eval_accuracy,kl,completion_length,summary}.png
+    paths = plot_workdir("runs/demo")     # -> runs/demo/plots/{reward,eval_accuracy,kl,completion_length,
+                                          #    eval_intermediate,summary}.png
 
 Each panel plots one metric of DIR/metrics.jsonl against `step`; a metric the run did not log (e.g. kl with
 kl_beta = 0) is left out.
@@ -23,7 +24,10 @@ PANELS = {
     "reward": ("Training reward", "mean reward", ("reward",)),
     "eval_accuracy": ("Held-out accuracy (greedy)", "accuracy", ("eval/accuracy",)),
     "kl": ("KL to the reference", "KL", ("kl",)),
-    "completion_length": ("Completion length", "tokens", ("completions/mean_length", "eval/mean_length")),
+    "completion_length": ("Completion length", "tokens", ("completions/mean_length", "eval/mean_length",
+                                                          "eval/mean_length_correct")),
+    "eval_intermediate": ("Held-out answers stating an intermediate result", "share",
+                          ("eval/intermediate_rate",)),
 }
 
 

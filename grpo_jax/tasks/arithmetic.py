@@ -2,7 +2,10 @@
 
 A problem is `num_operands` numbers of up to `digits` digits (0 .. 10**digits - 1) joined by operators drawn from
 `operators`, evaluated with the usual precedence; with "/" only problems whose exact value is an integer are kept.
-Identity is the expression itself. Small problem spaces (at most ENUMERATE_LIMIT expressions, e.g. the 100 one-digit
+Identity is the expression itself. Each example carries `answer` and `intermediates`, the integer values of its
+sub-expressions (`intermediate_values`: partial products, running sums), which `eval/intermediate_rate` looks for
+in a completion (tasks/eval_metrics.py; problems of three or more operands). `steps=True` asks for the work step by
+step, each intermediate result written out; `prefill` starts the assistant's turn. Small problem spaces (at most ENUMERATE_LIMIT expressions, e.g. the 100 one-digit
 additions) are enumerated and split by `split_seed` into a fixed eval subset and a disjoint training pool; larger
 spaces are sampled, rejecting eval problems from training.
 """
@@ -15,13 +18,16 @@ from typing import Any, Sequence
 
 from grpo_jax.rewards.columns import integer
 from grpo_jax.tasks.base import EVAL_STREAM, TRAIN_STREAM, Task, check_seed, make_example, rng
-from grpo_jax.tasks.eval_metrics import ANSWER_TAGS
+from grpo_jax.tasks.eval_metrics import ANSWER_TAGS, intermediate_rate
 from grpo_jax.tasks.registry import TASKS
 
 OPERATORS = ("+", "-", "*", "/")
 ENUMERATE_LIMIT = 200_000
 MAX_ATTEMPTS = 10_000
 DEFAULT_EVAL_SIZE = 200
+ANSWER_INSTRUCTION = "Put the final answer in <answer> </answer> tags."
+STEPS_INSTRUCTION = ("Work it out step by step, writing each intermediate result as an equation, then put the "
+                     "final answer in <answer> </answer> tags.")
 
 Problem = tuple[tuple[int, ...], tuple[str, ...]]  # operands, operators
 
@@ -43,6 +49,29 @@ def value_of(problem: Problem) -> Fraction | None:
     return sum(terms, sign * product)
 
 
+def intermediate_values(problem: Problem) -> tuple[int, ...]:
+    """The integer values met on the way to the answer, in evaluation order with * and / first: each partial
+    product / quotient of two or more factors (2 * 3 in 2 * 3 * 4, and 2 * 3 * 4 itself when a sum follows) and each
+    running sum of two or more terms, leaving out the final value. Sorted, distinct; () for a two-operand sum."""
+    operands, operators = problem
+    seen, terms = [], []
+    sign, product = 1, Fraction(operands[0])
+    for op, x in zip(operators, operands[1:]):
+        if op in "*/":
+            product = product * x if op == "*" else product / x
+            seen.append(product)
+        else:
+            terms.append(sign * product)
+            sign, product = (1 if op == "+" else -1), Fraction(x)
+    terms.append(sign * product)
+    total = terms[0]
+    for term in terms[1:]:
+        total += term
+        seen.append(total)
+    final = value_of(problem)
+    return tuple(sorted({int(v) for v in seen if v.denominator == 1 and v != final}))
+
+
 def expression(problem: Problem) -> str:
     operands, operators = problem
     return " ".join([str(operands[0])] + [f"{op} {x}" for op, x in zip(operators, operands[1:])])
@@ -55,7 +84,7 @@ class ArithmeticTask(Task):
     eval_metrics = ANSWER_TAGS
 
     def __init__(self, *, operators: Sequence[str], digits: int, num_operands: int, eval_size: int | None,
-                 split_seed: int):
+                 split_seed: int, steps: bool = False, prefill: str = ""):
         self.operators = tuple(operators)
         if not self.operators or any(op not in OPERATORS for op in self.operators):
             raise ValueError(
@@ -66,6 +95,11 @@ class ArithmeticTask(Task):
             raise ValueError(
                 f"arithmetic: need 1 <= digits <= 9 and 2 <= num_operands <= 8, got {digits}, {num_operands}")
         split_seed = check_seed(split_seed, "split_seed")
+        if not isinstance(steps, bool) or not isinstance(prefill, str):
+            raise ValueError(f"arithmetic: steps must be a bool and prefill a string, got {steps!r}, {prefill!r}")
+        self.steps, self.prefill = steps, prefill or None
+        self.eval_metrics = dict(ANSWER_TAGS, **({"intermediate_rate": intermediate_rate}
+                                                 if self.num_operands >= 3 else {}))
         space = (10**self.digits) ** self.num_operands * len(self.operators) ** (self.num_operands - 1)
         self._pool: list[Problem] | None = None
         if space <= ENUMERATE_LIMIT:
@@ -121,8 +155,10 @@ class ArithmeticTask(Task):
 
     def to_example(self, problem: Problem) -> dict[str, Any]:
         text = expression(problem)
-        return make_example(f"What is {text}? Put the final answer in <answer> </answer> tags.",
-                            {"answer": int(value_of(problem))}, id=f"arithmetic:{text}")
+        ask = STEPS_INSTRUCTION if self.steps else ANSWER_INSTRUCTION
+        return make_example(f"What is {text}? {ask}",
+                            {"answer": int(value_of(problem)), "intermediates": intermediate_values(problem)},
+                            id=f"arithmetic:{text}", prefill=self.prefill)
 
     def _eval_examples(self) -> list[dict[str, Any]]:
         return self._eval
@@ -140,7 +176,8 @@ class ArithmeticTask(Task):
 
 @TASKS.register("arithmetic")
 def arithmetic(operators: Sequence[str] = ("+",), digits: int = 1, num_operands: int = 2,
-               eval_size: int | None = None, split_seed: int = 0) -> Task:
-    """Procedural arithmetic. eval_size None = 200, or half the problem space when that has fewer than 400 problems."""
+               eval_size: int | None = None, split_seed: int = 0, steps: bool = False, prefill: str = "") -> Task:
+    """Procedural arithmetic. eval_size None = 200, or half the problem space when that has fewer than 400 problems.
+    steps: ask for the intermediate results; prefill: the start of the assistant's turn ('' = none)."""
     return ArithmeticTask(operators=operators, digits=digits, num_operands=num_operands, eval_size=eval_size,
-                          split_seed=split_seed)
+                          split_seed=split_seed, steps=steps, prefill=prefill)

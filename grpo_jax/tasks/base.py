@@ -62,8 +62,8 @@ class Task:
     name: str = ""
     reward_names: tuple[str, ...] = ()  # default rewards for training (all weight 1.0 unless the config says so)
     accuracy_reward: str = ""  # the reward whose value 1.0 means "solved": eval/accuracy and pass@k use it
-    # The task's own eval metrics, name -> fn(completion text) -> float, logged as eval/<name> means: those of the
-    # format its prompt asks for (see tasks/eval_metrics.py); none by default.
+    # The task's own eval metrics, name -> fn(completion text, example) -> float, logged as eval/<name> means:
+    # those of the format its prompt asks for, and what shows reasoning (see tasks/eval_metrics.py); none by default.
     eval_metrics: dict = {}
 
     def train_example(self, seed: int, index: int) -> dict[str, Any]:
