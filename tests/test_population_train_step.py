@@ -15,6 +15,7 @@ from train_fixtures import CFG, FAST_COMPILE, batch, config, max_abs_diff, param
 
 MESH = sharding.make_mesh(sharding.mesh_config())
 TOL = 1e-6
+VMAP_TOL = 5e-6  # all members in one vmap: batched matmuls sum in another order (1.3e-6 seen at XLA -O0)
 NAMES = ("lr", "temperature", "kl_beta", "clip_low", "clip_high", "entropy_coef")
 
 
@@ -80,13 +81,13 @@ def _stack_batches(batches):
     return {k: np.stack([np.asarray(b[k]) for b in batches]) for k in batches[0]}
 
 
-def _assert_member(states, metrics, k, want_state, want_metrics):
+def _assert_member(states, metrics, k, want_state, want_metrics, tol=TOL):
     got = population_train.member(states, k)
-    assert max_abs_diff(got.params, want_state.params) < TOL, k
-    assert max_abs_diff(got.opt_state, want_state.opt_state) < TOL, k
+    assert max_abs_diff(got.params, want_state.params) < tol, k
+    assert max_abs_diff(got.opt_state, want_state.opt_state) < tol, k
     assert int(got.step) == int(want_state.step)
     for name in want_metrics:  # every single-run metric (a member with kl_beta = 0 also logs kl)
-        np.testing.assert_allclose(float(metrics[name][k]), float(want_metrics[name]), rtol=TOL, atol=TOL,
+        np.testing.assert_allclose(float(metrics[name][k]), float(want_metrics[name]), rtol=tol, atol=tol,
                                    err_msg=f"member {k}: {name}")
 
 
@@ -167,7 +168,7 @@ def test_members_with_their_own_batches_and_packing_plans():
                                          _stack_batches(batches), _config_values(cfg, 3))
     for i, b in enumerate(batches):
         want_state, want_metrics = _single(cfg, state, frozen, None, b)
-        _assert_member(out, metrics, i, want_state, want_metrics)
+        _assert_member(out, metrics, i, want_state, want_metrics, VMAP_TOL)
     assert max_abs_diff(population_train.member(out, 0).params, population_train.member(out, 1).params) > 1e-5
 
 
