@@ -357,6 +357,15 @@ def with_train_metrics(row: dict, train_metrics: dict) -> dict:
     return row
 
 
+def restore_checkpoint(ckpt, step: int, state, base_key, data_position: int, workdir: str) -> tuple:
+    """(state, base key, meta) of checkpoint `step`, checked to hold `data_position` (the loop's step * P)."""
+    state, base_key, meta = ckpt.restore(step, state, base_key)
+    if meta.get("data_position") != data_position:
+        raise ValueError(f"checkpoint {step} in {workdir} holds data position {meta.get('data_position')}, "
+                         f"expected {data_position}; the workdir is inconsistent")
+    return state, base_key, meta
+
+
 def _export(exp: Experiment, workdir: str) -> Optional[str]:
     if not exp.config.checkpoint.export_hf:
         return None

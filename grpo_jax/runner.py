@@ -28,7 +28,8 @@ from typing import Callable, Optional
 
 from grpo_jax import distributed, evaluation, metrics as metrics_lib
 from grpo_jax.checkpoint import Checkpointer
-from grpo_jax.experiment import (Experiment, RunResult, _Preemption, _eval, _export, _plots, _progress, _say)
+from grpo_jax.experiment import (Experiment, RunResult, _Preemption, _eval, _export, _plots, _progress, _say,
+                                 restore_checkpoint)
 from grpo_jax.experiment import StepResult, completion_width  # noqa: F401  (public names of a run, as before)
 
 
@@ -52,10 +53,7 @@ def run(config, workdir: str, *, preempt_after: Optional[int] = None,
     ckpt = Checkpointer(workdir, keep=int(cfg.checkpoint.keep))
     start = ckpt.latest_step() or 0
     if start:
-        exp.state, exp.base_key, meta = ckpt.restore(start, exp.state, exp.base_key)
-        if meta.get("data_position") != start * P:
-            raise ValueError(f"checkpoint {start} in {workdir} holds data position {meta.get('data_position')}, "
-                             f"expected {start * P}; the workdir is inconsistent")
+        exp.state, exp.base_key, _ = restore_checkpoint(ckpt, start, exp.state, exp.base_key, start * P, workdir)
         _say(f"resuming from the checkpoint of step {start} in {ckpt.directory}", main)
     writer = metrics_lib.MetricsWriter(workdir, cfg, resume_step=start if start else None, enabled=main,
                                        tensorboard=bool(cfg.logging.tensorboard), wandb_project=cfg.logging.wandb)

@@ -302,10 +302,8 @@ def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
     ckpt = Checkpointer(workdir, keep=int(cfg.checkpoint.keep))
     start = ckpt.latest_step() or 0
     if start:
-        exp.states, exp.base_key, meta = ckpt.restore(start, exp.states, exp.base_key)
-        if meta.get("data_position") != start * P:
-            raise ValueError(f"checkpoint {start} in {workdir} holds data position {meta.get('data_position')}, "
-                             f"expected {start * P}; the workdir is inconsistent")
+        exp.states, exp.base_key, meta = shared.restore_checkpoint(ckpt, start, exp.states, exp.base_key,
+                                                                  start * P, workdir)
         exp.restore_meta(meta, f"checkpoint {start} in {workdir}")
         if main:
             lineage.truncate_lineage(workdir, exp.generation)
