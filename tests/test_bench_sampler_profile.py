@@ -42,10 +42,13 @@ def test_instructions_and_decode_loop_table_by_hand():
 def test_profile_runs_on_a_tiny_model(tmp_path, capsys):
     out = tmp_path / "profile.jsonl"
     line = benchmark.main(["sampler_profile", "--model", "tiny-random", "--prompts", "2", "--group", "2",
-                           "--new-tokens", "4", "--top", "5", "--results", str(out)])
+                           "--new-tokens", "4", "--top", "400", "--results", str(out)])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == line
     assert [json.loads(x) for x in out.read_text().splitlines()] == [line]
     assert line["benchmark"] == "sampler_profile" and line["call_s"] > 0
     assert line["step_ms"] > 0 and 0 <= line["head_ms"] <= line["step_ms"]
-    assert 0 < len(line["ops"]) <= 5
+    # every op of a tiny model's loop fits in 400 rows: which op is largest is the machine's business (under
+    # make test's XLA -O0 a copy can outweigh the matmuls), only that the matmuls are found and the rows sorted
+    ms = [r["ms_per_step"] for r in line["ops"]]
+    assert 0 < len(ms) < 400 and ms == sorted(ms, reverse=True)
     assert any(r["op"] == "dot_general" for r in line["ops"])
