@@ -160,7 +160,7 @@ def test_attention_implementations_agree(tmp_path, family):
     completions = random_tokens(policy.config.vocab_size, batch=6, length=7, seed=10)
     lp = [np.asarray(logprobs.completion_logprobs(c, policy.params, tokens, mask, completions, 2)[0])
           for c in (policy.config, other)]
-    np.testing.assert_allclose(lp[1], lp[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(lp[1], lp[0], atol=1e-5, rtol=1e-6)  # log-probs reach ~-22: as above
 
 
 def test_unavailable_attention_is_a_clear_error(tmp_path):
