@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from grpo_jax import evaluation, rewards, tasks
+from grpo_jax.tasks import arithmetic as arithmetic_module
 from grpo_jax.tasks.arithmetic import STEPS_INSTRUCTION, intermediate_values
 from grpo_jax.tasks.eval_metrics import MAX_SCANNED_CHARS, intermediate_rate
 
@@ -58,6 +59,36 @@ def test_the_steps_prompt_prefill_and_columns():
     assert reward([f"<answer>{a['answer']}</answer>"], **cols)[0][0] == 1.0
     with pytest.raises(ValueError, match="steps must be a bool"):
         tasks.get("arithmetic", steps="yes")
+    assert tasks.get("arithmetic", prefill=None).eval_set()[0]["prefill"] is None  # a config's '' arrives as None
+
+
+def count(example) -> int:
+    return len(example["id"].split(":", 1)[1].split()) // 2 + 1
+
+
+@pytest.mark.parametrize("digits", [1, 3])  # an enumerated pool of each count, and sampled problems
+def test_a_curriculum_mix_trains_on_each_count_and_evaluates_on_num_operands(digits):
+    ops = ("+", "-", "*")
+    mixed = tasks.get("arithmetic", operators=ops, digits=digits, num_operands=3, eval_size=50, train_operands=(2, 3))
+    alone = tasks.get("arithmetic", operators=ops, digits=digits, num_operands=3, eval_size=50)
+    assert mixed.eval_set() == alone.eval_set() and {count(e) for e in mixed.eval_set()} == {3}
+    drawn = [mixed.train_example(0, i) for i in range(400)]
+    counts = [count(e) for e in drawn]
+    assert 150 < counts.count(2) < 250 and counts.count(2) + counts.count(3) == 400
+    held_out = {e["id"] for e in mixed.eval_set()}
+    assert not held_out & {e["id"] for e in drawn}
+    for e in drawn:  # the columns are the drawn problem's own
+        assert e["answer"] == int(arithmetic_module.value_of(parse(e["id"])))
+    # a single count keeps the stream of a task without the option
+    same = tasks.get("arithmetic", operators=ops, digits=digits, num_operands=3, eval_size=50, train_operands=(3,))
+    assert [same.train_example(0, i) for i in range(20)] == [alone.train_example(0, i) for i in range(20)]
+    with pytest.raises(ValueError, match="train_operands must each be in 2..8"):
+        tasks.get("arithmetic", train_operands=(1, 2))
+
+
+def parse(example_id: str):
+    tokens = example_id.split(":", 1)[1].split()
+    return tuple(int(x) for x in tokens[::2]), tuple(tokens[1::2])
 
 
 class _StubSampler:

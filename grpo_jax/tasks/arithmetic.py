@@ -84,7 +84,8 @@ class ArithmeticTask(Task):
     eval_metrics = ANSWER_TAGS
 
     def __init__(self, *, operators: Sequence[str], digits: int, num_operands: int, eval_size: int | None,
-                 split_seed: int, steps: bool = False, prefill: str = ""):
+                 split_seed: int, steps: bool = False, prefill: str | None = None,
+                 train_operands: Sequence[int] = ()):
         self.operators = tuple(operators)
         if not self.operators or any(op not in OPERATORS for op in self.operators):
             raise ValueError(
@@ -95,29 +96,39 @@ class ArithmeticTask(Task):
             raise ValueError(
                 f"arithmetic: need 1 <= digits <= 9 and 2 <= num_operands <= 8, got {digits}, {num_operands}")
         split_seed = check_seed(split_seed, "split_seed")
-        if not isinstance(steps, bool) or not isinstance(prefill, str):
+        if not isinstance(steps, bool) or not isinstance(prefill, (str, type(None))):
             raise ValueError(f"arithmetic: steps must be a bool and prefill a string, got {steps!r}, {prefill!r}")
         self.steps, self.prefill = steps, prefill or None
+        counts = tuple(integer(n, "arithmetic train_operands") for n in train_operands) or (self.num_operands,)
+        if any(not 2 <= n <= 8 for n in counts):
+            raise ValueError(f"arithmetic: train_operands must each be in 2..8, got {tuple(train_operands)!r}")
+        self.train_operands = counts
         self.eval_metrics = dict(ANSWER_TAGS, **({"intermediate_rate": intermediate_rate}
                                                  if self.num_operands >= 3 else {}))
-        space = (10**self.digits) ** self.num_operands * len(self.operators) ** (self.num_operands - 1)
-        self._pool: list[Problem] | None = None
-        if space <= ENUMERATE_LIMIT:
-            problems = [p for p in self._all_problems() if self._valid(p)]
+        # count -> the enumerated training pool of that many operands, or None where the space is sampled
+        self._pools: dict[int, list[Problem] | None] = {}
+        if self._enumerable(self.num_operands):
+            problems = [p for p in self._all_problems(self.num_operands) if self._valid(p)]
             eval_size = self._eval_size(eval_size, len(problems))
             order = rng(split_seed, EVAL_STREAM).permutation(len(problems))
             eval_problems = [problems[i] for i in order[:eval_size]]
-            self._pool = [problems[i] for i in order[eval_size:]]
+            self._pools[self.num_operands] = [problems[i] for i in order[eval_size:]]
         else:
             eval_size = self._eval_size(eval_size, None)
             generator, seen, eval_problems = rng(split_seed, EVAL_STREAM), set(), []
             while len(eval_problems) < eval_size:
-                problem = self._draw(generator)
+                problem = self._draw(generator, self.num_operands)
                 if problem not in seen:
                     seen.add(problem)
                     eval_problems.append(problem)
+            self._pools[self.num_operands] = None
+        for n in set(self.train_operands) - {self.num_operands}:  # other counts never meet an eval problem
+            self._pools[n] = ([p for p in self._all_problems(n) if self._valid(p)] if self._enumerable(n) else None)
         self._eval_problems = frozenset(eval_problems)
         self._eval = [self.to_example(p) for p in eval_problems]
+
+    def _enumerable(self, n: int) -> bool:
+        return (10**self.digits) ** n * len(self.operators) ** (n - 1) <= ENUMERATE_LIMIT
 
     def _eval_size(self, eval_size: int | None, available: int | None) -> int:
         described = f"operators={list(self.operators)}, digits={self.digits}, num_operands={self.num_operands}"
@@ -133,10 +144,10 @@ class ArithmeticTask(Task):
             )
         return eval_size
 
-    def _all_problems(self):
+    def _all_problems(self, n: int):
         numbers = range(10**self.digits)
-        for operands in itertools.product(numbers, repeat=self.num_operands):
-            for ops in itertools.product(self.operators, repeat=self.num_operands - 1):
+        for operands in itertools.product(numbers, repeat=n):
+            for ops in itertools.product(self.operators, repeat=n - 1):
                 yield operands, ops
 
     @staticmethod
@@ -144,10 +155,10 @@ class ArithmeticTask(Task):
         value = value_of(problem)
         return value is not None and value.denominator == 1
 
-    def _draw(self, generator) -> Problem:
+    def _draw(self, generator, n: int) -> Problem:
         for _ in range(MAX_ATTEMPTS):
-            operands = tuple(int(x) for x in generator.integers(0, 10**self.digits, size=self.num_operands))
-            picks = generator.integers(len(self.operators), size=self.num_operands - 1)
+            operands = tuple(int(x) for x in generator.integers(0, 10**self.digits, size=n))
+            picks = generator.integers(len(self.operators), size=n - 1)
             ops = tuple(self.operators[int(i)] for i in picks)
             if self._valid((operands, ops)):
                 return operands, ops
@@ -165,10 +176,13 @@ class ArithmeticTask(Task):
 
     def train_example(self, seed: int, index: int) -> dict[str, Any]:
         generator = rng(check_seed(seed), check_seed(index, "index"), TRAIN_STREAM)
-        if self._pool is not None:
-            return self.to_example(self._pool[int(generator.integers(len(self._pool)))])
+        n = self.train_operands[int(generator.integers(len(self.train_operands)))] if len(
+            self.train_operands) > 1 else self.num_operands   # one count: the stream of a task without a mix
+        pool = self._pools[n]
+        if pool is not None:
+            return self.to_example(pool[int(generator.integers(len(pool)))])
         for _ in range(MAX_ATTEMPTS):
-            problem = self._draw(generator)
+            problem = self._draw(generator, n)
             if problem not in self._eval_problems:
                 return self.to_example(problem)
         raise ValueError("arithmetic: could not draw a training problem outside the eval set; lower eval_size")
@@ -176,8 +190,10 @@ class ArithmeticTask(Task):
 
 @TASKS.register("arithmetic")
 def arithmetic(operators: Sequence[str] = ("+",), digits: int = 1, num_operands: int = 2,
-               eval_size: int | None = None, split_seed: int = 0, steps: bool = False, prefill: str = "") -> Task:
+               eval_size: int | None = None, split_seed: int = 0, steps: bool = False, prefill: str | None = None,
+               train_operands: Sequence[int] = ()) -> Task:
     """Procedural arithmetic. eval_size None = 200, or half the problem space when that has fewer than 400 problems.
-    steps: ask for the intermediate results; prefill: the start of the assistant's turn ('' = none)."""
+    steps: ask for the intermediate results; prefill: the start of the assistant's turn (None or '' = none; a config's '' arrives as None); train_operands: the operand counts training problems
+    are drawn from, uniformly (a curriculum mix, e.g. (2, 3)); () = num_operands. Eval stays num_operands."""
     return ArithmeticTask(operators=operators, digits=digits, num_operands=num_operands, eval_size=eval_size,
-                          split_seed=split_seed, steps=steps, prefill=prefill)
+                          split_seed=split_seed, steps=steps, prefill=prefill, train_operands=train_operands)
