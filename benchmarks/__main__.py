@@ -5,6 +5,7 @@
     python -m benchmarks grpo_step    [--vs-trl]
     python -m benchmarks learning
     python -m benchmarks population        [--config-arg tiny --model M --out DIR]
+    python -m benchmarks reasoning_sweep   [--settings a,b --steps 20 --eval-examples 100 --out DIR]
     python -m benchmarks ragged_sampler    [--shape qwen2.5-0.5b --dtype bfloat16]  (for the GPU)
     python -m benchmarks sampler_profile   (a diagnostic: the decode loop's time per XLA operation)
     python -m benchmarks <name> --help
@@ -27,6 +28,7 @@ SUBCOMMANDS = {
     "grpo_step": ("grpo_step", "one full GRPO step (sample, reward, update), grpo_jax beside TRL's GRPOTrainer"),
     "learning": ("learning_curves", "learning curves of grpo_jax and TRL on the same task and seeds"),
     "population": ("population", "a K-member population run beside its members' learning rates trained alone"),
+    "reasoning_sweep": ("reasoning_sweep", "configs/reasoning.py's formulations of multi-step arithmetic, one row each"),
 }
 
 

@@ -23,7 +23,7 @@ eval.every eval.num_examples eval.pass_k
 checkpoint.every checkpoint.keep
 """.split()
 
-CONFIG_FILES = ["default", "countdown", "gsm8k", "ablations.grpo", "ablations.dr_grpo", "ablations.dapo",
+CONFIG_FILES = ["default", "countdown", "gsm8k", "reasoning", "ablations.grpo", "ablations.dr_grpo", "ablations.dapo",
                 "ablations.gspo", "ablations.cispo"]
 
 
