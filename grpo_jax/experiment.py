@@ -235,6 +235,7 @@ def _eval(exp: Experiment, step: int, writer, params=None, tags: Optional[dict] 
         table = evaluation.format_table(result.samples, ("prompt", "completion", "reward", "correct"))
         _say(table, exp.main)
         writer.write_text("eval/samples" + (f"/member_{tags['member']}" if who else ""), table, step)
+        writer.write_samples(step, result.samples, {"member": tags["member"]} if who else None)
     return result.metrics
 
 

@@ -6,7 +6,10 @@ loss, grad_norm, learning_rate, step_time, and every other metric the train step
 its name); eval rows carry eval/accuracy, eval/pass@k, eval/mean_reward and the task's own eval metrics (e.g.
 eval/format_rate for the R1-format tasks).
 
-Resuming from the checkpoint of step k keeps the rows with step <= k and drops the later ones (they were written by
+DIR/eval_samples.jsonl holds each eval's first logging.num_samples held-out problems with their greedy completions
+in full (the log and TensorBoard show them clipped), for reading before / after (python -m experiments.samples DIR).
+
+Resuming from the checkpoint of step k keeps the rows (of both files) with step <= k and drops the later ones (they were written by
 the interrupted run after its last checkpoint and are computed again), so a resumed run's file equals an
 uninterrupted run's, except for the wall-clock fields in TIMING_KEYS.
 """
@@ -22,6 +25,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "eval_samples.jsonl"  # each eval's sample completions in full: {step, [member,] prompt, completion, ...}
 # Wall-clock measurements: the only fields that differ between a resumed run and an uninterrupted one.
 TIMING_KEYS = ("step_time", "sampler/tokens_per_s", "sampler/time", "train/time", "eval/time", "time")
 
@@ -74,11 +78,13 @@ class MetricsWriter:
                  tensorboard: bool = True, wandb_project: str = ""):
         self.enabled = enabled
         self.path = os.path.join(workdir, METRICS_FILE)
+        self.samples_path = os.path.join(workdir, SAMPLES_FILE)
         self._tb = self._wandb = None
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
         _truncate(self.path, resume_step)
+        _truncate(self.samples_path, resume_step)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -106,6 +112,15 @@ class MetricsWriter:
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
         return row
+
+    def write_samples(self, step: int, samples: Iterable[dict], tags: Optional[dict] = None) -> None:
+        """One DIR/eval_samples.jsonl row per sample completion (prompt, completion, reward, correct), with `step`
+        and `tags` (a population member's {'member': k})."""
+        if not self.enabled:
+            return
+        with open(self.samples_path, "a") as f:
+            for sample in samples:
+                f.write(json.dumps({"step": int(step), **(tags or {}), **sample}) + "\n")
 
     def write_text(self, tag: str, text: str, step: int) -> None:
         """A block of text (the sample-completion table) to TensorBoard / wandb."""

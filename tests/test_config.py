@@ -161,6 +161,28 @@ def test_metrics_writer_resume_drops_rows_after_the_checkpoint(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == ""
 
 
+def test_eval_samples_are_kept_in_full_cut_back_on_resume_and_tabled_before_after(tmp_path, capsys):
+    from experiments import samples as samples_cli
+
+    w = metrics.MetricsWriter(str(tmp_path), tensorboard=False)
+    long = "3 * 4 = 12, 2 + 12 = 14 " * 10 + "<answer>14</answer>"
+    for step, completion, correct in ((0, "2 + 3 * 4 = 20", False), (5, long, True), (9, "late | row", True)):
+        w.write_samples(step, [{"prompt": "What is 2 + 3 * 4? Work it out", "completion": completion,
+                                "reward": float(correct), "correct": correct}], {"member": 1} if step == 9 else None)
+    w.close()
+    metrics.MetricsWriter(str(tmp_path), resume_step=5, tensorboard=False).close()
+    rows = samples_cli.read_samples(str(tmp_path))
+    assert sorted(rows) == [0, 5] and rows[5][0]["completion"] == long  # in full; step 9 (after 5) dropped
+    assert samples_cli.main([str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| problem | step 0 | step 5 |"
+    assert table[2] == f"| What is 2 + 3 * 4? | ✗ 2 + 3 * 4 = 20 | ✓ {' '.join(long.split())} |"
+    assert samples_cli.main([str(tmp_path), "--width", "12"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == "| What is 2 + 3 * 4? | ✗ 2 + 3 * 4... | ✓ 3 * 4 = 1... |"  # 9 characters + ...
+    assert samples_cli.main([str(tmp_path), "--member", "1"]) == 2 and "no samples of member 1" in capsys.readouterr().err
+    assert samples_cli.main([str(tmp_path / "nope")]) == 2
+
+
 def test_metrics_writer_disabled_writes_nothing(tmp_path):
     w = metrics.MetricsWriter(str(tmp_path / "x"), enabled=False)
     assert w.write({"step": 1, "reward": 1}) == {"step": 1, "reward": 1}

@@ -53,6 +53,8 @@ def test_a_run_writes_everything_and_a_preempted_run_resumes_bit_identically(che
     assert second.status == "completed" and second.step == 4 and second.first_eval is None
     expected = without_timing(read_metrics(straight_dir))
     assert without_timing(read_metrics(workdir)) == expected  # bit-identical, not approximately
+    samples = [open(os.path.join(d, "eval_samples.jsonl")).read() for d in (workdir, straight_dir)]
+    assert samples[0] == samples[1] and samples[0].count('"step": 0,') >= 1  # the full completions, resumed too
     # Running a finished run again changes nothing; a cadence change (checkpoint.every) is accepted.
     again = _config(checkpoint)
     again.checkpoint.every = 2
