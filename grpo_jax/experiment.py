@@ -218,19 +218,30 @@ def _train_samples(examples, completions, scores_local, adv, group_size, limit) 
 def _eval(exp: Experiment, step: int, writer, params=None, tags: Optional[dict] = None) -> dict:
     """Evaluate `params` (default: the experiment's policy) on the eval set; writes one eval row (with `tags`,
     e.g. a population member's {'member': k, 'hp/lr': ...}) and returns the eval metrics."""
-    config = exp.config
     t0 = time.time()
-    result = evaluation.evaluate(exp.sampler, exp.policy_params() if params is None else params, exp.eval_examples,
-                                 _key(exp.base_key, EVAL_TAG, step),
-                                 reward_fn=exp.reward_fn, accuracy_fn=exp.accuracy_fn, config=config,
-                                 num_samples_shown=int(config.logging.num_samples),
-                                 eval_metrics=exp.task.eval_metrics)
-    row = {"step": step, **(tags or {}), **result.metrics, "eval/time": time.time() - t0}
+    result = _evaluate(exp, step, exp.policy_params() if params is None else params)
+    return _write_eval(exp, step, writer, result, time.time() - t0, tags)
+
+
+def _evaluate(exp: Experiment, step: int, params) -> evaluation.EvalResult:
+    """`params`' eval at `step`: greedy accuracy (and pass@k) with the step's eval key, the same for any params."""
+    config = exp.config
+    return evaluation.evaluate(exp.sampler, params, exp.eval_examples, _key(exp.base_key, EVAL_TAG, step),
+                               reward_fn=exp.reward_fn, accuracy_fn=exp.accuracy_fn, config=config,
+                               num_samples_shown=int(config.logging.num_samples), eval_metrics=exp.task.eval_metrics)
+
+
+def _write_eval(exp: Experiment, step: int, writer, result: evaluation.EvalResult, seconds: float,
+                tags: Optional[dict] = None, note: str = "") -> dict:
+    """Writes an eval's row (metrics, `tags`, eval/time = `seconds`), its samples, and prints them; returns the
+    metrics."""
+    config = exp.config
+    row = {"step": step, **(tags or {}), **result.metrics, "eval/time": seconds}
     writer.write(row)
     shown = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in result.metrics.items()
                       if isinstance(v, float))
     who = f" member {tags['member']}" if tags and "member" in tags else ""
-    _say(f"[eval step {step}{who}] {len(exp.eval_examples)} held-out problems: {shown}", exp.main)
+    _say(f"[eval step {step}{who}] {len(exp.eval_examples)} held-out problems{note}: {shown}", exp.main)
     if result.samples and config.logging.num_samples:
         table = evaluation.format_table(result.samples, ("prompt", "completion", "reward", "correct"))
         _say(table, exp.main)

@@ -240,3 +240,25 @@ def test_a_population_on_several_processes_is_refused(checkpoint, tmp_path, monk
     config = _config(checkpoint, size=2)
     with pytest.raises(ValueError, match="a population runs in one process for now"):
         runner.run(config, str(tmp_path / "w"))
+
+
+def test_members_with_the_same_params_are_evaluated_once(checkpoint, tmp_path, monkeypatch):
+    """At the fresh start every member is a clone of one policy: one evaluation serves them all (eval/time 0 for
+    the others), and its rows equal those of evaluating each member; after training each member is evaluated."""
+    def config():
+        c = _config(checkpoint, init="spread", spread=("lr",), ranges__lr=(LR_A, LR_B))
+        c.eval.every = c.total_steps
+        return c
+
+    calls, evaluate = [], shared._evaluate
+    monkeypatch.setattr(shared, "_evaluate", lambda exp, step, params: calls.append(step) or evaluate(exp, step, params))
+    runner.run(config(), str(tmp_path / "once"))
+    assert calls == [0, 3, 3]
+    monkeypatch.setattr(experiment, "_same_params", lambda states, j, k: False)
+    runner.run(config(), str(tmp_path / "each"))
+    assert calls == [0, 3, 3, 0, 0, 3, 3]
+    once, each = (without_timing([r for r in read_metrics(str(tmp_path / d)) if "eval/accuracy" in r])
+                  for d in ("once", "each"))
+    assert once == each and len(once) == 4
+    rows = [r for r in read_metrics(str(tmp_path / "once")) if "eval/accuracy" in r]
+    assert [r["eval/time"] > 0 for r in rows] == [True, False, True, True]

@@ -44,6 +44,7 @@ import time
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax import config_base, distributed, evaluation, experiment as shared, metrics as metrics_lib, sharding
@@ -284,7 +285,26 @@ def _describe(evo: Evolution, fitness) -> str:
 
 
 def _evals(exp: PopulationExperiment, step: int, writer) -> list[dict]:
-    return [shared._eval(exp, step, writer, params=exp.member_params(k), tags=exp.tags(k)) for k in range(exp.size)]
+    """Every member's eval row. A member whose trainable params equal an earlier member's bit for bit (all of them
+    at a fresh start: clones of one policy) is not evaluated again: the eval's key and its greedy decoding are the
+    same for every member, so its row is that member's result under its own tags (eval/time 0)."""
+    results, out = [], []
+    for k in range(exp.size):
+        twin = next((j for j in range(k) if _same_params(exp.states, j, k)), None)
+        if twin is None:
+            t0 = time.time()
+            result = shared._evaluate(exp, step, exp.member_params(k))
+            seconds, note = time.time() - t0, ""
+        else:
+            result, seconds, note = results[twin], 0.0, f" (member {twin}'s params: its result)"
+        results.append(result)
+        out.append(shared._write_eval(exp, step, writer, result, seconds, exp.tags(k), note))
+    return out
+
+
+def _same_params(states, j: int, k: int) -> bool:
+    """Members j and k hold bitwise the same trainable params (adapters, or the full weights)."""
+    return all(bool(jnp.array_equal(leaf[j], leaf[k])) for leaf in jax.tree.leaves(states.params))
 
 
 def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
