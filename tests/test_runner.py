@@ -129,3 +129,16 @@ def test_trained_on_the_needed_columns_only_the_run_is_the_same(checkpoint, tmp_
     for a, b in zip(full, trimmed):
         for k in ("loss", "kl", "entropy", "grad_norm", "reward"):
             assert abs(a[k] - b[k]) < 1e-5, (k, a[k], b[k])
+
+
+def test_a_checkpoint_holding_another_data_position_is_refused():
+    """experiment.restore_checkpoint (the single and the population loop's restore) checks the data position."""
+    class Checkpoint:
+        def restore(self, step, state, key):
+            return state, key, {"data_position": 16}
+
+    assert experiment.restore_checkpoint(Checkpoint(), 2, "state", "key", 16, "/w") == \
+        ("state", "key", {"data_position": 16})
+    with pytest.raises(ValueError, match="checkpoint 2 in /w holds data position 16, expected 24; the workdir is "
+                                         "inconsistent"):
+        experiment.restore_checkpoint(Checkpoint(), 2, "state", "key", 24, "/w")
