@@ -33,13 +33,16 @@ def test_a_row_by_hand():
 
 def test_the_settings_change_what_they_say():
     plain, lora, mix = (reasoning.get_config(s) for s in ("plain", "steps_lora", "steps_mix"))
-    assert set(reasoning.SETTINGS) <= set(reasoning.ARGS) and reasoning.DEFAULT in reasoning.SETTINGS
+    assert set(reasoning.SETTINGS) <= set(reasoning.ARGS) and reasoning.DEFAULT == "pm_mix"
     assert (plain.task.steps, plain.model.lora_rank, tuple(plain.task.train_operands)) == (False, 0, ())
     assert (lora.task.steps, lora.model.lora_rank, lora.optim.lr) == (True, 16, 3e-4)
     assert (mix.task.steps, tuple(mix.task.train_operands), mix.model.lora_rank) == (True, (2, 3), 0)
     assert reasoning.get_config("").to_dict() == reasoning.get_config(reasoning.DEFAULT).to_dict()
-    for c in (plain, lora, mix):
-        assert (c.task.num_operands, tuple(c.task.operators), c.task.eval_size) == (3, ("+", "-", "*"), 200)
+    pm, pm_mix, g16 = (reasoning.get_config(s) for s in ("pm_steps", "pm_mix", "steps_g16"))
+    assert tuple(pm.task.operators) == ("+", "-") and tuple(pm_mix.task.train_operands) == (2, 3)
+    assert (g16.rollout.prompts_per_step, g16.rollout.group_size, g16.optim.lr) == (4, 16, 5e-5)
+    for c in (plain, lora, mix, pm, pm_mix, g16):
+        assert (c.task.num_operands, c.task.eval_size, c.rollout.max_new_tokens) == (3, 200, 48)
 
 
 def test_one_setting_end_to_end_on_a_tiny_model(tmp_path, capsys):
