@@ -12,7 +12,8 @@ version.
 
 NO SETTING LEARNS (the bounded sweep of issue 19; 2026-12-02, 2-core Intel Xeon VM, 24 GiB, no GPU; each row
 `python -m benchmarks reasoning_sweep --settings NAME --steps 20 --eval-examples 100`, greedy held-out accuracy on
-the first 100 held-out problems at step 0 and step 20; two runs at a time, so step times are not comparable):
+the first 100 held-out problems at step 0 and step 20; two runs at a time, so step times are not comparable;
+steps_lora and steps_mix were run as the same overrides through experiments.train, before the command existed):
 
 | setting    | held-out acc. | intermediate rate | train reward (first -> last quarter) |
 |------------|---------------|-------------------|--------------------------------------|
