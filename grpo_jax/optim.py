@@ -12,6 +12,13 @@
   pack_completions pack each group's completions end to end into rows of the batch's width (True; grpo_jax.packing):
                    the step computes the tokens the rollout has; False computes every row at the full width (the
                    same results, for comparison)
+  skip_zero_advantage  leave completions whose advantage is exactly 0 out of the packed train step (False): with
+                   no KL term and no entropy bonus their per-token loss is -0 * f(ratio), so they add nothing to the
+                   loss or the gradient, while the aggregation's denominators still count them (the loss and
+                   gradient are the full batch's). Needs pack_completions, loss.kl_beta = 0, loss.entropy_coef = 0
+                   and a built-in loss.variant. The token metrics entropy and logp_mismatch/mean are then over the
+                   completions trained on; the ratio and clip metrics count a skipped token at ratio 1 (what it
+                   is at the first iteration, up to the sampler's 1e-5).
 
 The schedule counts optimizer *updates*: a train step with `loss.num_iterations = mu` makes mu of them, so the
 train step passes `total_steps * mu`.
@@ -43,6 +50,7 @@ def optim_config() -> ml_collections.ConfigDict:
         "b2": 0.99,
         "micro_batch_size": 0,
         "pack_completions": True,
+        "skip_zero_advantage": False,
     })
 
 
@@ -62,6 +70,8 @@ def validate_optim_config(optim_cfg) -> None:
         _nonneg(optim_cfg, name, integer=True)
     if not isinstance(optim_cfg.get("pack_completions", True), bool):
         raise ValueError(f"optim.pack_completions must be true or false, got {optim_cfg.pack_completions!r}")
+    if not isinstance(optim_cfg.get("skip_zero_advantage", False), bool):
+        raise ValueError(f"optim.skip_zero_advantage must be true or false, got {optim_cfg.skip_zero_advantage!r}")
     if optim_cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown optim.schedule {optim_cfg.schedule!r}; valid: {', '.join(map(repr, SCHEDULES))}")
     for name in ("b1", "b2"):

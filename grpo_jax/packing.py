@@ -21,7 +21,9 @@ Per-token results are computed in the packed layout [R, T] and gathered back to 
 loss (`losses.policy_loss`) reads them exactly as in the padded layout: every aggregation's (sum, denominator),
 GSPO's sequence ratios, masks and micro-batching are unchanged by construction. The gradient flows back through
 the gathers. R is rounded up on a ladder of at most `ROW_BUCKETS` sizes (multiples of the data shards), so a run
-compiles a handful of programs per width; compute and memory follow the total completion tokens.
+compiles a handful of programs per width; compute and memory follow the total completion tokens. With
+`geometric` (the train step's optim.skip_zero_advantage, where R ranges from one row to all) the ladder is that
+step times a power of two: at most log2(ROW_BUCKETS) + 1 sizes, each at most twice the rows needed.
 """
 
 from __future__ import annotations
@@ -87,19 +89,25 @@ def _bins(lengths: np.ndarray, width: int) -> list:
     return rows
 
 
-def bucket_rows(needed: int, rows: int, multiple: int) -> int:
+def bucket_rows(needed: int, rows: int, multiple: int, geometric: bool = False) -> int:
     """Packed rows to allocate: `needed` rounded up to a multiple of ceil(rows / ROW_BUCKETS) (itself a multiple of
-    `multiple`, the data shards), at most `rows` (the padded layout's, which always suffices), at least one step."""
+    `multiple`, the data shards) -- with `geometric` to that step times a power of two --, at most `rows` (the
+    padded layout's, which always suffices), at least one step."""
     step = -(-rows // ROW_BUCKETS)
     step = -(-step // multiple) * multiple
-    return int(min(rows, max(step, -(-needed // step) * step)))
+    units = max(1, -(-needed // step))
+    if geometric:
+        units = 1 << (units - 1).bit_length()
+    return int(min(rows, units * step))
 
 
-def plan(lengths, group_size: int, num_micro: int, width: int, multiple: int = 1, min_rows: int = 0) -> Plan:
+def plan(lengths, group_size: int, num_micro: int, width: int, multiple: int = 1, min_rows: int = 0,
+         geometric: bool = False) -> Plan:
     """The packing plan of a step: `lengths` [N] completion lengths (tokens to compute per row, <= width), rows
     p-major in groups of `group_size`, split into `num_micro` micro-batches as the train step splits them; packed
     rows of `width` columns, their count per micro-batch a multiple of `multiple` and at least `min_rows` (more
-    padding rows, so that plans of equal R stack, e.g. a population's; at most the padded layout's rows)."""
+    padding rows, so that plans of equal R stack, e.g. a population's; at most the padded layout's rows);
+    `geometric`: R on the power-of-two ladder (`bucket_rows`)."""
     lengths = np.asarray(lengths, np.int64)
     n = lengths.shape[0]
     if n % group_size or (n // group_size) % num_micro:
@@ -117,7 +125,7 @@ def plan(lengths, group_size: int, num_micro: int, width: int, multiple: int = 1
             for segs in _bins(lengths[order[m, local]], width):
                 packed.append((p, [(int(local[i]), start) for i, start in segs]))
         layouts.append(packed)
-    r = bucket_rows(max(len(x) for x in layouts), rows, multiple)
+    r = bucket_rows(max(len(x) for x in layouts), rows, multiple, geometric)
     if min_rows:
         if min_rows > rows or min_rows % multiple:
             raise ValueError(f"packing: min_rows = {min_rows} must be at most the {rows} rows of a micro-batch and a "

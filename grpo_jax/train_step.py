@@ -99,6 +99,7 @@ class _Settings(NamedTuple):
     attention: str
     scan_layers: bool
     pack_completions: bool
+    skip_zero_advantage: bool
     seed: int
 
 
@@ -119,6 +120,9 @@ def _settings(config, use_kl=None) -> _Settings:
                          "a micro-batch holds whole prompt groups")
     mu = int(config.loss.num_iterations)
     use_kl = float(config.loss.kl_beta) > 0.0 if use_kl is None else bool(use_kl)
+    skip = bool(config.optim.get("skip_zero_advantage", False))
+    if skip:
+        _check_skip_zero_advantage(config, use_kl)
     return _Settings(
         group_size=group,
         temperature=float(config.rollout.get("temperature", 1.0)),
@@ -137,8 +141,31 @@ def _settings(config, use_kl=None) -> _Settings:
         attention=str(model.get("attention", "xla")),
         scan_layers=bool(model.get("scan_layers", True)),
         pack_completions=bool(config.optim.get("pack_completions", True)),
+        skip_zero_advantage=skip,
         seed=int(config.get("seed", 0)),
     )
+
+
+# Variants whose policy term is A * (something finite): it and its gradient vanish at advantage 0.
+ZERO_AT_ZERO_ADVANTAGE = ("grpo", "gspo", "cispo", "sapo")
+
+
+def _check_skip_zero_advantage(config, use_kl: bool) -> None:
+    """optim.skip_zero_advantage is exact only when a zero-advantage completion's loss is 0 whatever its log-probs."""
+    why = []
+    if not bool(config.optim.get("pack_completions", True)):
+        why.append("optim.pack_completions = True (the skipped completions are left out of the packing plan)")
+    if use_kl:
+        why.append(f"loss.kl_beta = 0 (the KL term is not zero at advantage 0; here {config.loss.kl_beta}, or a "
+                   "population member's kl_beta range)")
+    if float(config.loss.entropy_coef) != 0.0:
+        why.append(f"loss.entropy_coef = 0 (the entropy bonus is not zero at advantage 0; here "
+                   f"{config.loss.entropy_coef})")
+    if config.loss.variant not in ZERO_AT_ZERO_ADVANTAGE:
+        why.append(f"a loss.variant whose policy term vanishes at advantage 0 ({', '.join(ZERO_AT_ZERO_ADVANTAGE)}; "
+                   f"here {config.loss.variant!r})")
+    if why:
+        raise ValueError("optim.skip_zero_advantage needs " + "; ".join(why))
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -262,16 +289,22 @@ def _check_batch(batch: dict, s: _Settings, mesh: Mesh, packed_rows: int = 0) ->
            for k, v in out.items()}
     out.update({k: (v if isinstance(v, jax.Array) else np.asarray(v)) for k, v in extra.items()})
     if s.pack_completions:
-        out.update(_packing_plan(out["completion_mask"], s, n // micro, mesh, packed_rows))
+        out.update(_packing_plan(out["completion_mask"], s, n // micro, mesh, packed_rows,
+                                 out["advantages"] if s.skip_zero_advantage else None))
     return out
 
 
-def _packing_plan(completion_mask, s: _Settings, num_micro: int, mesh: Mesh, min_rows: int = 0) -> dict:
+def _packing_plan(completion_mask, s: _Settings, num_micro: int, mesh: Mesh, min_rows: int = 0,
+                  advantages=None) -> dict:
     """The batch's packing plan (`grpo_jax.packing`) as batch arrays whose leading axis splits over the data
-    shards: pack_source [M * R, T], pack_prompt [M * R], pack_unpack [N, T]; R at least `min_rows`."""
+    shards: pack_source [M * R, T], pack_prompt [M * R], pack_unpack [N, T]; R at least `min_rows`. With
+    `advantages` [N] (optim.skip_zero_advantage) rows whose advantage is exactly 0 get no packed slot."""
     mask = distributed.to_host(completion_mask)
-    plan = packing.plan(packing.lengths_from_mask(mask), s.group_size, num_micro, mask.shape[1],
-                        sharding.batch_shards(mesh), min_rows=min_rows)
+    lengths = packing.lengths_from_mask(mask)
+    if advantages is not None:
+        lengths = np.where(distributed.to_host(advantages) != 0, lengths, 0)
+    plan = packing.plan(lengths, s.group_size, num_micro, mask.shape[1], sharding.batch_shards(mesh),
+                        min_rows=min_rows, geometric=advantages is not None)  # R ranges from 1 row to all
     m, r, t = plan.source.shape
     return {"pack_source": plan.source.reshape(m * r, t), "pack_prompt": plan.prompt.reshape(m * r),
             "pack_unpack": plan.unpack}
@@ -342,6 +375,11 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
                                            mb["completions"], s.group_size, temperature, reference=reference,
                                            layout=_layout(mb))
         logps, entropy = out[0], out[1]
+        skipped_entropy = None
+        if s.skip_zero_advantage:  # rows without a packed slot: ratio exactly 1, so their loss is -0 * f(1) = 0
+            trained = (mb["advantages"] != 0)[:, None]
+            logps = jnp.where(trained, logps, mb["old_logps"])
+            skipped_entropy, entropy = jnp.where(trained & (mb["completion_mask"] > 0), entropy, 0.0), None
         inputs = {k: v for k, v in mb.items() if k not in PROMPT_KEYS + ROW_KEYS + packing.KEYS}
         if s.exact_kl:
             inputs[TOKEN_KL] = out[2]
@@ -356,6 +394,8 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
         gap = jnp.where(valid, jnp.abs(mb["old_logps"] - jax.lax.stop_gradient(logps)), 0.0)
         metrics.add("logp_mismatch/max", jnp.max(gap), "max", iterations="first")
         metrics.add("logp_mismatch/mean", jnp.sum(gap) / jnp.maximum(num_valid, 1.0), "sum", iterations="first")
+        if skipped_entropy is not None:  # the token mean over the completions trained on
+            metrics.add("entropy", jnp.sum(skipped_entropy) / jnp.maximum(num_valid, 1.0))
         return loss, metrics
 
     grad_of = jax.grad(micro_loss, has_aux=True)
@@ -366,7 +406,10 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
         num_micro = n // (s.micro_batch_size or n)
         dens = losses.batch_denominators(batch["completion_mask"], loss_cfg, s.norm_length, batch["truncated"],
                                          batch["keep"])
-        num_valid = jnp.sum((batch["completion_mask"] > 0).astype(jnp.float32))
+        valid = batch["completion_mask"] > 0
+        if s.skip_zero_advantage:  # the token metrics' denominator: the completions trained on
+            valid = valid & (batch["advantages"] != 0)[:, None]
+        num_valid = jnp.sum(valid.astype(jnp.float32))
         mbs = {k: (_split(v, num_micro, 1 if k in PROMPT_KEYS else s.group_size, mesh) if k not in PACKED_KEYS
                    else _row_constraint(v.reshape((num_micro, -1) + v.shape[1:]), mesh, 1))
                for k, v in batch.items()}
@@ -419,6 +462,9 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
         temperature = hyperparameters.pop("temperature", s.temperature)
         if not s.use_kl:  # no reference pass in this program: every kl_beta is 0 (checked by the caller, on values)
             hyperparameters.pop("kl_beta", None)
+        if s.skip_zero_advantage and "entropy_coef" in hyperparameters:
+            raise ValueError("optim.skip_zero_advantage needs loss.entropy_coef = 0, not a traced (population) "
+                             "entropy_coef")
         step_tx = tx if lr is None else make_optimizer(config.optim, s.total_updates, lr)
         step_schedule = schedule if lr is None else make_schedule(config.optim, s.total_updates, lr)
         mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params, temperature)

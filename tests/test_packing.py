@@ -2,10 +2,11 @@
 (loss, every metric, gradients) for every aggregation, variant and KL estimator, with micro-batching."""
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
-from grpo_jax import losses, packing, sharding, train_step
+from grpo_jax import losses, optim, packing, sharding, train_step
 from train_fixtures import CFG, FAST_COMPILE as FAST, batch, config, params
 
 MESH = sharding.make_mesh(sharding.mesh_config())
@@ -52,6 +53,11 @@ def test_bucketed_rows_and_bad_lengths():
     assert packing.bucket_rows(64, 64, 1) == 64
     assert packing.bucket_rows(3, 16, 8) == 8            # a multiple of the data shards
     assert packing.bucket_rows(3, 12, 1) == 4
+    # geometric (optim.skip_zero_advantage): the step times a power of two, at most the padded rows
+    assert [packing.bucket_rows(n, 64, 1, geometric=True) for n in (0, 1, 8, 9, 17, 24, 33, 64)] == \
+        [8, 8, 8, 16, 32, 32, 64, 64]
+    assert packing.bucket_rows(40, 48, 1, geometric=True) == 48
+    assert packing.plan([1] * 8, 4, 1, 4, geometric=True).source.shape == (1, 2, 4)
     every_row_full = packing.plan([4] * 8, 4, 1, 4)
     assert every_row_full.source.shape == (1, 8, 4)    # nothing to save: the padded layout's rows
     all_one = packing.plan([1] * 8, 4, 1, 4)
@@ -138,3 +144,90 @@ def test_packed_adamw_steps_equal_padded_ones():
                    zip(jax.tree.leaves(new[False][0]), jax.tree.leaves(new[True][0])))
         assert diff < 1e-6, (lengths, diff)
         assert abs(new[False][1] - new[True][1]) < 1e-6
+
+
+# ------------------------------------------------------------------- optim.skip_zero_advantage
+
+
+def _zero_advantage_batch():
+    """The ragged batch with groups 0, 1 and 2 at advantage 0 (all rewards equal) and one more row, of group 3, at 0:
+    micro-batch 0 (prompts 0 and 2) has nothing to train, micro-batch 1 three completions of prompt 3."""
+    b = dict(_ragged_batch(4))
+    adv = np.array(b["advantages"], np.float32)
+    adv[0:12] = 0.0
+    adv[13] = 0.0
+    b["advantages"] = adv
+    # at the first iteration the skipped rows' old log-probs are the policy's own (exact sampler): ratio 1
+    lp, _ = logprobs_and_entropy(b)
+    b["old_logps"] = np.where((adv == 0)[:, None], lp, b["old_logps"]).astype(np.float32)
+    return b
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
+def test_skipping_zero_advantage_rows_keeps_loss_and_gradient(aggregation):
+    """Leaving advantage-0 rows out of the packed step (optim.skip_zero_advantage): the same loss, gradient and
+    ratio/clip metrics as computing them (denominators still count them; skipped rows at ratio 1, as they are at the
+    first iteration), with 2 micro-batches; the entropy and
+    logp_mismatch/mean become means over the trained rows; the plan holds only the trained rows' tokens."""
+    b = _zero_advantage_batch()
+    out = {}
+    for skip in (False, True):
+        cfg = config(group_size=4, max_new_tokens=8, micro_batch_size=8, kl_beta=0.0, aggregation=aggregation,
+                     variant="grpo", dual_clip=3.0)
+        cfg.optim.skip_zero_advantage = skip
+        out[skip] = train_step.make_grad_fn(CFG, cfg, MESH, FAST)(params(0), None, None, b)
+    (g_all, m_all), (g_skip, m_skip) = out[False], out[True]
+    scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(g_all))
+    assert scale > 1e-3
+    worst = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+                zip(jax.tree.leaves(g_all), jax.tree.leaves(g_skip)))
+    assert worst <= 1e-6 * scale, (worst, scale)
+    assert set(m_all) == set(m_skip)
+    assert abs(float(m_all["loss"])) > 1e-4
+    for k in set(m_all) - {"entropy", "logp_mismatch/mean"}:
+        x, y = float(m_all[k]), float(m_skip[k])
+        assert abs(x - y) <= 1e-6 * max(1.0, abs(x)), (k, x, y)
+    # the entropy of the trained rows, from the padded step's per-token entropies
+    lp, ent = logprobs_and_entropy(b)
+    trained = (np.asarray(b["advantages"]) != 0)[:, None] & (np.asarray(b["completion_mask"]) > 0)
+    np.testing.assert_allclose(float(m_skip["entropy"]), ent[trained].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(m_skip["logp_mismatch/mean"]),
+                               np.abs(np.asarray(b["old_logps"]) - lp)[trained].mean(), rtol=1e-4)
+
+    s = train_step._settings(cfg)
+    plan = train_step._packing_plan(b["completion_mask"], s, 2, MESH, advantages=b["advantages"])
+    lengths = packing.lengths_from_mask(b["completion_mask"])
+    assert int((plan["pack_source"] >= 0).sum()) == int(lengths[np.asarray(b["advantages"]) != 0].sum())
+    full = train_step._packing_plan(b["completion_mask"], s, 2, MESH)
+    assert plan["pack_source"].shape[0] < full["pack_source"].shape[0]  # fewer packed rows computed
+
+
+def logprobs_and_entropy(b):
+    from grpo_jax import logprobs
+    lp, ent = logprobs.completion_logprobs(CFG, params(0), b["prompt_tokens"], b["prompt_mask"], b["completions"],
+                                           4, 0.9)
+    return np.asarray(lp), np.asarray(ent)
+
+
+def test_skipping_every_row_gives_a_zero_update():
+    b = _zero_advantage_batch()
+    b["advantages"] = np.zeros_like(b["advantages"])
+    cfg = config(group_size=4, max_new_tokens=8, kl_beta=0.0)
+    cfg.optim.skip_zero_advantage = True
+    grads, metrics = train_step.make_grad_fn(CFG, cfg, MESH, FAST)(params(0), None, None, b)
+    assert all(float(np.max(np.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
+    assert float(metrics["loss"]) == 0.0 and np.isfinite(float(metrics["entropy"]))
+
+
+@pytest.mark.parametrize("field,value,needs", [("loss.kl_beta", 0.04, "kl_beta = 0"),
+                                               ("loss.entropy_coef", 0.01, "entropy_coef = 0"),
+                                               ("optim.pack_completions", False, "pack_completions = True")])
+def test_skip_zero_advantage_refuses_what_would_make_it_inexact(field, value, needs):
+    cfg = config(group_size=4, max_new_tokens=8, kl_beta=0.0)
+    cfg.optim.skip_zero_advantage = True
+    section, name = field.split(".")
+    cfg[section][name] = value
+    with pytest.raises(ValueError, match=f"skip_zero_advantage needs .*{needs}"):
+        train_step._settings(cfg)
+    with pytest.raises(ValueError, match="must be true or false"):
+        optim.validate_optim_config(ml_collections.ConfigDict({**optim.optim_config(), "skip_zero_advantage": 1}))
