@@ -126,8 +126,9 @@ class Experiment:
         policy = models.load(config.model.path, config.model.dtype, config.model.compute_dtype,
                              with_tokenizer=not config.model.tokenizer)
         self.model_config, self.tokenizer = policy.config, _tokenizer(config, policy)
+        scan = bool(config.model.get("scan_layers", True)) and not bool(config.rollout.get("unrolled_decode", False))
         sampler_config = policy.config.replace(attention=str(config.model.attention),  # as the train step's
-                                               scan_layers=bool(config.model.get("scan_layers", True)))
+                                               scan_layers=scan)                       # unless rollout.unrolled_decode
         self.sampler = evaluation.Sampler(sampler_config, self.tokenizer, self.mesh, engine=config.rollout.engine,
                                           max_decode_rows=int(config.rollout.max_decode_rows))
         return policy

@@ -142,3 +142,22 @@ def test_a_checkpoint_holding_another_data_position_is_refused():
     with pytest.raises(ValueError, match="checkpoint 2 in /w holds data position 16, expected 24; the workdir is "
                                          "inconsistent"):
         experiment.restore_checkpoint(Checkpoint(), 2, "state", "key", 24, "/w")
+
+
+def test_sampling_unrolled_while_training_scanned_gives_the_same_run(checkpoint, tmp_path):
+    """rollout.unrolled_decode: the sampler decodes with the layers unrolled (its model config says so), the train
+    step still scans them, and the run's rollouts and metrics are the scanned run's."""
+    rows = {}
+    for unrolled in (False, True):
+        config = _config(checkpoint)
+        config.total_steps, config.eval.every, config.checkpoint.every = 2, 0, 0
+        config.checkpoint.export_hf = config.logging.plots = config.logging.tensorboard = False
+        config.rollout.unrolled_decode = unrolled
+        exp = experiment.Experiment(config, str(tmp_path / f"probe_{unrolled}"))
+        assert exp.sampler.model_config.scan_layers is (not unrolled)
+        runner.run(config, str(tmp_path / str(unrolled)))
+        rows[unrolled] = [r for r in read_metrics(str(tmp_path / str(unrolled))) if "loss" in r]
+    for a, b in zip(rows[False], rows[True]):
+        assert a["completions/mean_length"] == b["completions/mean_length"]
+        for k in ("reward", "loss", "entropy", "grad_norm", "logp_mismatch/max"):
+            assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
