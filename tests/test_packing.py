@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from grpo_jax import losses, optim, packing, sharding, train_step
-from train_fixtures import CFG, FAST_COMPILE as FAST, batch, config, params
+from train_fixtures import CFG, FAST_COMPILE as FAST, batch, config, model_logprobs, params
 
 MESH = sharding.make_mesh(sharding.mesh_config())
 
@@ -149,6 +149,11 @@ def test_packed_adamw_steps_equal_padded_ones():
 # ------------------------------------------------------------------- optim.skip_zero_advantage
 
 
+def _logprobs_and_entropy(b):
+    lp, ent = model_logprobs(params(0), b["prompt_tokens"], b["prompt_mask"], b["completions"], 4, 0.9)
+    return np.asarray(lp), np.asarray(ent)
+
+
 def _zero_advantage_batch():
     """The ragged batch with groups 0, 1 and 2 at advantage 0 (all rewards equal) and one more row, of group 3, at 0:
     micro-batch 0 (prompts 0 and 2) has nothing to train, micro-batch 1 three completions of prompt 3."""
@@ -158,7 +163,7 @@ def _zero_advantage_batch():
     adv[13] = 0.0
     b["advantages"] = adv
     # at the first iteration the skipped rows' old log-probs are the policy's own (exact sampler): ratio 1
-    lp, _ = logprobs_and_entropy(b)
+    lp, _ = _logprobs_and_entropy(b)
     b["old_logps"] = np.where((adv == 0)[:, None], lp, b["old_logps"]).astype(np.float32)
     return b
 
@@ -188,7 +193,7 @@ def test_skipping_zero_advantage_rows_keeps_loss_and_gradient(aggregation):
         x, y = float(m_all[k]), float(m_skip[k])
         assert abs(x - y) <= 1e-6 * max(1.0, abs(x)), (k, x, y)
     # the entropy of the trained rows, from the padded step's per-token entropies
-    lp, ent = logprobs_and_entropy(b)
+    lp, ent = _logprobs_and_entropy(b)
     trained = (np.asarray(b["advantages"]) != 0)[:, None] & (np.asarray(b["completion_mask"]) > 0)
     np.testing.assert_allclose(float(m_skip["entropy"]), ent[trained].mean(), rtol=1e-5)
     np.testing.assert_allclose(float(m_skip["logp_mismatch/mean"]),
@@ -200,13 +205,6 @@ def test_skipping_zero_advantage_rows_keeps_loss_and_gradient(aggregation):
     assert int((plan["pack_source"] >= 0).sum()) == int(lengths[np.asarray(b["advantages"]) != 0].sum())
     full = train_step._packing_plan(b["completion_mask"], s, 2, MESH)
     assert plan["pack_source"].shape[0] < full["pack_source"].shape[0]  # fewer packed rows computed
-
-
-def logprobs_and_entropy(b):
-    from grpo_jax import logprobs
-    lp, ent = logprobs.completion_logprobs(CFG, params(0), b["prompt_tokens"], b["prompt_mask"], b["completions"],
-                                           4, 0.9)
-    return np.asarray(lp), np.asarray(ent)
 
 
 def test_skipping_every_row_gives_a_zero_update():
@@ -228,6 +226,14 @@ def test_skip_zero_advantage_refuses_what_would_make_it_inexact(field, value, ne
     section, name = field.split(".")
     cfg[section][name] = value
     with pytest.raises(ValueError, match=f"skip_zero_advantage needs .*{needs}"):
+        train_step._settings(cfg)
+
+
+def test_skip_zero_advantage_refuses_a_variant_not_known_to_vanish_and_a_non_bool(monkeypatch):
+    cfg = config(group_size=4, max_new_tokens=8, kl_beta=0.0, variant="gspo")
+    cfg.optim.skip_zero_advantage = True
+    monkeypatch.setattr(train_step, "ZERO_AT_ZERO_ADVANTAGE", ("grpo",))  # as a plug-in variant would be
+    with pytest.raises(ValueError, match="skip_zero_advantage needs a loss.variant whose policy term vanishes.*'gspo'"):
         train_step._settings(cfg)
     with pytest.raises(ValueError, match="must be true or false"):
         optim.validate_optim_config(ml_collections.ConfigDict({**optim.optim_config(), "skip_zero_advantage": 1}))

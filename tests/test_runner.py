@@ -157,6 +157,7 @@ def test_sampling_unrolled_while_training_scanned_gives_the_same_run(checkpoint,
         assert exp.sampler.model_config.scan_layers is (not unrolled)
         runner.run(config, str(tmp_path / str(unrolled)))
         rows[unrolled] = [r for r in read_metrics(str(tmp_path / str(unrolled))) if "loss" in r]
+    assert len(rows[False]) == len(rows[True]) == 2
     for a, b in zip(rows[False], rows[True]):
         assert a["completions/mean_length"] == b["completions/mean_length"]
         for k in ("reward", "loss", "entropy", "grad_norm", "logp_mismatch/max"):
