@@ -54,7 +54,6 @@ def get_config(arg: str | None = None):
     c.optim.schedule = "cosine"         # decays to 0 at the last step: a stable final policy
     c.optim.warmup_steps = 0
     c.optim.micro_batch_size = 32       # two micro-batches of 4 prompt groups: half the activation memory
-    c.optim.skip_zero_advantage = True  # groups whose 8 rewards are equal carry no gradient: not computed
 
     c.eval.every = c.total_steps        # held-out accuracy at the start and at the end
     c.eval.num_examples = 0             # the whole eval split (task.eval_size problems)

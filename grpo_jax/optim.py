@@ -12,13 +12,15 @@
   pack_completions pack each group's completions end to end into rows of the batch's width (True; grpo_jax.packing):
                    the step computes the tokens the rollout has; False computes every row at the full width (the
                    same results, for comparison)
-  skip_zero_advantage  leave completions whose advantage is exactly 0 out of the packed train step (False): with
-                   no KL term and no entropy bonus their per-token loss is -0 * f(ratio), so they add nothing to the
-                   loss or the gradient, while the aggregation's denominators still count them (the loss and
-                   gradient are the full batch's). Needs pack_completions, loss.kl_beta = 0, loss.entropy_coef = 0
-                   and a built-in loss.variant. The token metrics entropy and logp_mismatch/mean are then over the
-                   completions trained on; the ratio and clip metrics count a skipped token at ratio 1 (what it
-                   is at the first iteration, up to the sampler's 1e-5).
+  skip_zero_advantage  leave completions whose advantage is exactly 0 out of the packed train step ('auto'):
+                   where every term of the loss vanishes at advantage 0 (as the loss plug-ins declare: e.g. no KL
+                   term, no entropy bonus, a variant whose term is A * f(ratio)) they add nothing to the loss or
+                   the gradient, while the aggregation's denominators still count them, so the loss and gradient
+                   are the full batch's. 'auto' applies it exactly there and stands aside elsewhere; True insists
+                   (a ValueError naming the live terms where it is not exact); False never skips. When it
+                   applies, the token metrics entropy and logp_mismatch/mean are over the completions trained
+                   on; the ratio and clip metrics count a skipped token at ratio 1 (what it is at the first
+                   iteration, up to the sampler's 1e-5).
 
 The schedule counts optimizer *updates*: a train step with `loss.num_iterations = mu` makes mu of them, so the
 train step passes `total_steps * mu`.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import jax
 import ml_collections
+from ml_collections import config_dict
 import optax
 
 SCHEDULES = ("constant", "cosine")
@@ -50,7 +53,9 @@ def optim_config() -> ml_collections.ConfigDict:
         "b2": 0.99,
         "micro_batch_size": 0,
         "pack_completions": True,
-        "skip_zero_advantage": False,
+        # 'auto' | True | False: an object-typed field, so a config file may assign a bool and the command line
+        # parses True / False / auto alike
+        "skip_zero_advantage": config_dict.FieldReference("auto", field_type=object),
     })
 
 
@@ -70,8 +75,10 @@ def validate_optim_config(optim_cfg) -> None:
         _nonneg(optim_cfg, name, integer=True)
     if not isinstance(optim_cfg.get("pack_completions", True), bool):
         raise ValueError(f"optim.pack_completions must be true or false, got {optim_cfg.pack_completions!r}")
-    if not isinstance(optim_cfg.get("skip_zero_advantage", False), bool):
-        raise ValueError(f"optim.skip_zero_advantage must be true or false, got {optim_cfg.skip_zero_advantage!r}")
+    skip = optim_cfg.skip_zero_advantage
+    if not (isinstance(skip, bool) or skip == "auto"):
+        raise ValueError(f"optim.skip_zero_advantage must be 'auto', true or false, got "
+                         f"{optim_cfg.skip_zero_advantage!r}")
     if optim_cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown optim.schedule {optim_cfg.schedule!r}; valid: {', '.join(map(repr, SCHEDULES))}")
     for name in ("b1", "b2"):

@@ -21,6 +21,10 @@ Each entry may declare:
             `fields`) only when the entry is the one the config selects, once per run;
   presets   {field: value} the entry recommends for fields it shares with others (e.g. a paper's clip bounds),
             applied by helpers such as `config_defaults.loss_config(variant)`, never silently;
+  vanishes_at_zero_advantage
+            a loss term's word about itself (loss variants, KL estimators): True when, for a completion whose
+            advantage is exactly 0, its per-token loss is 0 whatever the log-probs (so is its gradient); the
+            train step leaves such completions out where every selected term says so (optim.skip_zero_advantage)
   inputs    names of per-row batch arrays the entry reads (a loss variant's extra inputs, e.g. importance
             weights): the train step carries every batch key through its micro-batches, the loss hands these
             to the entry as keyword arguments.
@@ -58,6 +62,7 @@ class Entry:
     presets: dict = dataclasses.field(default_factory=dict)
     inputs: tuple = ()
     doc: str = ""
+    vanishes_at_zero_advantage: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +87,7 @@ class Registry(MutableMapping):
 
     def register(self, name: str, obj: Any = None, *, factory: Optional[bool] = None, fields: Optional[dict] = None,
                  validate: Optional[Callable] = None, presets: Optional[dict] = None, inputs=(),
-                 replace: bool = False):
+                 replace: bool = False, vanishes_at_zero_advantage: bool = False):
         """Register `obj` under `name`; without `obj`, a decorator. factory=False (for factory kinds): `obj` is the
         thing itself, `get(name)` returns it and it takes no options."""
         if not isinstance(name, str) or not name:
@@ -97,7 +102,7 @@ class Registry(MutableMapping):
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             _check_shared_fields(self, name, fields)
             self._entries[name] = Entry(name, fn, is_factory, fields, validate, dict(presets or {}), tuple(inputs),
-                                        inspect.getdoc(fn) or "")
+                                        inspect.getdoc(fn) or "", bool(vanishes_at_zero_advantage))
             _VALIDATED.clear()  # what is valid may have changed
             return fn
 

@@ -103,9 +103,10 @@ class _Settings(NamedTuple):
     seed: int
 
 
-def _settings(config, use_kl=None) -> _Settings:
+def _settings(config, use_kl=None, traced=()) -> _Settings:
     """use_kl: whether the step runs the reference pass; None = loss.kl_beta > 0 (a population decides it from its
-    members' kl_beta range: see `build_program`)."""
+    members' kl_beta range: see `build_program`). traced: the loss fields that may differ per call (a population's
+    member hyperparameters), which the zero-advantage skip must treat as possibly non-zero."""
     losses.ensure_valid(config.loss)  # a no-op after the run's validation (config.validate)
     model = config.model
     rank = int(model.get("lora_rank", 0))
@@ -120,9 +121,7 @@ def _settings(config, use_kl=None) -> _Settings:
                          "a micro-batch holds whole prompt groups")
     mu = int(config.loss.num_iterations)
     use_kl = float(config.loss.kl_beta) > 0.0 if use_kl is None else bool(use_kl)
-    skip = bool(config.optim.get("skip_zero_advantage", False))
-    if skip:
-        _check_skip_zero_advantage(config, use_kl)
+    skip = resolve_skip_zero_advantage(config, use_kl, traced)
     return _Settings(
         group_size=group,
         temperature=float(config.rollout.get("temperature", 1.0)),
@@ -146,26 +145,22 @@ def _settings(config, use_kl=None) -> _Settings:
     )
 
 
-# Variants whose policy term is A * (something finite): it and its gradient vanish at advantage 0.
-ZERO_AT_ZERO_ADVANTAGE = ("grpo", "gspo", "cispo", "sapo")
-
-
-def _check_skip_zero_advantage(config, use_kl: bool) -> None:
-    """optim.skip_zero_advantage is exact only when a zero-advantage completion's loss is 0 whatever its log-probs."""
-    why = []
-    if not bool(config.optim.get("pack_completions", True)):
-        why.append("optim.pack_completions = True (the skipped completions are left out of the packing plan)")
-    if use_kl:
-        why.append(f"loss.kl_beta = 0 (the KL term is not zero at advantage 0; here {config.loss.kl_beta}, or a "
-                   "population member's kl_beta range)")
-    if float(config.loss.entropy_coef) != 0.0:
-        why.append(f"loss.entropy_coef = 0 (the entropy bonus is not zero at advantage 0; here "
-                   f"{config.loss.entropy_coef})")
-    if config.loss.variant not in ZERO_AT_ZERO_ADVANTAGE:
-        why.append(f"a loss.variant whose policy term vanishes at advantage 0 ({', '.join(ZERO_AT_ZERO_ADVANTAGE)}; "
-                   f"here {config.loss.variant!r})")
+def resolve_skip_zero_advantage(config, use_kl: bool, traced=()) -> bool:
+    """optim.skip_zero_advantage as the step applies it: 'auto' is on exactly where it is exact -- the completions
+    are packed and every term of the loss vanishes at advantage 0 (`losses.terms_alive_at_zero_advantage`, as the
+    plug-ins declare) -- and off elsewhere; True where it is not exact is a ValueError naming why; False is off."""
+    value = config.optim.skip_zero_advantage
+    if value is False:
+        return False
+    why = losses.terms_alive_at_zero_advantage(config.loss, use_kl=use_kl, traced=traced)
+    if not bool(config.optim.pack_completions):
+        why.append("optim.pack_completions = False (the skipped completions are left out of the packing plan)")
+    if value == "auto":
+        return not why
     if why:
-        raise ValueError("optim.skip_zero_advantage needs " + "; ".join(why))
+        raise ValueError("optim.skip_zero_advantage = True is not exact here: a completion whose advantage is 0 "
+                         "still has a loss or gradient from " + "; ".join(why) + " (use 'auto': on where exact)")
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -347,12 +342,12 @@ def reference_hidden(model_config: ModelConfig, ref_params, micro_batches: dict,
     return jax.lax.stop_gradient(jax.lax.map(one, micro_batches))
 
 
-def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
+def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None, traced=()):
     """(step_fn(state, frozen, ref, batch, hyperparameters=None), grad_fn(trainable, frozen, ref, batch), settings,
     tx) — unjitted. `hyperparameters`: {name: scalar} of `TRACED_HYPERPARAMETERS` (may be traced), each in place
     of the config's value: 'lr' the optimizer's peak learning rate (`optim.make_optimizer(lr=)`), the others the
     loss's (`losses.policy_loss(hyperparameters=)`)."""
-    s = _settings(config, use_kl)
+    s = _settings(config, use_kl, traced)
     model_config = model_config.replace(remat=s.remat, attention=s.attention,  # model.remat, .attention,
                                         scan_layers=s.scan_layers)            # .scan_layers
     loss_cfg = config.loss
@@ -463,8 +458,8 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
         if not s.use_kl:  # no reference pass in this program: every kl_beta is 0 (checked by the caller, on values)
             hyperparameters.pop("kl_beta", None)
         if s.skip_zero_advantage and "entropy_coef" in hyperparameters:
-            raise ValueError("optim.skip_zero_advantage needs loss.entropy_coef = 0, not a traced (population) "
-                             "entropy_coef")
+            raise ValueError("this step skips zero-advantage completions, so it cannot take a traced entropy_coef: "
+                             "build it with traced=('entropy_coef',)")
         step_tx = tx if lr is None else make_optimizer(config.optim, s.total_updates, lr)
         step_schedule = schedule if lr is None else make_schedule(config.optim, s.total_updates, lr)
         mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params, temperature)
@@ -557,10 +552,10 @@ class Program(NamedTuple):
         return _place(frozen, self.frozen_sharding), _place(ref_params, self.ref_sharding)
 
 
-def build_program(model_config: ModelConfig, config, mesh: Mesh, use_kl=None) -> Program:
+def build_program(model_config: ModelConfig, config, mesh: Mesh, use_kl=None, traced=()) -> Program:
     """The `Program` of this config. use_kl: whether the step runs the reference pass (None: loss.kl_beta > 0); a
-    population sets it when any member's kl_beta may be > 0."""
-    step_fn, _, s, _ = _build(model_config, config, mesh, use_kl)
+    population sets it when any member's kl_beta may be > 0, and names its members' traced loss fields."""
+    step_fn, _, s, _ = _build(model_config, config, mesh, use_kl, traced)
     frozen_sh, ref_sh, batch_sh = _arg_shardings(model_config, config, mesh, s)
     return Program(step_fn, s, state_shardings(model_config, config, mesh), frozen_sh, ref_sh, batch_sh, mesh)
 

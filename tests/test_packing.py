@@ -217,23 +217,52 @@ def test_skipping_every_row_gives_a_zero_update():
     assert float(metrics["loss"]) == 0.0 and np.isfinite(float(metrics["entropy"]))
 
 
-@pytest.mark.parametrize("field,value,needs", [("loss.kl_beta", 0.04, "kl_beta = 0"),
-                                               ("loss.entropy_coef", 0.01, "entropy_coef = 0"),
-                                               ("optim.pack_completions", False, "pack_completions = True")])
-def test_skip_zero_advantage_refuses_what_would_make_it_inexact(field, value, needs):
+INEXACT = [("loss.kl_beta", 0.04, "the KL term"), ("loss.entropy_coef", 0.01, "the entropy bonus"),
+           ("optim.pack_completions", False, "pack_completions = False")]
+
+
+@pytest.mark.parametrize("field,value,why", INEXACT)
+def test_skip_zero_advantage_auto_stands_aside_where_inexact_and_true_refuses(field, value, why):
     cfg = config(group_size=4, max_new_tokens=8, kl_beta=0.0)
-    cfg.optim.skip_zero_advantage = True
+    assert cfg.optim.skip_zero_advantage == "auto"
+    assert train_step._settings(cfg).skip_zero_advantage  # exact here: on
     section, name = field.split(".")
     cfg[section][name] = value
-    with pytest.raises(ValueError, match=f"skip_zero_advantage needs .*{needs}"):
-        train_step._settings(cfg)
-
-
-def test_skip_zero_advantage_refuses_a_variant_not_known_to_vanish_and_a_non_bool(monkeypatch):
-    cfg = config(group_size=4, max_new_tokens=8, kl_beta=0.0, variant="gspo")
+    assert not train_step._settings(cfg).skip_zero_advantage  # 'auto' stands aside
     cfg.optim.skip_zero_advantage = True
-    monkeypatch.setattr(train_step, "ZERO_AT_ZERO_ADVANTAGE", ("grpo",))  # as a plug-in variant would be
-    with pytest.raises(ValueError, match="skip_zero_advantage needs a loss.variant whose policy term vanishes.*'gspo'"):
+    with pytest.raises(ValueError, match=f"skip_zero_advantage = True is not exact here: .*{why}"):
         train_step._settings(cfg)
-    with pytest.raises(ValueError, match="must be true or false"):
+    cfg.optim.skip_zero_advantage = False
+    assert not train_step._settings(cfg).skip_zero_advantage
+
+
+def test_skip_zero_advantage_follows_what_each_plug_in_declares():
+    """A loss variant that does not declare `vanishes_at_zero_advantage` is never skipped under 'auto' and refused
+    under True; a KL estimator that declares it lets 'auto' skip with kl_beta > 0; a member's traced entropy_coef
+    counts as possibly non-zero; a non-bool value is refused."""
+    @losses.register_variant("undeclared_for_test")
+    def undeclared(logps, old_logps, advantages, mask, config):
+        return losses.VARIANTS["grpo"](logps, old_logps, advantages, mask, config)
+
+    @losses.register_kl_estimator("zero_at_a0_for_test", vanishes_at_zero_advantage=True)
+    def declared(logps, ref_logps):
+        return losses.KL_ESTIMATORS["k3"](logps, ref_logps)
+    try:
+        cfg = config(group_size=4, max_new_tokens=8, kl_beta=0.0)
+        cfg.loss.variant = "undeclared_for_test"
+        assert not train_step._settings(cfg).skip_zero_advantage
+        cfg.optim.skip_zero_advantage = True
+        with pytest.raises(ValueError, match="policy term of loss.variant 'undeclared_for_test'"):
+            train_step._settings(cfg)
+        cfg = config(group_size=4, max_new_tokens=8, kl_beta=0.04)
+        assert not train_step._settings(cfg).skip_zero_advantage
+        cfg.loss.kl_estimator = "zero_at_a0_for_test"
+        assert train_step._settings(cfg).skip_zero_advantage
+        cfg = config(group_size=4, max_new_tokens=8, kl_beta=0.0)
+        assert not train_step._settings(cfg, traced=("entropy_coef",)).skip_zero_advantage
+        assert train_step._settings(cfg, traced=("clip_low",)).skip_zero_advantage
+    finally:
+        losses.VARIANTS.unregister("undeclared_for_test")
+        losses.KL_ESTIMATORS.unregister("zero_at_a0_for_test")
+    with pytest.raises(ValueError, match="must be 'auto', true or false"):
         optim.validate_optim_config(ml_collections.ConfigDict({**optim.optim_config(), "skip_zero_advantage": 1}))

@@ -71,6 +71,9 @@ def test_bad_inputs_are_one_line_errors(checkpoint, cache, tmp_path):
         "mesh": (["--config.mesh.data=2", "--config.rollout.prompts_per_step=3"], 2,
                  "rollout.prompts_per_step = 3 does not divide over the mesh's data x fsdp = 2 devices"),
         "taken workdir": ([], 1, "holds a run of a different config (optim.lr: 0.5 -> 0.01)"),
+        "inexact skip": (["--config.optim.skip_zero_advantage=True"], 1,
+                         "optim.skip_zero_advantage = True is not exact here: a completion whose advantage is 0 "
+                         "still has a loss or gradient from the KL term (loss.kl_beta = 0.04)"),
     }
     procs = {}
     for name, (overrides, devices, _) in cases.items():

@@ -13,7 +13,7 @@ import pkgutil
 
 from grpo_jax.losses.objective import (
     CORE_FIELDS, TRACEABLE_FIELDS, accumulate_metrics, batch_denominators, effective_mask, ensure_valid, policy_loss,
-    validate_loss_config)
+    terms_alive_at_zero_advantage, validate_loss_config)
 from grpo_jax.losses.plugins import (
     AGGREGATIONS, KL_ESTIMATORS, VARIANTS, PolicyTerm, register_aggregation, register_kl_estimator,
     register_variant)
@@ -27,7 +27,8 @@ from grpo_jax.losses.ppo import dual_clip_loss, ppo_clipped_loss, sequence_log_r
 
 __all__ = [
     "policy_loss", "batch_denominators", "effective_mask", "accumulate_metrics", "validate_loss_config",
-    "ensure_valid", "PolicyTerm", "VARIANTS", "KL_ESTIMATORS", "AGGREGATIONS", "register_variant",
+    "ensure_valid", "terms_alive_at_zero_advantage", "PolicyTerm", "VARIANTS", "KL_ESTIMATORS", "AGGREGATIONS",
+    "register_variant",
     "register_kl_estimator", "register_aggregation", "CORE_FIELDS", "TRACEABLE_FIELDS", "kl_k1", "kl_k2", "kl_k3",
     "ppo_clipped_loss", "dual_clip_loss", "sequence_log_ratio",
 ]

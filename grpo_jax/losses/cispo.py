@@ -15,7 +15,8 @@ def _validate(cfg) -> None:
         raise ValueError("loss.dual_clip must be 0 with variant 'cispo': CISPO has no unclipped branch to bound")
 
 
-@register_variant("cispo", fields=CLIP_FIELDS, validate=_validate, presets={"clip_low": 1.0, "clip_high": 4.0})
+@register_variant("cispo", fields=CLIP_FIELDS, validate=_validate, presets={"clip_low": 1.0, "clip_high": 4.0},
+                  vanishes_at_zero_advantage=True)
 def cispo_token_loss(logps, old_logps, advantages, mask, config) -> PolicyTerm:
     """CISPO: REINFORCE with a clipped, detached importance weight, -sg(clip(r_t)) A logp_t.
 

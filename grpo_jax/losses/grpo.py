@@ -10,7 +10,8 @@ from grpo_jax.losses.ppo import (CLIP_FIELDS, DUAL_CLIP_FIELDS, clip_indicators,
 
 
 @register_variant("grpo", fields={**CLIP_FIELDS, **DUAL_CLIP_FIELDS}, validate=validate_clip_and_dual_clip,
-                  presets={"clip_low": 0.2, "clip_high": 0.2})
+                  presets={"clip_low": 0.2, "clip_high": 0.2},
+                  vanishes_at_zero_advantage=True)
 def grpo_token_loss(logps, old_logps, advantages, mask, config) -> PolicyTerm:
     """GRPO: per-token ratio r_t = exp(logp_t - old_logp_t), PPO clip with clip-higher, optional dual clip.
 

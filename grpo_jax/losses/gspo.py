@@ -10,7 +10,8 @@ from grpo_jax.losses.ppo import (CLIP_FIELDS, DUAL_CLIP_FIELDS, clip_indicators,
 
 
 @register_variant("gspo", fields={**CLIP_FIELDS, **DUAL_CLIP_FIELDS}, validate=validate_clip_and_dual_clip,
-                  presets={"clip_low": 3e-4, "clip_high": 4e-4})
+                  presets={"clip_low": 3e-4, "clip_high": 4e-4},
+                  vanishes_at_zero_advantage=True)
 def gspo_sequence_loss(logps, old_logps, advantages, mask, config) -> PolicyTerm:
     """GSPO: one ratio per sequence, the geometric mean of its token ratios, clipped per sequence.
 

@@ -117,6 +117,28 @@ def ensure_valid(cfg) -> None:
     registry.ensure_valid("loss", cfg)
 
 
+def terms_alive_at_zero_advantage(config, *, use_kl=None, traced=()) -> list:
+    """The terms of this loss that may be non-zero, or have a non-zero gradient, on a completion whose advantage is
+    exactly 0 (empty list: every term vanishes there, so such a completion adds nothing to the loss or the
+    gradient while still counting in the denominators). Each plug-in declares this about itself
+    (`vanishes_at_zero_advantage`); the entropy bonus is this module's own term.
+
+    use_kl: whether the KL term is formed (None: loss.kl_beta > 0); `traced`: loss fields given per call or per
+    population member (`TRACEABLE_FIELDS`), which count as possibly non-zero."""
+    use_kl = float(config.kl_beta) > 0.0 if use_kl is None else bool(use_kl)
+    alive = []
+    if not VARIANTS.entry(config.variant).vanishes_at_zero_advantage:
+        alive.append(f"the policy term of loss.variant {config.variant!r} (its plug-in does not declare "
+                     "vanishes_at_zero_advantage)")
+    if use_kl and not KL_ESTIMATORS.entry(config.kl_estimator).vanishes_at_zero_advantage:
+        why = f"loss.kl_beta = {config.kl_beta}" if float(config.kl_beta) > 0 else "a member's kl_beta range"
+        alive.append(f"the KL term ({why})")
+    if "entropy_coef" in traced or float(config.entropy_coef) != 0.0:
+        why = "a member's entropy_coef" if "entropy_coef" in traced else f"loss.entropy_coef = {config.entropy_coef}"
+        alive.append(f"the entropy bonus ({why})")
+    return alive
+
+
 def _row_keep(n, config, truncated, keep):
     rows = jnp.ones((n,), dtype=bool)
     if config.mask_truncated:

@@ -10,6 +10,10 @@
 defaults and passed to `validate(loss_config)` when the plug-in is the selected one (`loss.variant`,
 `loss.kl_estimator`, `loss.aggregation`), once per run. A variant's `inputs` are per-row batch arrays [N, ...] it
 reads: put them in the train step's batch under those names and they reach the variant as keyword arguments.
+`vanishes_at_zero_advantage=True` is a variant's (or KL estimator's) word that its per-token loss is 0, with a
+zero gradient, for a completion whose advantage is exactly 0 whatever its log-probs (e.g. A * f(ratio) with f
+finite). The train step then leaves zero-advantage completions out of the packed step (optim.skip_zero_advantage
+'auto') when every selected term says so; an undeclared plug-in is never skipped, so the default is always exact.
 An aggregation's `inputs` are the denominators it needs besides num_tokens / num_sequences (e.g. 'norm_length').
 A KL estimator's `inputs` are per-token arrays it reads instead of ref_logps (then passed as None), as keyword
 arguments; the train step computes 'token_kl', the exact per-token KL over the vocabulary (kl_full.py).
@@ -29,8 +33,9 @@ AGGREGATIONS = registry.kind("aggregation", section="loss", selector="aggregatio
 
 
 def _registrar(table: registry.Registry):
-    def register(name: str, *, fields=None, validate=None, presets=None, inputs=()):
-        return table.register(name, fields=fields, validate=validate, presets=presets, inputs=inputs)
+    def register(name: str, *, fields=None, validate=None, presets=None, inputs=(), vanishes_at_zero_advantage=False):
+        return table.register(name, fields=fields, validate=validate, presets=presets, inputs=inputs,
+                              vanishes_at_zero_advantage=vanishes_at_zero_advantage)
 
     register.__doc__ = f"Decorator: register a {table.kind} under `name` (see grpo_jax.losses.plugins)."
     return register

@@ -51,7 +51,8 @@ def soft_gate(ratio, adv, tau_pos: float, tau_neg: float):
     return s * (4.0 / tau), 4.0 * s * (1.0 - s)
 
 
-@register_variant("sapo", fields=FIELDS, validate=_validate)
+@register_variant("sapo", fields=FIELDS, validate=_validate,
+                  vanishes_at_zero_advantage=True)
 def sapo_token_loss(logps, old_logps, advantages, mask, config) -> PolicyTerm:
     """SAPO's per-token loss -f(r_t) A (module docstring); ratio as GRPO's, no clip indicators."""
     ratio = jnp.exp(token_log_ratio(logps, old_logps, mask))

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from grpo_jax import sharding, train_step
+from grpo_jax import losses, sharding, train_step
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.population.config import enabled, member_names
 
@@ -64,6 +64,14 @@ def reference_needed(config) -> bool:
     if "population" not in config or not enabled(config):
         return False
     return "kl_beta" in member_names(config.population) and float(config.population.ranges.kl_beta[1]) > 0.0
+
+
+def traced_loss_fields(config) -> tuple:
+    """The loss fields the members carry as traced values (population on): the step treats them as possibly
+    non-zero where that decides its structure (e.g. whether zero-advantage completions may be skipped)."""
+    if "population" not in config or not enabled(config):
+        return ()
+    return tuple(name for name in member_names(config.population) if name in losses.TRACEABLE_FIELDS)
 
 
 def stack_states(states: list) -> train_step.TrainState:
@@ -153,7 +161,8 @@ def make_population_train_step(model_config: ModelConfig, config, mesh, compiler
     """fn(states, frozen, ref_params, batches, hyperparameters) -> (states, metrics): every member's
     loss.num_iterations updates in one jitted call (`states` donated); metrics as the single step's, each [K].
     See the module docstring for the arguments."""
-    program = train_step.build_program(model_config, config, mesh, use_kl=reference_needed(config))
+    program = train_step.build_program(model_config, config, mesh, use_kl=reference_needed(config),
+                                       traced=traced_loss_fields(config))
     use_kl = program.settings.use_kl
     states_sh = population_state_shardings(model_config, config, mesh)
     batch_sh = _stacked_sharding(program.batch_sharding)  # [K, rows, ...]: rows over data x fsdp
