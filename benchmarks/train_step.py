@@ -111,7 +111,7 @@ def run_one(args) -> dict:
     del params  # full finetuning keeps it only as the reference
     options = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False} if args.fast_compile else None
     step = train_step.make_train_step(model_config, c, mesh, compiler_options=options)
-    inputs = step.prepare(state, frozen, ref, batch)
+    inputs = step.prepare(state, frozen, ref, batch).args
     t = time.perf_counter()
     compiled = step.jitted.lower(*inputs).compile()
     compile_s = time.perf_counter() - t

@@ -1,7 +1,9 @@
-"""The pieces of one GRPO step and its bookkeeping, shared by the single-policy loop (`runner.run`) and the
-population loop (`population/experiment.py`): the `Experiment` (mesh, task, rewards, policy, sampler, train step,
-keys), one step's rewards / advantages / batch (`member_batch`, `trim_columns`, `with_train_metrics`), the eval
-row, SIGTERM handling, progress, export and plots. The step itself is described in runner.py's docstring.
+"""The `Experiment` (mesh, task, rewards, policy, sampler, train step, keys) and one GRPO step's pieces: rewards,
+advantages and batch (`member_batch`, `trim_columns`, `with_train_metrics`), the eval row, SIGTERM handling,
+progress, export and plots. The loop (`runner.run`) drives an Experiment through a few named methods (`begin`,
+`train_results`, `evaluate`, `after_step`, `checkpoint_meta`, `finish`); another kind of experiment (the
+population's, grpo_jax/population/experiment.py) overrides them and is registered in `EXPERIMENTS`, so the loop
+imports nothing of it. The step itself is described in runner.py's docstring.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
-from grpo_jax import advantages, config_base, distributed, evaluation, sharding
+from grpo_jax import advantages, config_base, distributed, evaluation, registry, sharding
 from grpo_jax.checkpoint import check_workdir, export_policy
 
+# Kinds of experiment besides one policy: name -> an object with `claims(config) -> bool` and `target`
+# ('module:ExperimentSubclass', imported by name); the loop runs the first that claims the config (the population's,
+# registered by population/config.py, when population.size >= 2).
+EXPERIMENTS = registry.kind("experiment")
 WIDTH_BUCKET = 16  # the train step's completion width is a multiple of this: a handful of compiled programs
 SAMPLE_TAG, EVAL_TAG = 0, 1  # key of a step = fold_in(fold_in(base key = PRNGKey(seed), TAG), step)
 
@@ -38,7 +44,7 @@ class RunResult:
     population: Optional[dict] = None  # a population run: the elite member, its final fitness, the generations
 
 
-class _Preemption:
+class Preemption:
     """SIGTERM sets a flag; the loop checks it at step boundaries."""
 
     def __init__(self):
@@ -58,18 +64,18 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _say(message: str, enabled: bool = True) -> None:
+def say(message: str, enabled: bool = True) -> None:
     if enabled:
         from tqdm import tqdm
         tqdm.write(message, file=sys.stdout)
         sys.stdout.flush()
 
 
-def _key(base_key: jax.Array, tag: int, step: int) -> jax.Array:
+def step_key(base_key: jax.Array, tag: int, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(base_key, tag), step)
 
 
-def _task_options(config) -> dict:
+def task_options(config) -> dict:
     """task.* without `name`, as keyword options of tasks.get; '' stands for None (a ConfigDict field keeps its
     type, so optional paths are strings), lists become tuples."""
     def value(v):
@@ -119,7 +125,7 @@ class Experiment:
         self.mesh = sharding.make_mesh(config.mesh)
         config_base.validate_for_mesh(config, self.mesh)
         check_workdir(workdir, config, write=False)
-        self.task = task or tasks.get(config.task.name, **_task_options(config))
+        self.task = task or tasks.get(config.task.name, **task_options(config))
         self.reward_fn = rewards.combine(config.rewards.to_dict(), config.reward_options.to_dict())
         self.accuracy_fn = rewards.combine({self.task.accuracy_reward: 1.0})
         self.eval_examples = self.task.eval_set(int(config.eval.num_examples) or None) if config.eval.every else []
@@ -143,6 +149,43 @@ class Experiment:
         return _train_one(self, step, int(self.config.rollout.prompts_per_step),
                           int(self.config.rollout.group_size), self.base_key)
 
+    # ------------------------------------------------------------------ what the loop (runner.run) calls
+    # A kind of experiment that plugs into the loop (a population) overrides these; the loop knows nothing else.
+
+    description = "GRPO"  # the progress bar's
+
+    def begin(self, start: int, meta: Optional[dict]) -> None:
+        """Before the first step of this invocation: `meta` is the restored checkpoint's (None on a fresh start)."""
+        if start:
+            say(f"resuming from the checkpoint of step {start} in {self.workdir}", self.main)
+
+    def train_results(self, step: int) -> list:
+        """GRPO step `step`: the StepResults of every policy it trains (one here)."""
+        return [self.step(step)]
+
+    def evaluate(self, step: int, writer) -> dict:
+        """The held-out eval at `step` (rows written); returns the run's headline eval metrics."""
+        return _eval(self, step, writer)
+
+    def after_step(self, done: int, writer) -> None:
+        """After step `done`'s rows and eval (a population's fitness and evolution)."""
+
+    def headline_eval(self, latest: dict) -> dict:
+        """The eval metrics a run reports, given the latest `evaluate`'s (a population: its elite's)."""
+        return latest
+
+    def checkpoint_meta(self) -> dict:
+        """Host state a checkpoint's JSON meta carries besides the train state and the base key."""
+        return {}
+
+    def finish(self, workdir: str) -> Optional[str]:
+        """After a completed run: the HF export's path (None when checkpoint.export_hf is off)."""
+        return export_policy_dir(self, workdir)
+
+    def summary(self) -> Optional[dict]:
+        """What RunResult.population carries (None for one policy)."""
+        return None
+
 
 def _tokenizer(config, policy):
     """model.tokenizer: '' = the checkpoint's own (a byte-level one, with a warning, when it has none); 'bytes' =
@@ -164,20 +207,24 @@ def _tokenizer(config, policy):
         raise ValueError(f"model.tokenizer {name!r}: cannot load a tokenizer ({type(e).__name__}: {e})") from None
 
 
-_TRAIN_STEPS: dict = {}
+_PROGRAMS: dict = {}
+
+
+def cached_program(key, build):
+    """The compiled step under `key`, built by `build()` once per process (a notebook, a resumed run in tests: a new
+    jitted step would compile again); the last 4 are kept."""
+    if key not in _PROGRAMS:
+        if len(_PROGRAMS) >= 4:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+        _PROGRAMS[key] = build()
+    return _PROGRAMS[key]
 
 
 def _cached_train_step(model_config, config, mesh):
-    """The jitted train step, reused when the same experiment runs again in this process (a notebook, a resumed
-    run in tests): a new `make_train_step` would compile again."""
     from grpo_jax.train_step import make_train_step
 
-    key = (model_config, config_base.fingerprint(config), mesh)
-    if key not in _TRAIN_STEPS:
-        if len(_TRAIN_STEPS) >= 4:
-            _TRAIN_STEPS.pop(next(iter(_TRAIN_STEPS)))
-        _TRAIN_STEPS[key] = make_train_step(model_config, config, mesh)
-    return _TRAIN_STEPS[key]
+    return cached_program((model_config, config_base.fingerprint(config), mesh),
+                          lambda: make_train_step(model_config, config, mesh))
 
 
 def completion_width(longest: int, max_new_tokens: int, bucket: int = WIDTH_BUCKET, packed: bool = False) -> int:
@@ -220,19 +267,19 @@ def _eval(exp: Experiment, step: int, writer, params=None, tags: Optional[dict] 
     """Evaluate `params` (default: the experiment's policy) on the eval set; writes one eval row (with `tags`,
     e.g. a population member's {'member': k, 'hp/lr': ...}) and returns the eval metrics."""
     t0 = time.time()
-    result = _evaluate(exp, step, exp.policy_params() if params is None else params)
-    return _write_eval(exp, step, writer, result, time.time() - t0, tags)
+    result = evaluate_params(exp, step, exp.policy_params() if params is None else params)
+    return write_eval(exp, step, writer, result, time.time() - t0, tags)
 
 
-def _evaluate(exp: Experiment, step: int, params) -> evaluation.EvalResult:
+def evaluate_params(exp: Experiment, step: int, params) -> evaluation.EvalResult:
     """`params`' eval at `step`: greedy accuracy (and pass@k) with the step's eval key, the same for any params."""
     config = exp.config
-    return evaluation.evaluate(exp.sampler, params, exp.eval_examples, _key(exp.base_key, EVAL_TAG, step),
+    return evaluation.evaluate(exp.sampler, params, exp.eval_examples, step_key(exp.base_key, EVAL_TAG, step),
                                reward_fn=exp.reward_fn, accuracy_fn=exp.accuracy_fn, config=config,
                                num_samples_shown=int(config.logging.num_samples), eval_metrics=exp.task.eval_metrics)
 
 
-def _write_eval(exp: Experiment, step: int, writer, result: evaluation.EvalResult, seconds: float,
+def write_eval(exp: Experiment, step: int, writer, result: evaluation.EvalResult, seconds: float,
                 tags: Optional[dict] = None, note: str = "") -> dict:
     """Writes an eval's row (metrics, `tags`, eval/time = `seconds`), its samples, and prints them; returns the
     metrics."""
@@ -242,16 +289,16 @@ def _write_eval(exp: Experiment, step: int, writer, result: evaluation.EvalResul
     shown = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in result.metrics.items()
                       if isinstance(v, float))
     who = f" member {tags['member']}" if tags and "member" in tags else ""
-    _say(f"[eval step {step}{who}] {len(exp.eval_examples)} held-out problems{note}: {shown}", exp.main)
+    say(f"[eval step {step}{who}] {len(exp.eval_examples)} held-out problems{note}: {shown}", exp.main)
     if result.samples and config.logging.num_samples:
         table = evaluation.format_table(result.samples, ("prompt", "completion", "reward", "correct"))
-        _say(table, exp.main)
+        say(table, exp.main)
         writer.write_text("eval/samples" + (f"/member_{tags['member']}" if who else ""), table, step)
         writer.write_samples(step, result.samples, {"member": tags["member"]} if who else None)
     return result.metrics
 
 
-def _progress(start: int, total: int, enabled: bool):
+def progress_bar(start: int, total: int, enabled: bool):
     from tqdm import tqdm
     return tqdm(total=total, initial=start, disable=not enabled, desc="GRPO", unit="step", dynamic_ncols=True,
                 file=sys.stderr)
@@ -263,7 +310,7 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     t0 = time.time()
     examples = exp.task.train_batch(int(cfg.seed), step, P)
     sampled = exp.sampler.sample(
-        exp.policy_params(), examples, _key(base_key, SAMPLE_TAG, step), group_size=G,
+        exp.policy_params(), examples, step_key(base_key, SAMPLE_TAG, step), group_size=G,
         max_new_tokens=int(cfg.rollout.max_new_tokens), temperature=float(cfg.rollout.temperature),
         top_p=float(cfg.rollout.top_p), top_k=int(cfg.rollout.top_k))
     t_sample = time.time() - t0
@@ -272,7 +319,8 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
                              packed=bool(cfg.optim.get("pack_completions", True)))
     batch = trim_columns(member.batch, width)
     t1 = time.time()
-    exp.state, train_metrics = exp.train_step(exp.state, exp.frozen, exp.ref, batch)
+    prepared = exp.train_step.prepare(exp.state, exp.frozen, exp.ref, batch)
+    exp.state, train_metrics = exp.train_step.execute(prepared)
     train_metrics = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
     t_train = time.time() - t1
     row = with_train_metrics({"step": step + 1, **member.row}, train_metrics)
@@ -280,7 +328,7 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     row["sampler/time"], row["train/time"] = t_sample, t_train
     row["train/completion_width"] = width
     row["train/tokens"] = member.tokens  # completion tokens trained on (stop tokens included)
-    row["train/tokens_computed"] = exp.train_step.last_tokens_computed  # the step's own plan, padding included
+    row["train/tokens_computed"] = prepared.tokens_computed  # the step's own plan, padding included
     row["sampler/tokens_per_s"] = member.generated / max(t_sample, 1e-9)
     computed = getattr(exp.sampler.engine, "last_tokens_computed", None)
     if computed is not None:  # what the decode loop computed, finished rows' steps included
@@ -379,19 +427,19 @@ def restore_checkpoint(ckpt, step: int, state, base_key, data_position: int, wor
     return state, base_key, meta
 
 
-def _export(exp: Experiment, workdir: str) -> Optional[str]:
+def export_policy_dir(exp: Experiment, workdir: str) -> Optional[str]:
     if not exp.config.checkpoint.export_hf:
         return None
     params = distributed.to_host(exp.policy_params())
     path = os.path.join(workdir, "export")
     if exp.main:
         export_policy(path, exp.model_config, params, exp.tokenizer)
-        _say(f"exported the final policy (HF checkpoint dir) to {path}")
+        say(f"exported the final policy (HF checkpoint dir) to {path}")
     distributed.barrier("export")
     return path
 
 
-def _plots(workdir: str, enabled: bool) -> list:
+def write_plots(workdir: str, enabled: bool) -> list:
     if not enabled:
         return []
     from grpo_jax.plotting import plot_workdir

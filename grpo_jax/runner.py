@@ -23,14 +23,25 @@ next step boundary and returns with status "preempted" (the CLI exits 0).
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Callable, Optional
 
 from grpo_jax import distributed, evaluation, metrics as metrics_lib
 from grpo_jax.checkpoint import Checkpointer
-from grpo_jax.experiment import (Experiment, RunResult, _Preemption, _eval, _export, _plots, _progress, _say,
-                                 restore_checkpoint)
+from grpo_jax.experiment import (EXPERIMENTS, Experiment, Preemption, RunResult, progress_bar, restore_checkpoint,
+                                 say, write_plots)
 from grpo_jax.experiment import StepResult, completion_width  # noqa: F401  (public names of a run, as before)
+
+
+def make_experiment(config, workdir: str) -> Experiment:
+    """The experiment `config` describes: the first registered kind that claims it (`EXPERIMENTS`; a population when
+    population.size >= 2), else one policy."""
+    for entry in EXPERIMENTS.entries():
+        if entry.obj.claims(config):
+            module, name = entry.obj.target.split(":")
+            return getattr(importlib.import_module(module), name)(config, workdir)
+    return Experiment(config, workdir)
 
 
 def run(config, workdir: str, *, preempt_after: Optional[int] = None,
@@ -38,64 +49,71 @@ def run(config, workdir: str, *, preempt_after: Optional[int] = None,
     """Train `config` in `workdir` (resuming from its last checkpoint). Returns when done or preempted.
 
     preempt_after: testing hook, behave as if SIGTERM arrived after this many steps.
-    on_step: called with each training metrics row (after it is written)."""
+    on_step: called with each training metrics row (after it is written; a population's: one per member)."""
     workdir = os.path.abspath(workdir)
-    from grpo_jax import population
-
-    if "population" in config and population.enabled(config):
-        from grpo_jax.population.experiment import run_population
-        return run_population(config, workdir, preempt_after=preempt_after, on_step=on_step)
-    exp = Experiment(config, workdir)
+    exp = make_experiment(config, workdir)
     cfg, main = config, exp.main
     P = int(cfg.rollout.prompts_per_step)
     total_steps = int(cfg.total_steps)
 
     ckpt = Checkpointer(workdir, keep=int(cfg.checkpoint.keep))
     start = ckpt.latest_step() or 0
+    meta = None
     if start:
-        exp.state, exp.base_key, _ = restore_checkpoint(ckpt, start, exp.state, exp.base_key, start * P, workdir)
-        _say(f"resuming from the checkpoint of step {start} in {ckpt.directory}", main)
+        exp.state, exp.base_key, meta = restore_checkpoint(ckpt, start, exp.state, exp.base_key, start * P, workdir)
+    exp.begin(start, meta)
     writer = metrics_lib.MetricsWriter(workdir, cfg, resume_step=start if start else None, enabled=main,
                                        tensorboard=bool(cfg.logging.tensorboard), wandb_project=cfg.logging.wandb)
+
+    def save(step: int) -> None:
+        ckpt.save(step, exp.state, exp.base_key, data_position=step * P, extra=exp.checkpoint_meta() or None)
+
     eval_every = int(cfg.eval.every)
     first_eval = last_eval = None
     status = "completed"
     done = start  # GRPO steps done
     try:
-        with _Preemption() as preemption:
+        with Preemption() as preemption:
             if eval_every and start == 0:
-                first_eval = last_eval = _eval(exp, 0, writer)
-            progress = _progress(start, total_steps, main and cfg.logging.progress)
+                first_eval = last_eval = exp.evaluate(0, writer)
+            progress = progress_bar(start, total_steps, main and cfg.logging.progress)
+            progress.set_description(exp.description)
             for step in range(start, total_steps):
-                row, samples = exp.step(step)
-                writer.write(row)
-                if on_step is not None:
-                    on_step(row)
+                results = exp.train_results(step)
+                for result in results:
+                    writer.write(result.row)
+                    if on_step is not None:
+                        on_step(result.row)
                 progress.update(1)
-                progress.set_postfix(reward=f"{row['reward']:.3f}", step_time=f"{row['step_time']:.1f}s")
+                progress.set_postfix(reward=f"{max(r.row['reward'] for r in results):.3f}",
+                                     step_time=f"{results[0].row['step_time']:.1f}s")
                 done = step + 1
                 if eval_every and (done % eval_every == 0 or done == total_steps):
+                    samples = results[0].samples
                     if samples and cfg.logging.num_samples:
                         table = evaluation.format_table(samples, ("prompt", "completion", "reward", "advantage"))
-                        _say(f"[train step {done}] sample completions:\n{table}", main)
+                        say(f"[train step {done}] sample completions:\n{table}", main)
                         writer.write_text("train/samples", table, done)
-                    last_eval = _eval(exp, done, writer)
+                    last_eval = exp.evaluate(done, writer)
+                exp.after_step(done, writer)
                 stop = distributed.any_process(preemption.requested or preempt_after == done)
                 every = int(cfg.checkpoint.every)
                 if stop or done == total_steps or (every and done % every == 0):
-                    ckpt.save(done, exp.state, exp.base_key, data_position=done * P)
+                    save(done)
                 if stop and done < total_steps:
                     status = "preempted"
-                    _say(f"preempted: saved the checkpoint of step {done}; run the same command to resume", main)
+                    say(f"preempted: saved the checkpoint of step {done}; run the same command to resume", main)
                     break
             progress.close()
         if status == "completed" and total_steps > 0 and ckpt.latest_step() != total_steps:
-            ckpt.save(total_steps, exp.state, exp.base_key, data_position=total_steps * P)
+            save(total_steps)
     finally:
         ckpt.close()
         writer.close()
     export_path, plots = None, []
     if status == "completed":
-        export_path = _export(exp, workdir)
-        plots = _plots(workdir, main and cfg.logging.plots)
-    return RunResult(status, done, workdir, first_eval, last_eval, plots, export_path)
+        export_path = exp.finish(workdir)
+        plots = write_plots(workdir, main and cfg.logging.plots)
+    if last_eval is not None:
+        last_eval = exp.headline_eval(last_eval)
+    return RunResult(status, done, workdir, first_eval, last_eval, plots, export_path, exp.summary())

@@ -561,7 +561,8 @@ def build_program(model_config: ModelConfig, config, mesh: Mesh, use_kl=None, tr
 
 
 def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_options=None):
-    """fn(state, frozen, ref_params, batch) -> (state, metrics): one jitted call = loss.num_iterations updates.
+    """A `TrainStep`: step(state, frozen, ref_params, batch) -> (state, metrics), one jitted call =
+    loss.num_iterations updates.
 
     `frozen`: None (full finetuning) or the LoRA base from `init_train_state`. `ref_params`: the reference policy's
     params in full finetuning with loss.kl_beta > 0, else None (ignored when kl_beta = 0). `state` is donated.
@@ -570,8 +571,8 @@ def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_opti
     each one's declared reduction (ratio/max and ratio/min: max / min), plus grad_norm (before clipping),
     learning_rate, and logp_mismatch/max, logp_mismatch/mean = max / mean |old_logps - trainer log-probs| over
     valid tokens at the first iteration. `compiler_options` go to `jax.jit` (tests pass
-    {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}: ~3x quicker compilation of a
-    tiny model on CPU)."""
+    {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}: quicker compilation of a tiny
+    model on CPU)."""
     program = build_program(model_config, config, mesh)
 
     def step_fn(state, frozen, ref_params, batch):
@@ -583,23 +584,43 @@ def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_opti
                      out_shardings=(program.state_shardings, None), donate_argnums=(0,),
                      compiler_options=compiler_options)
 
-    def prepare(state: TrainState, frozen, ref_params, batch: dict) -> tuple:
+    def prepare(state: TrainState, frozen, ref_params, batch: dict) -> PreparedStep:
         """Checks the arguments (clear ValueErrors) and places them on the mesh: the jitted program's inputs."""
         ref_params = program.check_ref(ref_params)
         program.check_frozen(frozen)
         checked = program.check_batch(batch)
-        # completion positions one pass computes, padding included: the packed rows' M * R * T, else N * T
-        train_step.last_tokens_computed = int(np.size(checked.get("pack_source", checked["completions"])))
-        return (state, *program.place(frozen, ref_params), jax.device_put(checked, batch_sh))
+        args = (state, *program.place(frozen, ref_params), jax.device_put(checked, batch_sh))
+        return PreparedStep(args, tokens_computed(checked))
 
-    def train_step(state: TrainState, frozen, ref_params, batch: dict):
-        return jitted(*prepare(state, frozen, ref_params, batch))
+    return TrainStep(jitted, prepare)
 
-    # For ahead-of-time compilation (benchmarks): train_step.jitted.lower(*train_step.prepare(...)).compile()
-    train_step.jitted = jitted
-    train_step.prepare = prepare
-    train_step.last_tokens_computed = None  # set by each call (the runner logs it as train/tokens_computed)
-    return train_step
+
+class PreparedStep(NamedTuple):
+    """A train step's checked, placed inputs (`args`, for `jitted(*args)` or ahead-of-time `jitted.lower(*args)`) and
+    the completion positions one pass of its program computes (`tokens_computed`, padding included: the packed
+    rows' M * R * T, else N * T; one member's with a population)."""
+    args: tuple
+    tokens_computed: int
+
+
+def tokens_computed(checked: dict) -> int:
+    """Completion positions one pass computes for a batch `Program.check_batch` returned (without a member axis)."""
+    return int(np.size(checked.get("pack_source", checked["completions"])))
+
+
+class TrainStep:
+    """A jitted train step: `step(*inputs) -> (state, metrics)` is `step.execute(step.prepare(*inputs))`; a caller that
+    logs what the step computed calls the two (`PreparedStep.tokens_computed`)."""
+
+    def __init__(self, jitted, prepare):
+        self.jitted = jitted
+        self.prepare = prepare
+
+    def execute(self, prepared: PreparedStep):
+        return self.jitted(*prepared.args)
+
+    def __call__(self, *inputs, **keywords):
+        return self.execute(self.prepare(*inputs, **keywords))
 
 
 def make_grad_fn(model_config: ModelConfig, config, mesh: Mesh, compiler_options=None):

@@ -250,8 +250,9 @@ def test_members_with_the_same_params_are_evaluated_once(checkpoint, tmp_path, m
         c.eval.every = c.total_steps
         return c
 
-    calls, evaluate = [], shared._evaluate
-    monkeypatch.setattr(shared, "_evaluate", lambda exp, step, params: calls.append(step) or evaluate(exp, step, params))
+    calls, evaluate = [], shared.evaluate_params
+    monkeypatch.setattr(shared, "evaluate_params",
+                        lambda exp, step, params: calls.append(step) or evaluate(exp, step, params))
     runner.run(config(), str(tmp_path / "once"))
     assert calls == [0, 3, 3]
     monkeypatch.setattr(experiment, "_same_params", lambda states, j, k: False)

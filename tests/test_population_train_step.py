@@ -20,8 +20,11 @@ NAMES = ("lr", "temperature", "kl_beta", "clip_low", "clip_high", "entropy_coef"
 
 
 def _config(lora_rank, **kw):
+    """The members' traced entropy_coef keeps the population step from skipping zero-advantage completions, so the
+    single steps it is compared with compute them too (the entropy metric is then over the same rows)."""
     cfg = config(**kw)
     cfg.model.lora_rank = lora_rank
+    cfg.optim.skip_zero_advantage = False
     return cfg
 
 

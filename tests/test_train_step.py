@@ -118,6 +118,7 @@ def test_kl_beta_zero_never_computes_the_reference(monkeypatch):
     cfg = config(kl_beta=0.0, lr=1e-2)
     cfg.optim.warmup_steps = 4
     cfg.optim.max_grad_norm = 1e-3
+    cfg.optim.skip_zero_advantage = False  # every row's log-probs computed: the mismatch metric reads them all
     state, _ = train_step.init_train_state(CFG, p0, cfg, MESH)
     step = train_step.make_train_step(CFG, cfg, MESH, FAST)
     state, metrics = step(state, None, None, b)  # no reference params exist at all

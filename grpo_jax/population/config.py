@@ -273,3 +273,13 @@ def validate_population_config(config) -> None:
         if not low <= value <= high:
             raise ValueError(f"{hp.MUTABLE[name].path} = {value!r} is outside population.ranges.{name} = "
                              f"{(low, high)!r}: every member starts there")
+
+
+class _PopulationExperimentKind:
+    """The loop (runner.run) runs the first registered kind of experiment that claims a config: this one, the
+    population's (`target`, imported by name when a run asks for it), when population.size >= 2."""
+    target = "grpo_jax.population.experiment:PopulationExperiment"
+    claims = staticmethod(enabled)
+
+
+registry.kind("experiment").register("population", _PopulationExperimentKind)

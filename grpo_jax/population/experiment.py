@@ -1,6 +1,6 @@
-"""The population's experiment loop: K members trained side by side, evaluated on a shared held-out subset, evolved.
+"""The population's experiment: K members trained side by side, evaluated on a shared held-out subset, evolved.
 
-    result = runner.run(config, workdir)      # dispatches here when population.size >= 2 (population.enabled)
+    result = runner.run(config, workdir)      # the loop runs this experiment when population.size >= 2
 
 One step (`PopulationExperiment.step`), the single run's step with a leading member axis (runner.py, "One step"):
   1. the step's P prompts, the same for every member (`task.train_batch(seed, step, P)`);
@@ -39,16 +39,14 @@ data x fsdp as in a single run).
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import config_base, distributed, evaluation, experiment as shared, metrics as metrics_lib, sharding
-from grpo_jax.checkpoint import Checkpointer, check_workdir
+from grpo_jax import config_base, evaluation, experiment as shared, sharding
+from grpo_jax.checkpoint import check_workdir
 from grpo_jax.population.evolve import Evolution, evolve
 from grpo_jax.population import lineage, selection
 from grpo_jax.population.config import member_names
@@ -86,7 +84,7 @@ def check_population_run(config, task) -> None:
 
 
 def _population_step(model_config, config, mesh):
-    """The jitted population train step, cached like experiment._cached_train_step. Its key leaves out the population
+    """The jitted population train step, cached (`experiment.cached_program`). Its key leaves out the population
     section (the program reads only `reference_needed` and members_at_once from it), so runs differing only in
     population settings (selection, mutation, init) share one compilation."""
     from grpo_jax.population.config import population_config
@@ -94,13 +92,8 @@ def _population_step(model_config, config, mesh):
     plain = config.copy_and_resolve_references()
     plain.population = population_config()
     key = ("population", model_config, config_base.fingerprint(plain), population_train.reference_needed(config),
-           int(config.population.members_at_once), mesh)
-    cache = shared._TRAIN_STEPS
-    if key not in cache:
-        if len(cache) >= 4:
-            cache.pop(next(iter(cache)))
-        cache[key] = population_train.make_population_train_step(model_config, config, mesh)
-    return cache[key]
+           population_train.traced_loss_fields(config), int(config.population.members_at_once), mesh)
+    return shared.cached_program(key, lambda: population_train.make_population_train_step(model_config, config, mesh))
 
 
 class PopulationExperiment(shared.Experiment):
@@ -120,7 +113,7 @@ class PopulationExperiment(shared.Experiment):
         config_base.validate(config)
         if not config.population.size >= 2:
             raise ValueError(f"PopulationExperiment needs population.size >= 2, got {config.population.size}")
-        task = tasks.get(config.task.name, **shared._task_options(config))
+        task = tasks.get(config.task.name, **shared.task_options(config))
         check_population_run(config, task)  # before loading the model
         policy = self._setup(config, workdir, task)
         self.size = int(config.population.size)
@@ -136,6 +129,8 @@ class PopulationExperiment(shared.Experiment):
         self.rng = population_rng(int(config.seed))
         self.generation = 0
         self.elite = 0
+        self.final_fitness = None
+        self.last_evals = []
         n = int(config.population.fitness_examples) or int(config.eval.num_examples)
         self.fitness_examples = self.task.eval_set(n or None)
         self.fitness_config = config.copy_and_resolve_references()
@@ -149,6 +144,10 @@ class PopulationExperiment(shared.Experiment):
     @property
     def state(self):
         return self.states
+
+    @state.setter
+    def state(self, states):
+        self.states = states
 
     def member_params(self, k: int):
         """Member k's full params (LoRA merged into the base)."""
@@ -176,7 +175,7 @@ class PopulationExperiment(shared.Experiment):
         examples = self.task.train_batch(int(cfg.seed), step, P)
         sampled = sample_members(
             self.sampler, self.model_config, self.states, self.frozen, examples,
-            shared._key(self.base_key, shared.SAMPLE_TAG, step), group_size=G,
+            shared.step_key(self.base_key, shared.SAMPLE_TAG, step), group_size=G,
             max_new_tokens=int(cfg.rollout.max_new_tokens),
             temperature=[float(self._value(k, "temperature", cfg.rollout.temperature)) for k in range(self.size)],
             top_p=[float(self._value(k, "top_p", cfg.rollout.top_p)) for k in range(self.size)],
@@ -191,10 +190,8 @@ class PopulationExperiment(shared.Experiment):
         traced = {name: np.asarray([h[name] for h in self.hyperparameters], np.float32)
                   for name in self.names if name in population_train.TRAIN_HYPERPARAMETERS}
         t1 = time.time()
-        args = self.train_step.prepare(self.states, self.frozen, self.ref, batches, traced)
-        plan = args[3].get("pack_source", args[3]["completions"])  # [K, ...]: each member's packed rows or rows
-        train_computed = int(np.prod(plan.shape[1:]))  # one member's positions per pass, padding included
-        self.states, train_metrics = self.train_step.jitted(*args)
+        prepared = self.train_step.prepare(self.states, self.frozen, self.ref, batches, traced)
+        self.states, train_metrics = self.train_step.execute(prepared)
         train_metrics = {k: np.asarray(v, np.float64) for k, v in jax.device_get(train_metrics).items()}
         t_train = time.time() - t1
         generated = sum(m.generated for m in members)
@@ -207,7 +204,7 @@ class PopulationExperiment(shared.Experiment):
             row["sampler/time"], row["train/time"] = t_sample, t_train  # the population's joint calls
             row["train/completion_width"] = width
             row["train/tokens"] = m.tokens
-            row["train/tokens_computed"] = train_computed
+            row["train/tokens_computed"] = prepared.tokens_computed  # one member's positions per pass
             row["sampler/tokens_per_s"] = generated / max(t_sample, 1e-9)  # all members' tokens, one call
             if computed is not None:
                 row["sampler/tokens_computed"] = computed
@@ -219,7 +216,7 @@ class PopulationExperiment(shared.Experiment):
     def fitness(self, step: int) -> tuple[np.ndarray, list[dict]]:
         """Every member's `population.fitness` on the shared fitness problems with the same key: ([K], K rows)."""
         name = str(self.config.population.fitness)
-        key = shared._key(self.base_key, FITNESS_TAG, step)
+        key = shared.step_key(self.base_key, FITNESS_TAG, step)
         values, rows = [], []
         for k in range(self.size):
             result = evaluation.evaluate(self.sampler, self.member_params(k), self.fitness_examples, key,
@@ -264,6 +261,65 @@ class PopulationExperiment(shared.Experiment):
         self.elite = int(saved["elite"])
 
 
+    # ---------------------------------------------------------------------------------------- the loop's calls
+
+    @property
+    def description(self) -> str:
+        return f"GRPO x{self.size}"
+
+    def begin(self, start: int, meta) -> None:
+        """On resume: the population's host state from the checkpoint's meta, the lineage file cut to its
+        generation; on a fresh start: the lineage file begun with the initial members."""
+        if start:
+            self.restore_meta(meta, f"checkpoint {start} in {self.workdir}")
+            if self.main:
+                lineage.truncate_lineage(self.workdir, self.generation)
+            shared.say(f"resuming the population of {self.size} (generation {self.generation}) from the checkpoint "
+                       f"of step {start} in {self.workdir}", self.main)
+        elif self.main:
+            lineage.truncate_lineage(self.workdir, None)
+            lineage.append_rows(self.workdir, lineage.initial_rows(self.hyperparameters,
+                                                                   init=str(self.config.population.init)))
+
+    def train_results(self, step: int) -> list:
+        return self.step(step)
+
+    def evaluate(self, step: int, writer) -> dict:
+        """Every member's eval rows; returns the elite's metrics (at a fresh start every member is the same policy)."""
+        self.last_evals = _evals(self, step, writer)
+        return self.last_evals[self.elite]
+
+    def headline_eval(self, latest: dict) -> dict:
+        return self.last_evals[self.elite]
+
+    def after_step(self, done: int, writer) -> None:
+        """Every population.evolve_every steps: fitness, selection and mutation, the lineage rows; at the last step
+        the final fitness, which names the elite."""
+        total_steps = int(self.config.total_steps)
+        if not (done == total_steps or done % int(self.config.population.evolve_every) == 0):
+            return
+        fitness, rows = self.fitness(done)
+        for row in rows:
+            writer.write(row)
+        if done == total_steps:
+            self.elite = selection.best(fitness)
+            self.final_fitness = float(fitness[self.elite])
+            shown = " ".join(f"{f:.3f}" for f in fitness)
+            shared.say(f"[population step {done}] final fitness [{shown}]; elite: member {self.elite}", self.main)
+            return
+        evo = self.evolve(fitness, done)
+        if self.main:
+            lineage.append_rows(self.workdir, evo.rows)
+        shared.say(f"[population step {done}] generation {self.generation}: {_describe(evo, fitness)}", self.main)
+
+    def finish(self, workdir: str):
+        if self.config.checkpoint.export_hf:
+            shared.say(f"exporting the elite, member {self.elite}", self.main)
+        return shared.export_policy_dir(self, workdir)
+
+    def summary(self) -> dict:
+        return {"elite": self.elite, "fitness": self.final_fitness, "generation": self.generation}
+
 def _stack_batches(batches: list[dict], width: int) -> dict:
     """K members' batches (same prompts) -> one dict with a leading member axis, completion columns cut to
     `width` (host arrays: the population runs in one process)."""
@@ -293,119 +349,15 @@ def _evals(exp: PopulationExperiment, step: int, writer) -> list[dict]:
         twin = next((j for j in range(k) if _same_params(exp.states, j, k)), None)
         if twin is None:
             t0 = time.time()
-            result = shared._evaluate(exp, step, exp.member_params(k))
+            result = shared.evaluate_params(exp, step, exp.member_params(k))
             seconds, note = time.time() - t0, ""
         else:
             result, seconds, note = results[twin], 0.0, f" (member {twin}'s params: its result)"
         results.append(result)
-        out.append(shared._write_eval(exp, step, writer, result, seconds, exp.tags(k), note))
+        out.append(shared.write_eval(exp, step, writer, result, seconds, exp.tags(k), note))
     return out
 
 
 def _same_params(states, j: int, k: int) -> bool:
     """Members j and k hold bitwise the same trainable params (adapters, or the full weights)."""
     return all(bool(jnp.array_equal(leaf[j], leaf[k])) for leaf in jax.tree.leaves(states.params))
-
-
-def run_population(config, workdir: str, *, preempt_after: Optional[int] = None,
-                   on_step: Optional[Callable[[dict], None]] = None) -> shared.RunResult:
-    """`runner.run` for a population (see the module docstring); `on_step` is called with each member's row.
-    RunResult.first_eval / last_eval are the best member's eval metrics at step 0 and the elite's at the last
-    eval; RunResult.population holds the elite, its final fitness and the generation count."""
-    workdir = os.path.abspath(workdir)
-    exp = PopulationExperiment(config, workdir)
-    cfg, main = config, exp.main
-    P = int(cfg.rollout.prompts_per_step)
-    total_steps = int(cfg.total_steps)
-    evolve_every = int(cfg.population.evolve_every)
-
-    ckpt = Checkpointer(workdir, keep=int(cfg.checkpoint.keep))
-    start = ckpt.latest_step() or 0
-    if start:
-        exp.states, exp.base_key, meta = shared.restore_checkpoint(ckpt, start, exp.states, exp.base_key,
-                                                                  start * P, workdir)
-        exp.restore_meta(meta, f"checkpoint {start} in {workdir}")
-        if main:
-            lineage.truncate_lineage(workdir, exp.generation)
-        shared._say(f"resuming the population of {exp.size} (generation {exp.generation}) from the checkpoint of "
-                    f"step {start} in {ckpt.directory}", main)
-    elif main:
-        lineage.truncate_lineage(workdir, None)
-        lineage.append_rows(workdir, lineage.initial_rows(exp.hyperparameters, init=str(cfg.population.init)))
-    writer = metrics_lib.MetricsWriter(workdir, cfg, resume_step=start if start else None, enabled=main,
-                                       tensorboard=bool(cfg.logging.tensorboard), wandb_project=cfg.logging.wandb)
-    eval_every = int(cfg.eval.every)
-    first_eval = last_eval = final_fitness = None
-    status = "completed"
-    done = start
-
-    def save(step):
-        ckpt.save(step, exp.states, exp.base_key, data_position=step * P, extra=exp.checkpoint_meta())
-
-    try:
-        with shared._Preemption() as preemption:
-            if eval_every and start == 0:
-                evals = _evals(exp, 0, writer)
-                first_eval = evals[selection.best([e["eval/accuracy"] for e in evals])]
-            progress = shared._progress(start, total_steps, main and cfg.logging.progress)
-            progress.set_description(f"GRPO x{exp.size}")
-            for step in range(start, total_steps):
-                results = exp.step(step)
-                for result in results:
-                    writer.write(result.row)
-                    if on_step is not None:
-                        on_step(result.row)
-                progress.update(1)
-                progress.set_postfix(reward=f"{max(r.row['reward'] for r in results):.3f}",
-                                     step_time=f"{results[0].row['step_time']:.1f}s")
-                done = step + 1
-                if eval_every and (done % eval_every == 0 or done == total_steps):
-                    samples = results[0].samples
-                    if samples and cfg.logging.num_samples:
-                        table = evaluation.format_table(samples, ("prompt", "completion", "reward", "advantage"))
-                        shared._say(f"[train step {done} member 0] sample completions:\n{table}", main)
-                        writer.write_text("train/samples", table, done)
-                    evals = _evals(exp, done, writer)
-                    last_eval = evals[exp.elite]
-                if done == total_steps or done % evolve_every == 0:
-                    fitness, rows = exp.fitness(done)
-                    for row in rows:
-                        writer.write(row)
-                    if done == total_steps:
-                        exp.elite = selection.best(fitness)
-                        final_fitness = float(fitness[exp.elite])
-                        if eval_every:
-                            last_eval = evals[exp.elite]
-                        shown = " ".join(f"{f:.3f}" for f in fitness)
-                        shared._say(f"[population step {done}] final fitness [{shown}]; elite: member {exp.elite}",
-                                    main)
-                    else:
-                        evo = exp.evolve(fitness, done)
-                        if main:
-                            lineage.append_rows(workdir, evo.rows)
-                        shared._say(f"[population step {done}] generation {exp.generation}: "
-                                    f"{_describe(evo, fitness)}", main)
-                stop = distributed.any_process(preemption.requested or preempt_after == done)
-                every = int(cfg.checkpoint.every)
-                if stop or done == total_steps or (every and done % every == 0):
-                    save(done)
-                if stop and done < total_steps:
-                    status = "preempted"
-                    shared._say(f"preempted: saved the checkpoint of step {done}; run the same command to resume",
-                                main)
-                    break
-            progress.close()
-        if status == "completed" and total_steps > 0 and ckpt.latest_step() != total_steps:
-            save(total_steps)
-    finally:
-        ckpt.close()
-        writer.close()
-    export_path, plots = None, []
-    if status == "completed":
-        if cfg.checkpoint.export_hf:
-            shared._say(f"exporting the elite, member {exp.elite}", main)
-        export_path = shared._export(exp, workdir)
-        plots = shared._plots(workdir, main and cfg.logging.plots)
-    result = shared.RunResult(status, done, workdir, first_eval, last_eval, plots, export_path)
-    result.population = {"elite": exp.elite, "fitness": final_fitness, "generation": exp.generation}
-    return result

@@ -158,8 +158,9 @@ def _check_hyperparameters(hyperparameters, k: int, use_kl: bool) -> dict:
 
 
 def make_population_train_step(model_config: ModelConfig, config, mesh, compiler_options=None):
-    """fn(states, frozen, ref_params, batches, hyperparameters) -> (states, metrics): every member's
-    loss.num_iterations updates in one jitted call (`states` donated); metrics as the single step's, each [K].
+    """A `train_step.TrainStep`: step(states, frozen, ref_params, batches, hyperparameters) -> (states, metrics),
+    every member's loss.num_iterations updates in one jitted call (`states` donated); metrics as the single
+    step's, each [K].
     See the module docstring for the arguments."""
     program = train_step.build_program(model_config, config, mesh, use_kl=reference_needed(config),
                                        traced=traced_loss_fields(config))
@@ -183,7 +184,7 @@ def make_population_train_step(model_config: ModelConfig, config, mesh, compiler
                                                   batch_sh, rep),
                      out_shardings=(states_sh, None), donate_argnums=(0,), compiler_options=compiler_options)
 
-    def prepare(states, frozen, ref_params, batches: dict, hyperparameters) -> tuple:
+    def prepare(states, frozen, ref_params, batches: dict, hyperparameters=None) -> train_step.PreparedStep:
         """Checks the arguments (clear ValueErrors), makes each member's packing plan with a common R, and places
         everything on the mesh: the jitted program's inputs."""
         k = num_members(states)
@@ -200,12 +201,8 @@ def make_population_train_step(model_config: ModelConfig, config, mesh, compiler
                    for m, c in zip(members, checked)]
         stacked = {key: _stack([c[key] for c in checked]) for key in checked[0]}
         values = _check_hyperparameters(hyperparameters, k, use_kl)
-        return (states, *program.place(frozen, ref_params), jax.device_put(stacked, batch_sh),
+        args = (states, *program.place(frozen, ref_params), jax.device_put(stacked, batch_sh),
                 jax.device_put(values, rep))
+        return train_step.PreparedStep(args, train_step.tokens_computed(checked[0]))
 
-    def population_step(states, frozen, ref_params, batches: dict, hyperparameters=None):
-        return jitted(*prepare(states, frozen, ref_params, batches, hyperparameters))
-
-    population_step.jitted = jitted
-    population_step.prepare = prepare
-    return population_step
+    return train_step.TrainStep(jitted, prepare)
