@@ -18,7 +18,7 @@ same command, 2-core AMD EPYC, one after the other: 9m04s, 57.5% -> 79.0%, again
 
 from __future__ import annotations
 
-from grpo_jax import config_base
+from grpo_jax import config as config_lib
 
 ARGS = ("", "tiny")
 
@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
     arg = arg or ""
     if arg not in ARGS:
         raise ValueError(f"configs/default.py: unknown arg {arg!r}; valid: {ARGS}")
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.seed = 0
     c.total_steps = 30
 
@@ -65,6 +65,6 @@ def get_config(arg: str | None = None):
     c.checkpoint.keep = 1
 
     if arg == "tiny":
-        config_base.smoke_test(c, max_new_tokens=8)
+        config_lib.smoke_test(c, max_new_tokens=8)
         c.rollout.group_size = 2
     return c

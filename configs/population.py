@@ -27,7 +27,8 @@ benchmark compares with.
 
 from __future__ import annotations
 
-from grpo_jax import config_base, population
+from grpo_jax import config as config_lib
+from grpo_jax import population
 
 ARGS = ("", "tiny", "single=K", "tiny,single=K")
 
@@ -49,7 +50,7 @@ def get_config(arg: str | None = None):
 
 
 def _population(tiny: bool):
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.seed = 0
     c.total_steps = 24
 
@@ -95,7 +96,7 @@ def _population(tiny: bool):
     c.checkpoint.keep = 1
 
     if tiny:
-        config_base.smoke_test(c, max_new_tokens=8)
+        config_lib.smoke_test(c, max_new_tokens=8)
         c.population.size = 2
         c.population.evolve_every = 1
         c.population.fitness_examples = 8

@@ -34,7 +34,7 @@ drifts. Not tried: a larger model (the demo must run offline with the embedded 1
 
 from __future__ import annotations
 
-from grpo_jax import config_base
+from grpo_jax import config as config_lib
 
 # setting -> what it tries (each differs from `plain`, the default recipe of configs/default.py, as _apply says)
 SETTINGS = {
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None):
     arg = arg or ""
     if arg not in ARGS:
         raise ValueError(f"configs/reasoning.py: unknown arg {arg!r}; valid: {ARGS}")
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.seed = 0
     c.total_steps = 30
     c.model.path = "smollm2-135m-instruct"
@@ -92,7 +92,7 @@ def get_config(arg: str | None = None):
     c.logging.num_samples = 8           # DIR/eval_samples.jsonl: python -m experiments.samples DIR
     _apply(c, DEFAULT if arg in ("", "tiny") else arg)
     if arg == "tiny":
-        config_base.smoke_test(c, max_new_tokens=8)
+        config_lib.smoke_test(c, max_new_tokens=8)
         c.rollout.group_size = 2
     return c
 

@@ -19,7 +19,8 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
-from grpo_jax import advantages, config_base, distributed, evaluation, sharding
+from grpo_jax import config as config_lib
+from grpo_jax import advantages, distributed, evaluation, sharding
 from grpo_jax.checkpoint import check_workdir, export_policy
 
 WIDTH_BUCKET = 16  # the train step's completion width is a multiple of this: a handful of compiled programs
@@ -113,11 +114,11 @@ class Experiment:
         policy (its params seed the state)."""
         from grpo_jax import models, rewards, tasks
 
-        config_base.validate(config)
+        config_lib.validate(config)
         self.config, self.workdir = config, workdir
         self.main = distributed.is_main()
         self.mesh = sharding.make_mesh(config.mesh)
-        config_base.validate_for_mesh(config, self.mesh)
+        config_lib.validate_for_mesh(config, self.mesh)
         check_workdir(workdir, config, write=False)
         self.task = task or tasks.get(config.task.name, **_task_options(config))
         self.reward_fn = rewards.combine(config.rewards.to_dict(), config.reward_options.to_dict())
@@ -172,7 +173,7 @@ def _cached_train_step(model_config, config, mesh):
     run in tests): a new `make_train_step` would compile again."""
     from grpo_jax.train_step import make_train_step
 
-    key = (model_config, config_base.fingerprint(config), mesh)
+    key = (model_config, config_lib.fingerprint(config), mesh)
     if key not in _TRAIN_STEPS:
         if len(_TRAIN_STEPS) >= 4:
             _TRAIN_STEPS.pop(next(iter(_TRAIN_STEPS)))

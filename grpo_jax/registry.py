@@ -20,7 +20,7 @@ Each entry may declare:
   validate  fn(section) -> None, raising ValueError naming the field and value; called (with the type checks of
             `fields`) only when the entry is the one the config selects, once per run;
   presets   {field: value} the entry recommends for fields it shares with others (e.g. a paper's clip bounds),
-            applied by helpers such as `config_defaults.loss_config(variant)`, never silently;
+            applied by helpers such as `grpo_jax.config.loss_config(variant)`, never silently;
   inputs    names of per-row batch arrays the entry reads (a loss variant's extra inputs, e.g. importance
             weights): the train step carries every batch key through its micro-batches, the loss hands these
             to the entry as keyword arguments.

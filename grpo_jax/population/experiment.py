@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import config_base, distributed, evaluation, experiment as shared, metrics as metrics_lib, sharding
+from grpo_jax import config as config_lib
+from grpo_jax import distributed, evaluation, experiment as shared, metrics as metrics_lib, sharding
 from grpo_jax.checkpoint import Checkpointer, check_workdir
 from grpo_jax.population.evolve import Evolution, evolve
 from grpo_jax.population import lineage, selection
@@ -93,7 +94,7 @@ def _population_step(model_config, config, mesh):
 
     plain = config.copy_and_resolve_references()
     plain.population = population_config()
-    key = ("population", model_config, config_base.fingerprint(plain), population_train.reference_needed(config),
+    key = ("population", model_config, config_lib.fingerprint(plain), population_train.reference_needed(config),
            int(config.population.members_at_once), mesh)
     cache = shared._TRAIN_STEPS
     if key not in cache:
@@ -117,7 +118,7 @@ class PopulationExperiment(shared.Experiment):
     def __init__(self, config, workdir: str):
         from grpo_jax import tasks
 
-        config_base.validate(config)
+        config_lib.validate(config)
         if not config.population.size >= 2:
             raise ValueError(f"PopulationExperiment needs population.size >= 2, got {config.population.size}")
         task = tasks.get(config.task.name, **shared._task_options(config))
