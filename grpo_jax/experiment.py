@@ -127,7 +127,7 @@ class Experiment:
         policy = models.load(config.model.path, config.model.dtype, config.model.compute_dtype,
                              with_tokenizer=not config.model.tokenizer)
         self.model_config, self.tokenizer = policy.config, _tokenizer(config, policy)
-        scan = bool(config.model.get("scan_layers", True)) and not bool(config.rollout.get("unrolled_decode", False))
+        scan = bool(config.model.scan_layers) and not bool(config.rollout.unrolled_decode)
         sampler_config = policy.config.replace(attention=str(config.model.attention),  # as the train step's
                                                scan_layers=scan)                       # unless rollout.unrolled_decode
         self.sampler = evaluation.Sampler(sampler_config, self.tokenizer, self.mesh, engine=config.rollout.engine,
@@ -270,7 +270,7 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     t_sample = time.time() - t0
     member = member_batch(exp, examples, sampled, G)
     width = completion_width(member.longest, sampled[1].tokens.shape[1],
-                             packed=bool(cfg.optim.get("pack_completions", True)))
+                             packed=bool(cfg.optim.pack_completions))
     batch = trim_columns(member.batch, width)
     t1 = time.time()
     exp.state, train_metrics = exp.train_step(exp.state, exp.frozen, exp.ref, batch)

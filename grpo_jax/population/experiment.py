@@ -187,7 +187,7 @@ class PopulationExperiment(shared.Experiment):
                    for k, s in enumerate(sampled)]
         columns = int(np.shape(sampled[0][1].tokens)[1])
         width = shared.completion_width(max(m.longest for m in members), columns,
-                                        packed=bool(cfg.optim.get("pack_completions", True)))
+                                        packed=bool(cfg.optim.pack_completions))
         batches = _stack_batches([m.batch for m in members], width)
         traced = {name: np.asarray([h[name] for h in self.hyperparameters], np.float32)
                   for name in self.names if name in population_train.TRAIN_HYPERPARAMETERS}

@@ -159,7 +159,7 @@ def make_population_train_step(model_config: ModelConfig, config, mesh, compiler
     batch_sh = _stacked_sharding(program.batch_sharding)  # [K, rows, ...]: rows over data x fsdp
     rep = sharding.replicated(mesh)
 
-    at_once = int(config.population.get("members_at_once", 1)) if "population" in config else 1
+    at_once = int(config.population.members_at_once)
 
     def population_fn(states, frozen, ref_params, batches, hyperparameters):
         def one(args):
