@@ -574,9 +574,9 @@ def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_opti
     entropy, clip_ratio/*, ratio/*, and the variant's own), combined over micro-batches and the mu iterations by
     each one's declared reduction (ratio/max and ratio/min: max / min), plus grad_norm (before clipping),
     learning_rate, and logp_mismatch/max, logp_mismatch/mean = max / mean |old_logps - trainer log-probs| over
-    valid tokens at the first iteration. `compiler_options` go to `jax.jit` (tests pass
-    {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}: ~3x quicker compilation of a
-    tiny model on CPU)."""
+    valid tokens at the first iteration. `compiler_options` go to `jax.jit` (the tests pass
+    {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False} so that their tiny programs
+    compile quicker on CPU)."""
     program = build_program(model_config, config, mesh)
 
     def step_fn(state, frozen, ref_params, batch):
