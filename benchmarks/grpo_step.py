@@ -56,9 +56,9 @@ from benchmarks.trl_reference import Settings
 
 def grpo_jax_config(settings: Settings, total_steps: int):
     """The grpo_jax ConfigDict equivalent to `settings` (the TRL mapping is in trl_reference's docstring)."""
-    from grpo_jax import config_base
+    from grpo_jax import config as config_lib
 
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.seed = settings.seed
     c.total_steps = total_steps
     c.model.path = settings.model
@@ -91,7 +91,7 @@ def grpo_jax_config(settings: Settings, total_steps: int):
     c.optim.b1, c.optim.b2 = 0.9, settings.adam_b2
     c.optim.max_grad_norm = settings.max_grad_norm
     c.optim.micro_batch_size = settings.micro_batch_size
-    config_base.validate(c)
+    config_lib.validate(c)
     return c
 
 

@@ -74,14 +74,15 @@ def run_one(args) -> dict:
     import jax
     import numpy as np
 
-    from grpo_jax import config_base, logprobs, sharding, train_step
+    from grpo_jax import config as config_lib
+    from grpo_jax import logprobs, sharding, train_step
 
     rate_before = machine.matmul_rate(args.matmul_size)
     t = time.perf_counter()
     model_config, params, _ = load_policy(args.model)
     load_s = time.perf_counter() - t
 
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.model.path = args.model
     c.model.lora_rank = args.lora_rank
     c.model.remat = args.remat

@@ -18,7 +18,7 @@ weights (FSDP) instead of replicating them. `cpu` runs SmolLM2-135M for 2 short 
 
 from __future__ import annotations
 
-from grpo_jax import config_base
+from grpo_jax import config as config_lib
 
 ARGS = ("", "3b", "0.5b", "cpu")
 MODELS = {"": "Qwen/Qwen2.5-3B-Instruct", "3b": "Qwen/Qwen2.5-3B-Instruct", "0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
@@ -29,7 +29,7 @@ def get_config(arg: str | None = None):
     arg = arg or ""
     if arg not in ARGS:
         raise ValueError(f"configs/countdown.py: unknown arg {arg!r}; valid: {ARGS}")
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.seed = 42
     c.total_steps = 450
 
@@ -64,5 +64,5 @@ def get_config(arg: str | None = None):
     c.checkpoint.keep = 3
 
     if arg == "cpu":
-        config_base.smoke_test(c)
+        config_lib.smoke_test(c)
     return c

@@ -3,22 +3,14 @@
     make demo                     # = python -m experiments.demo (trains this config into ./runs/demo)
     python -m experiments.train --config configs/default.py --workdir runs/demo
 
-Measured (2026-11-26, commit 505bc9d, fresh clone, 2-core AMD EPYC VM, 24 GiB, no GPU, no network):
-`time make demo` = 8m53s in all (venv + installs ~1.2 min, load + compile ~0.5 min, 30 steps at ~13 s each,
-two held-out evals); held-out greedy accuracy on 200 problems 57.5% (step 0) -> 79.0% (step 30); training reward
-0.11 -> 0.94 (sampled at temperature 1). Two runs here gave identical numbers (CPU runs are deterministic; another
-CPU model may round differently).
-Re-measured 2026-12-02 (commit 4ad8dc8's code, packed train step, same VM type): `python -m experiments.train
---config configs/default.py --workdir runs/demo` 9m41s, 57.5% -> 77.5%.
-Re-measured 2026-12-02 with optim.skip_zero_advantage (groups whose 8 rewards are all equal are not computed),
-same command, 2-core AMD EPYC, one after the other: 9m04s, 57.5% -> 79.0%, against 9m45s, 57.5% -> 79.0% for
-0764f65 (before the packed train step); train phase 347 s vs 392 s over the 30 steps.
+About 9 minutes on a 2-core AMD EPYC VM (30 steps and two held-out evals of 200 problems; `make demo` adds
+~1 min of installs); the measured accuracies and wall times, with their commits: README and docs/performance.md.
 `--config configs/default.py:tiny` is a 2-step smoke version (a few prompts, 8 held-out problems).
 """
 
 from __future__ import annotations
 
-from grpo_jax import config_base
+from grpo_jax import config as config_lib
 
 ARGS = ("", "tiny")
 
@@ -27,7 +19,7 @@ def get_config(arg: str | None = None):
     arg = arg or ""
     if arg not in ARGS:
         raise ValueError(f"configs/default.py: unknown arg {arg!r}; valid: {ARGS}")
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.seed = 0
     c.total_steps = 30
 
@@ -64,6 +56,6 @@ def get_config(arg: str | None = None):
     c.checkpoint.keep = 1
 
     if arg == "tiny":
-        config_base.smoke_test(c, max_new_tokens=8)
+        config_lib.smoke_test(c, max_new_tokens=8)
         c.rollout.group_size = 2
     return c

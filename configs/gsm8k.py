@@ -21,7 +21,7 @@ largest matmul, so the trainer's log-probs are chunked over positions as for eve
 
 from __future__ import annotations
 
-from grpo_jax import config_base
+from grpo_jax import config as config_lib
 
 ARGS = ("", "0.5b", "1.5b", "gemma3-1b", "cpu")
 MODELS = {"": "Qwen/Qwen2.5-0.5B-Instruct", "0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
     arg = arg or ""
     if arg not in ARGS:
         raise ValueError(f"configs/gsm8k.py: unknown arg {arg!r}; valid: {ARGS}")
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.seed = 0
     c.total_steps = 500
 
@@ -68,7 +68,7 @@ def get_config(arg: str | None = None):
     c.checkpoint.keep = 3
 
     if arg == "cpu":  # offline: the small GSM8K-format files of the test suite stand in for the hub
-        config_base.smoke_test(c)
+        config_lib.smoke_test(c)
         c.task.train_file = "tests/fixtures/gsm8k_train.jsonl"
         c.task.test_file = "tests/fixtures/gsm8k_test.jsonl"
         c.task.eval_size = 4

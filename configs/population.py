@@ -11,15 +11,10 @@ the members are scored on the same first `population.fitness_examples` held-out 
 tournament selection keeps the elite and refills the rest, and a mutation moves a learning rate or a sampling
 temperature. DIR/population.jsonl is the lineage; the elite is exported to DIR/export at the end.
 
-Measured 2026-12-02 (`python -m benchmarks population`, commit 32e780f, a quiet 2-core AMD EPYC VM, 24 GiB, no GPU;
-the line is in benchmarks/results.jsonl): this run took 1540 s (25.7 min: 24 steps at ~45 s, every member's eval
-of the 200 held-out problems at the start and the end, fitness on 64 at steps 8, 16 and 24). Held-out greedy
-accuracy went from 57.5% to 75.0% for the elite, member 1 (members 72.5 / 75.0 / 74.0 / 72.5%). Two evolutions
-moved the others onto member 1's lr 2.15e-4 with temperatures 0.8 / 1.2 / 1.44. The four starting learning rates
-trained alone for the same 24 steps (`:single=k`) reached 69.5% (1e-4), 73.5% (2.15e-4), 65.0% (4.64e-4) and 54.5%
-(1e-3), in 1369 s together: the population cost 1.13x their wall time and its elite beat the best of them by 1.5
-points. That run vmapped the members' updates (5.8x one member's update); with `population.members_at_once=1`
-(the default since) a population step costs 3.21x one member's step (`--cost-only`: 34.9 s vs 10.9 s).
+About 26 minutes on a 2-core AMD EPYC VM with the members' updates vmapped (24 steps, every member's eval of the
+200 held-out problems at the start and the end, fitness on 64 at steps 8, 16 and 24); the measured accuracies
+beside the single learning rates, with their commit and machine: docs/performance.md (raw lines in
+benchmarks/results.jsonl).
 Args (comma-separated): `tiny`, a 2-step smoke version (2 members, 8 held-out problems); `single=k`, the same
 experiment with the population off and member k's starting hyperparameters (its learning rate): the single runs the
 benchmark compares with.
@@ -27,7 +22,8 @@ benchmark compares with.
 
 from __future__ import annotations
 
-from grpo_jax import config_base, population
+from grpo_jax import config as config_lib
+from grpo_jax import population
 
 ARGS = ("", "tiny", "single=K", "tiny,single=K")
 
@@ -49,7 +45,7 @@ def get_config(arg: str | None = None):
 
 
 def _population(tiny: bool):
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.seed = 0
     c.total_steps = 24
 
@@ -95,7 +91,7 @@ def _population(tiny: bool):
     c.checkpoint.keep = 1
 
     if tiny:
-        config_base.smoke_test(c, max_new_tokens=8)
+        config_lib.smoke_test(c, max_new_tokens=8)
         c.population.size = 2
         c.population.evolve_every = 1
         c.population.fitness_examples = 8

@@ -1,4 +1,4 @@
-"""Multi-step arithmetic (issue 19): three one-digit operands with + - *, e.g. "4 - 2 * 2", 200 held-out problems,
+"""Multi-step arithmetic, the open goal: three one-digit operands with + - *, e.g. "4 - 2 * 2", 200 held-out problems,
 rewarded only for the final answer (task `arithmetic`: the last <answer> block, or else the last number).
 
     python -m experiments.train --config configs/reasoning.py:SETTING --workdir runs/reasoning
@@ -10,14 +10,14 @@ asked for the steps (`task.steps`) it answers 10%, writing '=' chains whose valu
 SETTINGS are the formulations tried, each a config arg; '' is the best of them (pm_mix), `tiny` its 2-step smoke
 version.
 
-NO SETTING LEARNS (the bounded sweep of issue 19; 2026-12-02, 2-core Intel Xeon VM, 24 GiB, no GPU; each row
+NO SETTING LEARNS (a bounded sweep; 2026-12-02, 2-core Intel Xeon VM, 24 GiB, no GPU; each row
 `python -m benchmarks reasoning_sweep --settings NAME --steps 20 --eval-examples 100`, greedy held-out accuracy on
 the first 100 held-out problems at step 0 and step 20; two runs at a time, so step times are not comparable;
 steps_lora and steps_mix were run as the same overrides through experiments.train, before the command existed):
 
 | setting    | held-out acc. | intermediate rate | train reward (first -> last quarter) |
 |------------|---------------|-------------------|--------------------------------------|
-| plain      | 3% -> 4%      | -                 | 0.02 .. 0.23 (the issue's run: 24 steps) |
+| plain      | 3% -> 4%      | -                 | 0.02 .. 0.23 (a first run of 24 steps) |
 | steps_lora | 10% -> 9%     | 27% -> 18%        | 0.06 -> 0.03; completions grow to the 48-token cap |
 | steps_mix  | 10% -> 11%    | 27% -> 24%        | 0.21 -> 0.31 (2-operand problems); answers shrink to one jump, 29 -> 12 tokens |
 | steps      | 10% -> 6%     | 27% -> 3%         | 0.08 -> 0.08 |
@@ -29,12 +29,12 @@ What the sweep says: the model's one-digit operations are themselves mostly wron
 rarely holds a right answer (training reward ~0.05-0.1, most groups without signal) and the right ones are lucky
 chains, not better reasoning; GRPO then sharpens the shortest answer (steps_mix, as the one-digit demo does) or
 drifts. Not tried: a larger model (the demo must run offline with the embedded 135M), a format or per-step reward
-(the issue asks for the final answer only), per-problem prefills that write the first step.
+(the goal rewards the final answer only), per-problem prefills that write the first step.
 """
 
 from __future__ import annotations
 
-from grpo_jax import config_base
+from grpo_jax import config as config_lib
 
 # setting -> what it tries (each differs from `plain`, the default recipe of configs/default.py, as _apply says)
 SETTINGS = {
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None):
     arg = arg or ""
     if arg not in ARGS:
         raise ValueError(f"configs/reasoning.py: unknown arg {arg!r}; valid: {ARGS}")
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.seed = 0
     c.total_steps = 30
     c.model.path = "smollm2-135m-instruct"
@@ -92,7 +92,7 @@ def get_config(arg: str | None = None):
     c.logging.num_samples = 8           # DIR/eval_samples.jsonl: python -m experiments.samples DIR
     _apply(c, DEFAULT if arg in ("", "tiny") else arg)
     if arg == "tiny":
-        config_base.smoke_test(c, max_new_tokens=8)
+        config_lib.smoke_test(c, max_new_tokens=8)
         c.rollout.group_size = 2
     return c
 

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from grpo_jax import config_base
+from grpo_jax import config as config_lib
 
 RUN_RECORD = "run.json"
 
@@ -43,9 +43,9 @@ class WorkdirMismatchError(ValueError):
 def check_workdir(workdir: str, config, *, write: bool = True) -> None:
     """Refuse a workdir that holds a run of another config; otherwise record this config there (process 0).
 
-    Keys in config_base.RESUMABLE_KEYS (checkpoint / logging cadence) may change between invocations."""
+    Keys in config_lib.RESUMABLE_KEYS (checkpoint / logging cadence) may change between invocations."""
     path = os.path.join(workdir, RUN_RECORD)
-    mine = {"fingerprint": config_base.fingerprint(config), "config": config_base.trajectory_dict(config)}
+    mine = {"fingerprint": config_lib.fingerprint(config), "config": config_lib.trajectory_dict(config)}
     if os.path.exists(path):
         try:
             with open(path) as f:
@@ -53,7 +53,7 @@ def check_workdir(workdir: str, config, *, write: bool = True) -> None:
         except (OSError, json.JSONDecodeError) as e:
             raise WorkdirMismatchError(f"{path}: unreadable run record ({e}); use another --workdir") from None
         if theirs.get("fingerprint") != mine["fingerprint"]:
-            changes = config_base.diff(theirs.get("config", {}), mine["config"])
+            changes = config_lib.diff(theirs.get("config", {}), mine["config"])
             shown = "; ".join(changes[:4]) + (f"; ... ({len(changes)} keys)" if len(changes) > 4 else "")
             raise WorkdirMismatchError(
                 f"workdir {workdir} holds a run of a different config ({shown or 'fingerprint differs'}); "

@@ -3,10 +3,10 @@
 An experiment file (configs/*.py) starts from `base_config()` and changes what it needs:
 
     def get_config(arg=None):
-        config = config.base_config()      # (`grpo_jax.config_base` is the same module)
-        config.task.name = "countdown"
+        c = config_lib.base_config()       # from grpo_jax import config as config_lib
+        c.task.name = "countdown"
         ...
-        return config
+        return c
 
 `base_config()` is assembled from what is registered when it runs (grpo_jax.registry): the `loss` section holds
 the core fields declared by `grpo_jax.losses` and `grpo_jax.advantages` plus every registered loss variant's,
@@ -47,6 +47,22 @@ keys. The other sections are defined here:
   eval.pass_k               k of pass@k (0 = off); eval.num_samples samples per problem (>= pass_k)
   checkpoint.every / keep   save every N steps (0 = only at the end / on SIGTERM); keep the last `keep`
   logging.*                 tensorboard, wandb (a project name, '' = off), progress bar, sample table size
+
+`loss_config(variant)` is the `loss` section alone (every declared field with its default: GRPO as in DeepSeekMath
+/ TRL) with `loss.variant = variant` and that variant's presets (its paper's clip bounds, PAPER_CLIP_BOUNDS)
+applied:
+
+  - GRPO (DeepSeekMath, Shao et al. 2024) / PPO (Schulman et al. 2017): (0.2, 0.2); DAPO's clip-higher (0.2, 0.28);
+  - GSPO (Zheng et al. 2025, sec. 5.1): the sequence-level ratio is a geometric mean, so it stays close to 1; the
+    paper clips at 3e-4 (left) and 4e-4 (right);
+  - CISPO (MiniMax 2025, sec. 3.1): no lower bound, clip_low = 1.0; clip_high = 4.0, i.e. the absolute cap 5.0
+    TRL's documentation recommends (see grpo_jax/losses/cispo.py).
+
+Overriding only `--config.loss.variant=...` on the command line keeps the clip values the config file set; an
+ablation config for GSPO or CISPO sets the clip values from PAPER_CLIP_BOUNDS (configs/ablations/gspo.py). Each
+loss field's meaning is documented where it is declared: grpo_jax/losses/objective.py (core), losses/ppo.py
+(clip_low, clip_high, dual_clip), grpo_jax/advantages/__init__.py (advantage_*, std_eps, drop_zero_std_groups),
+and each plug-in's module for its own fields.
 """
 
 from __future__ import annotations
@@ -73,6 +89,29 @@ RESUMABLE_KEYS = ("checkpoint", "logging", "eval.every")
 def loss_section() -> ml_collections.ConfigDict:
     """The `loss` section: every field declared for it (core and registered plug-ins), with its default."""
     return ml_collections.ConfigDict(registry.section_fields("loss"))
+
+
+def _paper_clip_bounds() -> dict:
+    out = {}
+    for entry in losses.VARIANTS.entries():
+        if "clip_low" in entry.presets and "clip_high" in entry.presets:
+            out[entry.name] = (entry.presets["clip_low"], entry.presets["clip_high"])
+    return out
+
+
+# variant -> (clip_low, clip_high) as used in the paper that introduced it (the built-in variants' presets).
+PAPER_CLIP_BOUNDS = _paper_clip_bounds()
+
+
+def loss_config(variant: str = "grpo") -> ml_collections.ConfigDict:
+    """The `loss` ConfigDict: every declared field's default, `variant`, and the variant's presets."""
+    if variant not in losses.VARIANTS:
+        raise ValueError(f"loss_config: unknown variant {variant!r}; known: {losses.VARIANTS.names()}")
+    cfg = loss_section()
+    cfg.variant = variant
+    for field, value in losses.VARIANTS.entry(variant).presets.items():
+        cfg[field] = value
+    return cfg
 
 
 def base_config() -> ml_collections.ConfigDict:

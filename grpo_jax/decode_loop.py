@@ -56,8 +56,8 @@ from grpo_jax.models.config import ModelConfig
 
 MIN_BUCKET = 8            # the smallest compacted batch (rows); never below the number of data shards
 # `generate(compact=None)` compacts only from this many new tokens on: each rung of the ladder is one more compiled
-# loop body, which a rollout of fewer decode steps does not win back (a demo-sized 16-token rollout compiled ~2.7x
-# longer with compaction, and compacting can skip at most half of its 15 steps).
+# loop body, which a rollout of fewer decode steps does not win back (compacting can skip at most half of its steps;
+# docs/performance.md has the compile-time measurement).
 COMPACT_MIN_NEW_TOKENS = 64
 _FIRST_PHASE_SLOTS = 64   # cache slots of the decode loop's first phase (see `cache_phases`)
 
@@ -70,7 +70,7 @@ def cache_phases(max_new_tokens: int, first: int = _FIRST_PHASE_SLOTS) -> tuple:
     slots where t are written. Phase k runs the steps that write slots [phases[k-1], phases[k]) with a cache of
     phases[k] slots (the previous one padded once), so a step reads at most twice the slots it needs, and a run
     that ends early never allocates the larger caches. Each phase is one more compiled loop body; a last phase
-    shorter than a quarter of the one before is merged into it. (README, Performance: what this saves.)"""
+    shorter than a quarter of the one before is merged into it. (docs/performance.md: what this saves.)"""
     def up16(x):
         return -(-x // 16) * 16
     total = up16(max(max_new_tokens - 1, 1))

@@ -21,7 +21,8 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
-from grpo_jax import advantages, config_base, distributed, evaluation, registry, sharding
+from grpo_jax import config as config_lib
+from grpo_jax import advantages, distributed, evaluation, registry, sharding
 from grpo_jax.checkpoint import check_workdir, export_policy
 
 # Kinds of experiment besides one policy: name -> an object with `claims(config) -> bool` and `target`
@@ -119,11 +120,11 @@ class Experiment:
         policy (its params seed the state)."""
         from grpo_jax import models, rewards, tasks
 
-        config_base.validate(config)
+        config_lib.validate(config)
         self.config, self.workdir = config, workdir
         self.main = distributed.is_main()
         self.mesh = sharding.make_mesh(config.mesh)
-        config_base.validate_for_mesh(config, self.mesh)
+        config_lib.validate_for_mesh(config, self.mesh)
         check_workdir(workdir, config, write=False)
         self.task = task or tasks.get(config.task.name, **task_options(config))
         self.reward_fn = rewards.combine(config.rewards.to_dict(), config.reward_options.to_dict())
@@ -132,7 +133,7 @@ class Experiment:
         policy = models.load(config.model.path, config.model.dtype, config.model.compute_dtype,
                              with_tokenizer=not config.model.tokenizer)
         self.model_config, self.tokenizer = policy.config, _tokenizer(config, policy)
-        scan = bool(config.model.get("scan_layers", True)) and not bool(config.rollout.get("unrolled_decode", False))
+        scan = bool(config.model.scan_layers) and not bool(config.rollout.unrolled_decode)
         sampler_config = policy.config.replace(attention=str(config.model.attention),  # as the train step's
                                                scan_layers=scan)                       # unless rollout.unrolled_decode
         self.sampler = evaluation.Sampler(sampler_config, self.tokenizer, self.mesh, engine=config.rollout.engine,
@@ -223,7 +224,7 @@ def cached_program(key, build):
 def _cached_train_step(model_config, config, mesh):
     from grpo_jax.train_step import make_train_step
 
-    return cached_program((model_config, config_base.fingerprint(config), mesh),
+    return cached_program((model_config, config_lib.fingerprint(config), mesh),
                           lambda: make_train_step(model_config, config, mesh))
 
 
@@ -316,7 +317,7 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     t_sample = time.time() - t0
     member = member_batch(exp, examples, sampled, G)
     width = completion_width(member.longest, sampled[1].tokens.shape[1],
-                             packed=bool(cfg.optim.get("pack_completions", True)))
+                             packed=bool(cfg.optim.pack_completions))
     batch = trim_columns(member.batch, width)
     t1 = time.time()
     prepared = exp.train_step.prepare(exp.state, exp.frozen, exp.ref, batch)

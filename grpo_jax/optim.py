@@ -82,7 +82,7 @@ def validate_optim_config(optim_cfg) -> None:
     if optim_cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown optim.schedule {optim_cfg.schedule!r}; valid: {', '.join(map(repr, SCHEDULES))}")
     for name in ("b1", "b2"):
-        value = optim_cfg.get(name, 0.9)
+        value = optim_cfg[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
             raise ValueError(f"optim.{name} must be in [0, 1), got {value!r}")
 
@@ -122,6 +122,6 @@ def make_optimizer(optim_cfg, total_steps: int, lr=None) -> optax.GradientTransf
     max_norm = float(_nonneg(optim_cfg, "max_grad_norm"))
     wd = float(_nonneg(optim_cfg, "weight_decay"))
     clip = optax.clip_by_global_norm(max_norm) if max_norm > 0 else optax.identity()
-    adam = optax.adamw(make_schedule(optim_cfg, total_steps, lr), b1=float(optim_cfg.get("b1", 0.9)),
-                       b2=float(optim_cfg.get("b2", 0.99)), weight_decay=wd, mask=_decay_mask if wd else None)
+    adam = optax.adamw(make_schedule(optim_cfg, total_steps, lr), b1=float(optim_cfg.b1),
+                       b2=float(optim_cfg.b2), weight_decay=wd, mask=_decay_mask if wd else None)
     return optax.chain(clip, adam)

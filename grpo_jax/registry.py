@@ -20,7 +20,7 @@ Each entry may declare:
   validate  fn(section) -> None, raising ValueError naming the field and value; called (with the type checks of
             `fields`) only when the entry is the one the config selects, once per run;
   presets   {field: value} the entry recommends for fields it shares with others (e.g. a paper's clip bounds),
-            applied by helpers such as `config_defaults.loss_config(variant)`, never silently;
+            applied by helpers such as `grpo_jax.config.loss_config(variant)`, never silently;
   vanishes_at_zero_advantage
             a loss term's word about itself (loss variants, KL estimators): True when, for a completion whose
             advantage is exactly 0, its per-token loss is 0 whatever the log-probs (so is its gradient); the

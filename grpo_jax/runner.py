@@ -5,14 +5,16 @@
 One step (`Experiment.step`, grpo_jax/experiment.py; docs/design.md, "Data flow"):
   1. the step's P prompts: examples step*P ... step*P + P - 1 of the task's seeded stream (`task.train_batch`), so
      the data position is a function of the step;
-  2. chat template + prefill -> left-padded tokens -> `sampling.generate`: G completions per prompt with key
-     fold_in(PRNGKey(seed), step);
+  2. chat template + prefill -> left-padded tokens -> the rollout engine (`sampling.generate`): G completions per
+     prompt with key fold_in(fold_in(PRNGKey(seed), SAMPLE_TAG = 0), step) (experiment.py; eval draws use
+     EVAL_TAG = 1);
   3. decode the completions this process holds, score them with the config's rewards (TRL signature), gather
      the rewards [P, G] of every process;
   4. advantages (`advantages.group_advantages`) and reward statistics (`group_stats`);
   5. the train step: loss.num_iterations updates over micro-batches, with the sampler's log-probs as old log-probs,
      on the completion columns the batch needs (`completion_width`: its longest completion rounded up to a
-     multiple of 16), not all rollout.max_new_tokens of them;
+     multiple of 16, with optim.pack_completions (the default) to 16 times a power of two, at most
+     rollout.max_new_tokens), not all rollout.max_new_tokens of them;
   6. a metrics row (TRL's names), the progress bar, eval every eval.every steps (and at the start and the end),
      a checkpoint every checkpoint.every steps (and at the end).
 

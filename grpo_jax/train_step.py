@@ -109,10 +109,10 @@ def _settings(config, use_kl=None, traced=()) -> _Settings:
     member hyperparameters), which the zero-advantage skip must treat as possibly non-zero."""
     losses.ensure_valid(config.loss)  # a no-op after the run's validation (config.validate)
     model = config.model
-    rank = int(model.get("lora_rank", 0))
+    rank = int(model.lora_rank)
     if rank < 0:
         raise ValueError(f"model.lora_rank must be >= 0 (0 = full finetuning), got {rank}")
-    micro = config.optim.get("micro_batch_size", 0)
+    micro = config.optim.micro_batch_size
     if isinstance(micro, bool) or not isinstance(micro, (int, np.integer)) or micro < 0:
         raise ValueError(f"optim.micro_batch_size must be an integer >= 0 (0 = whole batch), got {micro!r}")
     group = int(config.rollout.group_size)
@@ -124,24 +124,24 @@ def _settings(config, use_kl=None, traced=()) -> _Settings:
     skip = resolve_skip_zero_advantage(config, use_kl, traced)
     return _Settings(
         group_size=group,
-        temperature=float(config.rollout.get("temperature", 1.0)),
+        temperature=float(config.rollout.temperature),
         norm_length=int(config.rollout.max_new_tokens),
         num_iterations=mu,
         micro_batch_size=int(micro),
         lora_rank=rank,
-        lora_alpha=float(model.get("lora_alpha", None) or 2.0 * rank),
-        lora_targets=tuple(model.get("lora_targets", lora.DEFAULT_TARGETS)),
+        lora_alpha=float(model.lora_alpha or 2.0 * rank),
+        lora_targets=tuple(model.lora_targets),
         kl_beta=float(config.loss.kl_beta),
         use_kl=use_kl,
         exact_kl=use_kl and TOKEN_KL in losses.KL_ESTIMATORS.entry(
             config.loss.kl_estimator).inputs,
         total_updates=max(1, int(config.total_steps)) * mu,
-        remat=bool(model.get("remat", False)),
-        attention=str(model.get("attention", "xla")),
-        scan_layers=bool(model.get("scan_layers", True)),
-        pack_completions=bool(config.optim.get("pack_completions", True)),
+        remat=bool(model.remat),
+        attention=str(model.attention),
+        scan_layers=bool(model.scan_layers),
+        pack_completions=bool(config.optim.pack_completions),
         skip_zero_advantage=skip,
-        seed=int(config.get("seed", 0)),
+        seed=int(config.seed),
     )
 
 
@@ -570,9 +570,9 @@ def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_opti
     entropy, clip_ratio/*, ratio/*, and the variant's own), combined over micro-batches and the mu iterations by
     each one's declared reduction (ratio/max and ratio/min: max / min), plus grad_norm (before clipping),
     learning_rate, and logp_mismatch/max, logp_mismatch/mean = max / mean |old_logps - trainer log-probs| over
-    valid tokens at the first iteration. `compiler_options` go to `jax.jit` (tests pass
-    {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}: quicker compilation of a tiny
-    model on CPU)."""
+    valid tokens at the first iteration. `compiler_options` go to `jax.jit` (the tests pass
+    {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False} so that their tiny programs
+    compile quicker on CPU)."""
     program = build_program(model_config, config, mesh)
 
     def step_fn(state, frozen, ref_params, batch):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from grpo_jax import advantages
-from grpo_jax.config_defaults import loss_config
+from grpo_jax.config import loss_config
 
 
 def cfg_with(**overrides):

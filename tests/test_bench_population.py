@@ -12,7 +12,8 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import population as bench  # noqa: E402
 from configs import population as population_config  # noqa: E402
-from grpo_jax import config_base, population  # noqa: E402
+from grpo_jax import config as config_lib  # noqa: E402
+from grpo_jax import population  # noqa: E402
 
 
 def _write(path, rows):
@@ -24,12 +25,12 @@ def _write(path, rows):
 
 def test_single_runs_are_the_members_alone():
     pop = population_config.get_config("")
-    config_base.validate(pop)
+    config_lib.validate(pop)
     members = population.initial_hyperparameters(pop)
     assert [m["lr"] for m in members] == pytest.approx([1e-4, 10 ** -3.6667, 10 ** -3.3333, 1e-3], rel=1e-3)
     for k, member in enumerate(members):
         single = population_config.get_config(f"single={k}")
-        config_base.validate(single)
+        config_lib.validate(single)
         assert not population.enabled(single) and single.population.to_dict() == \
             population.population_config().to_dict()
         assert single.optim.lr == pytest.approx(member["lr"]) and single.rollout.temperature == member["temperature"]

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from grpo_jax import config_base
+from grpo_jax import config as config_lib
 from grpo_jax.checkpoint import Checkpointer, WorkdirMismatchError, check_workdir
 from grpo_jax.train_step import TrainState
 
@@ -95,14 +95,14 @@ def test_a_kill_during_a_save_leaves_the_last_good_checkpoint(tmp_path):
 
 
 def test_workdir_of_another_config_is_refused_with_the_difference(tmp_path):
-    config = config_base.base_config()
+    config = config_lib.base_config()
     check_workdir(str(tmp_path), config)
     assert os.path.exists(tmp_path / "run.json") and os.path.exists(tmp_path / "config.json")
     check_workdir(str(tmp_path), config)  # same config: fine
-    cadence = config_base.base_config()
+    cadence = config_lib.base_config()
     cadence.checkpoint.every, cadence.logging.wandb = 3, "my-project"
     check_workdir(str(tmp_path), cadence)  # cadence / logging may change when resuming
-    other = config_base.base_config()
+    other = config_lib.base_config()
     other.rollout.group_size = 4
     with pytest.raises(WorkdirMismatchError, match=r"holds a run of a different config \(rollout.group_size: 8 -> 4\)"):
         check_workdir(str(tmp_path), other)
@@ -111,4 +111,4 @@ def test_workdir_of_another_config_is_refused_with_the_difference(tmp_path):
 def test_checkpoints_without_a_run_record_are_refused(tmp_path):
     os.makedirs(tmp_path / "checkpoints" / "5")
     with pytest.raises(WorkdirMismatchError, match="has checkpoints but no run.json"):
-        check_workdir(str(tmp_path), config_base.base_config())
+        check_workdir(str(tmp_path), config_lib.base_config())

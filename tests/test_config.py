@@ -7,7 +7,8 @@ import types
 
 import pytest
 
-from grpo_jax import config_base, evaluation, metrics
+from grpo_jax import config as config_lib
+from grpo_jax import evaluation, metrics
 
 # The config schema (docs/design.md), key by key.
 SCHEMA = """
@@ -35,10 +36,10 @@ def _get(config, path):
 
 
 def test_base_config_has_every_schema_key_and_validates():
-    c = config_base.base_config()
+    c = config_lib.base_config()
     for key in SCHEMA:
         _get(c, key)  # raises KeyError when missing
-    config_base.validate(c)
+    config_lib.validate(c)
 
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
@@ -47,7 +48,7 @@ def test_experiment_files_validate_with_each_arg(name):
     assert "python -m experiments.train --config configs/" in module.__doc__  # the exact command is on top
     for arg in (None,) + tuple(a for a in getattr(module, "ARGS", ()) if a):
         c = module.get_config(arg)
-        config_base.validate(c)
+        config_lib.validate(c)
         for key in SCHEMA:
             _get(c, key)
     with pytest.raises(ValueError, match="unknown arg"):
@@ -89,20 +90,20 @@ def test_ablations_switch_what_their_name_says():
     ("total_steps", -1, "total_steps must be >= 0"),
 ])
 def test_validate_names_the_bad_key_and_value(path, value, message):
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.eval.pass_k = 4
     parent, _, leaf = path.rpartition(".")
     node = _get(c, parent) if parent else c
     node[leaf] = value
     with pytest.raises(ValueError, match=message):
-        config_base.validate(c)
+        config_lib.validate(c)
 
 
 def test_reward_options_must_name_a_configured_reward():
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.reward_options = {"overlong": {"max_length": 8}}
     with pytest.raises(ValueError, match="reward_options.overlong is set but 'overlong' is not in config.rewards"):
-        config_base.validate(c)
+        config_lib.validate(c)
 
 
 def _mesh(data, fsdp=1, tensor=1):
@@ -110,24 +111,24 @@ def _mesh(data, fsdp=1, tensor=1):
 
 
 def test_batch_must_divide_over_the_mesh():
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.rollout.prompts_per_step, c.rollout.group_size = 6, 4
-    config_base.validate_for_mesh(c, _mesh(2, 3))
+    config_lib.validate_for_mesh(c, _mesh(2, 3))
     with pytest.raises(ValueError, match=r"prompts_per_step = 6 does not divide over the mesh's data x fsdp = 4"):
-        config_base.validate_for_mesh(c, _mesh(2, 2))
+        config_lib.validate_for_mesh(c, _mesh(2, 2))
     c.optim.micro_batch_size = 9
     with pytest.raises(ValueError, match="micro_batch_size = 9 does not divide the step's 24 sequences"):
-        config_base.validate_for_mesh(c, _mesh(1))
+        config_lib.validate_for_mesh(c, _mesh(1))
 
 
 def test_fingerprint_ignores_cadence_but_not_the_experiment():
-    a = config_base.base_config()
-    b = config_base.base_config()
+    a = config_lib.base_config()
+    b = config_lib.base_config()
     b.checkpoint.every, b.logging.progress, b.eval.every = 7, False, 3
-    assert config_base.fingerprint(a) == config_base.fingerprint(b)
+    assert config_lib.fingerprint(a) == config_lib.fingerprint(b)
     b.optim.lr = 2e-5
-    assert config_base.fingerprint(a) != config_base.fingerprint(b)
-    assert config_base.diff(config_base.trajectory_dict(a), config_base.trajectory_dict(b)) == [
+    assert config_lib.fingerprint(a) != config_lib.fingerprint(b)
+    assert config_lib.diff(config_lib.trajectory_dict(a), config_lib.trajectory_dict(b)) == [
         f"optim.lr: {a.optim.lr!r} -> 2e-05"]
 
 

@@ -40,6 +40,7 @@ def test_every_path_a_doc_names_exists(doc):
 
 def test_readme_links_the_design_document():
     assert "](docs/design.md)" in _text("README.md")
+    assert "](docs/performance.md)" in _text("README.md")  # the measurements' history, with dates and machines
     for heading in ("## Layout", "## One step", "## Contracts", "## Config schema", "## Adding a plug-in"):
         assert heading in _text(os.path.join("docs", "design.md")), heading
 

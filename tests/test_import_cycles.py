@@ -1,7 +1,8 @@
 """No import cycles among grpo_jax modules: the imports of every module, parsed with ast, form an acyclic graph.
 Every import counts, at module level and inside functions alike (a late import inside a function is how a cycle
-hides: the old config_defaults <-> losses pair). `import a.b` / `from a.b import c` is an edge to a.b, or to a.b.c
-when that is a module; the parent package's own __init__ is not an edge, as for every import checker."""
+hides: a loss-presets module importing losses while a loss imported it back). `import a.b` / `from a.b import c`
+is an edge to a.b, or to a.b.c when that is a module; the parent package's own __init__ is not an edge, as for
+every import checker."""
 
 import ast
 import os

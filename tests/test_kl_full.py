@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from grpo_jax import logprobs, losses, sharding, train_step
-from grpo_jax.config_defaults import loss_config, validate_loss_config
+from grpo_jax.config import loss_config
+from grpo_jax.losses import validate_loss_config
 from grpo_jax.models import ModelConfig, forward, init_params, unembed
 from train_fixtures import CFG as STEP_CFG
 from train_fixtures import FAST_COMPILE, batch, config, max_abs_diff, params

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from grpo_jax import losses
-from grpo_jax.config_defaults import PAPER_CLIP_BOUNDS, loss_config, validate_loss_config
+from grpo_jax.config import PAPER_CLIP_BOUNDS, loss_config
+from grpo_jax.losses import validate_loss_config
 
 VARIANTS = ("grpo", "gspo", "cispo")
 AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")

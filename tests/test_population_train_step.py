@@ -198,7 +198,7 @@ def test_take_members_copies_params_and_optimizer_moments():
 def test_traced_loss_hyperparameters_equal_the_config_values(variant):
     """policy_loss(hyperparameters=) under jit and vmap equals policy_loss with the values in the config, for every
     traceable field, and each field changes the loss or its gradient (so an ignored value would show)."""
-    from grpo_jax import config_defaults
+    from grpo_jax import config as config_lib
 
     rng = np.random.RandomState(0)
     n, t = 6, 4
@@ -208,7 +208,7 @@ def test_traced_loss_hyperparameters_equal_the_config_values(variant):
     entropy = jnp.asarray(rng.rand(n, t), jnp.float32)
     adv = jnp.asarray(rng.randn(n), jnp.float32)
     mask = jnp.asarray(rng.rand(n, t) > 0.2, jnp.float32)
-    cfg = config_defaults.loss_config(variant)
+    cfg = config_lib.loss_config(variant)
     cfg.kl_beta = 0.04
     values = [dict(kl_beta=0.0, clip_low=cfg.clip_low, clip_high=cfg.clip_high, entropy_coef=0.0),
               dict(kl_beta=0.1, clip_low=cfg.clip_low * 0.1, clip_high=cfg.clip_high * 0.2, entropy_coef=0.0),

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from grpo_jax import losses, registry
-from grpo_jax.config_defaults import loss_config, validate_loss_config
+from grpo_jax.config import loss_config
+from grpo_jax.losses import validate_loss_config
 
 
 def cfg_with(**overrides):

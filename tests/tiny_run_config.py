@@ -7,11 +7,11 @@ buffer, so completions of different lengths score differently and the advantages
 model stops early often: see tiny_tokenizer). kl_beta > 0 so the reference path runs too.
 """
 
-from grpo_jax import config_base
+from grpo_jax import config as config_lib
 
 
 def get_config(arg=None):
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.seed = 0
     c.total_steps = 4
     c.model.path = "SET --config.model.path"

@@ -8,7 +8,8 @@ import functools
 import jax
 import numpy as np
 
-from grpo_jax import config_base, logprobs
+from grpo_jax import config as config_lib
+from grpo_jax import logprobs
 from grpo_jax.models import ModelConfig, init_params
 
 # XLA options for tiny test programs, where compilation dominates: backend optimisation level 0 without the new
@@ -20,7 +21,7 @@ CFG = ModelConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_layer
 
 
 def config(group_size=2, max_new_tokens=5, lr=1e-3, kl_beta=0.04, micro_batch_size=0, **loss):
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.total_steps = 10
     c.rollout.group_size = group_size
     c.rollout.max_new_tokens = max_new_tokens

@@ -7,7 +7,7 @@ Sequence-level importance ratio (the geometric mean of the token ratios) clipped
 [1 - 3e-4, 1 + 4e-4] (sec. 5.1). Everything else as configs/ablations/grpo.py (same wall time).
 """
 
-from grpo_jax.config_defaults import PAPER_CLIP_BOUNDS
+from grpo_jax import config as config_lib
 
 from configs.ablations import ARGS, base_config  # noqa: F401
 
@@ -15,5 +15,5 @@ from configs.ablations import ARGS, base_config  # noqa: F401
 def get_config(arg=None):
     c = base_config(arg, name="gspo")
     c.loss.variant = "gspo"
-    c.loss.clip_low, c.loss.clip_high = PAPER_CLIP_BOUNDS["gspo"]
+    c.loss.clip_low, c.loss.clip_high = config_lib.PAPER_CLIP_BOUNDS["gspo"]
     return c

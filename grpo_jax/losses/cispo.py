@@ -11,7 +11,7 @@ from grpo_jax.losses.ppo import CLIP_FIELDS, token_log_ratio, validate_clip
 
 def _validate(cfg) -> None:
     validate_clip(cfg)
-    if float(cfg.get("dual_clip", 0.0)) != 0.0:
+    if float(cfg.dual_clip) != 0.0:
         raise ValueError("loss.dual_clip must be 0 with variant 'cispo': CISPO has no unclipped branch to bound")
 
 

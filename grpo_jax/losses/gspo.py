@@ -24,7 +24,7 @@ def gspo_sequence_loss(logps, old_logps, advantages, mask, config) -> PolicyTerm
     aggregation mode is defined: with the default `seq_mean_token_mean` the loss is exactly the paper's
     (1/G) sum_i loss_i; `token_mean` weights sequences by length, the token-sum modes by length as well.
     The sequence-level ratio stays close to 1, so the paper clips at 3e-4 (left) and 4e-4 (right), sec. 5.1:
-    the presets of `config_defaults.loss_config('gspo')`.
+    the presets of `grpo_jax.config.loss_config('gspo')`.
     """
     ratio = jnp.exp(sequence_log_ratio(logps, old_logps, mask))
     seq_loss = ppo_clipped_loss(ratio, advantages, config.clip_low, config.clip_high)

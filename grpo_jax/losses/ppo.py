@@ -2,7 +2,7 @@
 
 Clip bounds are deltas from 1 for every variant: the ratio is clipped to [1 - clip_low, 1 + clip_high]. Each
 variant declares these fields with the same defaults (GRPO's 0.2 / 0.2) and its paper's values as `presets`
-(`config_defaults.loss_config(variant)` applies them).
+(`grpo_jax.config.loss_config(variant)` applies them).
 """
 
 from __future__ import annotations

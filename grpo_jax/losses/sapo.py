@@ -39,7 +39,7 @@ def _validate(cfg) -> None:
         value = float(cfg[name])
         if not value > 0.0:
             raise ValueError(f"loss.{name} must be > 0 (the soft gate's temperature), got {cfg[name]!r}")
-    if float(cfg.get("dual_clip", 0.0)) != 0.0:
+    if float(cfg.dual_clip) != 0.0:
         raise ValueError(f"loss.dual_clip must be 0 with variant 'sapo' (got {cfg['dual_clip']!r}): the soft "
                          "gate already bounds the loss by 4 |A| / tau")
 

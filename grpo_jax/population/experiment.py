@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import config_base, evaluation, experiment as shared, sharding
+from grpo_jax import config as config_lib
+from grpo_jax import evaluation, experiment as shared, sharding
 from grpo_jax.checkpoint import check_workdir
 from grpo_jax.population.evolve import Evolution, evolve
 from grpo_jax.population import lineage, selection
@@ -91,7 +92,7 @@ def _population_step(model_config, config, mesh):
 
     plain = config.copy_and_resolve_references()
     plain.population = population_config()
-    key = ("population", model_config, config_base.fingerprint(plain), population_train.reference_needed(config),
+    key = ("population", model_config, config_lib.fingerprint(plain), population_train.reference_needed(config),
            population_train.traced_loss_fields(config), int(config.population.members_at_once), mesh)
     return shared.cached_program(key, lambda: population_train.make_population_train_step(model_config, config, mesh))
 
@@ -110,7 +111,7 @@ class PopulationExperiment(shared.Experiment):
     def __init__(self, config, workdir: str):
         from grpo_jax import tasks
 
-        config_base.validate(config)
+        config_lib.validate(config)
         if not config.population.size >= 2:
             raise ValueError(f"PopulationExperiment needs population.size >= 2, got {config.population.size}")
         task = tasks.get(config.task.name, **shared.task_options(config))
@@ -185,7 +186,7 @@ class PopulationExperiment(shared.Experiment):
                    for k, s in enumerate(sampled)]
         columns = int(np.shape(sampled[0][1].tokens)[1])
         width = shared.completion_width(max(m.longest for m in members), columns,
-                                        packed=bool(cfg.optim.get("pack_completions", True)))
+                                        packed=bool(cfg.optim.pack_completions))
         batches = _stack_batches([m.batch for m in members], width)
         traced = {name: np.asarray([h[name] for h in self.hyperparameters], np.float32)
                   for name in self.names if name in population_train.TRAIN_HYPERPARAMETERS}

@@ -25,9 +25,8 @@ step function (`train_step.build_program(...).step_fn`) and this module only map
 Static choices, fixed per program:
 - population.members_at_once = b: the members' updates run b at a time, `jax.lax.map(batch_size=b)` over the
   member axis (1, the default: one member after another, each exactly the single step's program; 0 or >= K: all K
-  in one `jax.vmap`, batched matmuls over members' own merged weights). Measured on a 2-core CPU
-  (`python -m benchmarks population`, README): the vmapped update of K = 4 LoRA members cost 5.8 single updates;
-  the results are the same either way (tests/test_population_train_step.py).
+  in one `jax.vmap`, batched matmuls over members' own merged weights). The results are the same either way
+  (tests/test_population_train_step.py); what each costs: `python -m benchmarks population` (docs/performance.md).
 - the reference pass runs when loss.kl_beta > 0 or, with the population on, when kl_beta is a member hyperparameter
   whose range allows a value > 0 (`reference_needed`); a member with kl_beta = 0 then adds 0 * KL (its `kl` metric
   is still logged). Without the pass every given kl_beta must be 0 (checked on the values).
@@ -36,7 +35,7 @@ Static choices, fixed per program:
 
 The sampler side is `population/sampling.py` (`sample_members`: LoRA members' completions in one decode loop
 over the shared base), the loop `population/experiment.py`. top_p is the sampler's alone (log-probs are of the
-full softmax); group_size is the loop's (masked rows). Not here yet (issue 18): a `mesh.member` axis (members are
+full softmax); group_size is the loop's (masked rows). Not here yet: a `mesh.member` axis (members are
 replicated over the mesh; each member's rows shard over data x fsdp as usual). With LoRA the vmapped step merges
 each member's adapters into its own copy of the adapted kernels ([K, ...] merged weights exist in the program,
 unlike the sampler's unmerged adapters); the reference pass reads the shared base once for all members' rows.
@@ -169,7 +168,7 @@ def make_population_train_step(model_config: ModelConfig, config, mesh, compiler
     batch_sh = _stacked_sharding(program.batch_sharding)  # [K, rows, ...]: rows over data x fsdp
     rep = sharding.replicated(mesh)
 
-    at_once = int(config.population.get("members_at_once", 1)) if "population" in config else 1
+    at_once = int(config.population.members_at_once)
 
     def population_fn(states, frozen, ref_params, batches, hyperparameters):
         def one(args):
