@@ -37,8 +37,8 @@ class RolloutEngine(Protocol):
     (`lora.Members`) in one call, settings.temperature / top_p one per member, rows member-major, member k's rows
     those `generate` gives for member k alone (`population.sampling.sample_members` uses it when present)."""
 
-    def generate(self, params, prompt_tokens, prompt_mask, key, settings: "Settings"):
-        """-> rollout.Rollout of all P * settings.group_size rows."""
+    def generate(self, params, prompt_tokens, prompt_mask, key, settings):
+        """settings: a `rollout.Settings`, whole -> rollout.Rollout of all P * settings.group_size rows."""
 
 
 def make(name: str, model_config, mesh=None):

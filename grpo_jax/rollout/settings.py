@@ -108,18 +108,17 @@ class Settings:
 
     @classmethod
     def from_config(cls, section, **changes) -> "Settings":
-        """The settings of a config's `rollout` section (validated here unless the run validated it already):
-        group_size, max_new_tokens, temperature, top_k, top_p, max_decode_rows, the engine and its declared fields.
-        `changes` set the rest (stop_ids and pad_id come from the tokenizer) or override."""
+        """The settings of a config's `rollout` section (validated here unless the run validated it already): every
+        Settings field that is a key of the section (group_size, max_new_tokens, temperature, top_k, top_p,
+        max_decode_rows, engine), and the selected engine's declared fields as `options`. `changes` set the rest
+        (stop_ids and pad_id come from the tokenizer) or override."""
         from grpo_jax import registry
 
         registry.ensure_valid("rollout", section)
         engine = str(section["engine"])
         declared = ENGINES.entry(engine).fields
-        values = dict(group_size=section["group_size"], max_new_tokens=section["max_new_tokens"],
-                      temperature=section["temperature"], top_k=section["top_k"], top_p=section["top_p"],
-                      max_decode_rows=section.get("max_decode_rows", 0), engine=engine,
-                      options=tuple((name, section[name]) for name in sorted(declared)))
+        values = {f.name: section[f.name] for f in dataclasses.fields(cls) if f.name != "options" and f.name in section}
+        values.update(engine=engine, options=tuple((name, section[name]) for name in sorted(declared)))
         values.update(changes)
         return cls(**values)
 
