@@ -4,9 +4,9 @@ The compiled program (grpo_jax/rollout/program.py) prefills the prompts and draw
 then runs the rest. The loop works on a decode batch of B *slots*; each slot holds one output row (`Slots.row`,
 p-major row = p * G + g) and its own KV cache. Every step feeds each slot's last token (`models.decode_step`),
 draws the next one and scatters it to (row, the row's own step) of the [N, T] outputs. Rows never share state, so
-which slot a row sits in, and next to which other rows, changes nothing it computes: row r at its own step t draws with fold_in(row_keys[r], t)
-(the sampler's row key; population members' rows also carry their member's adapters, `Problem.adapters`, looked up
-by row, so reordering never mixes members).
+which slot a row sits in, and next to which other rows, changes nothing it computes: row r at its own step t draws
+with fold_in(row_keys[r], t) (the program's row key; population members' rows also carry their member's adapters,
+`Problem.adapters`, looked up by row, so reordering never mixes members).
 
 Three ways the loop avoids paying for rows that are done, none with a host round-trip:
 
