@@ -135,7 +135,8 @@ def main(argv=None) -> dict:
     args = parser().parse_args(argv)
     import jax
 
-    from grpo_jax import batching, decode_loop, sampling
+    from grpo_jax import batching, sampling
+    from grpo_jax.rollout import decode_loop
 
     rate_before = machine.matmul_rate(args.matmul_size)
     t_load, (config, params, tokenizer) = results.timed(lambda: load_policy(args.model))

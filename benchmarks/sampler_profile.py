@@ -82,7 +82,8 @@ def main(argv=None) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from grpo_jax import batching, decode_loop, sampling
+    from grpo_jax import batching, rollout
+    from grpo_jax.rollout import program as rollout_program
 
     config, params, tokenizer = load_policy(args.model)
     config = config.replace(scan_layers=not args.unrolled)
@@ -92,10 +93,8 @@ def main(argv=None) -> dict:
     g, t = args.group, args.new_tokens
 
     # generate's program for these settings (full vocabulary, temperature 1, no stop ids), compiled once: the
-    # traced run is this executable, so the HLO text below names exactly the thunks of the trace. `_compiled` is the
-    # one private name the harness uses: `sampling` has no public handle on its program.
-    program = sampling._compiled(config, g, t, 0, False, False, (), pad, None,
-                                 compact=t >= decode_loop.COMPACT_MIN_NEW_TOKENS)  # as generate's default
+    # traced run is this executable, so the HLO text below names exactly the thunks of the trace.
+    program = rollout_program.compiled(config, rollout.Settings(group_size=g, max_new_tokens=t, pad_id=pad))
 
     def inputs(i: int) -> tuple:
         return (params, np.asarray(tokens, np.int32), np.asarray(mask, bool), jax.random.PRNGKey(args.seed + i),

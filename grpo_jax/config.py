@@ -41,7 +41,7 @@ keys. The other sections are defined here:
                             step keeps scanning): the same rollout, no per-step copy of each layer's weight slice
                             out of the stacked params on XLA:CPU, at about twice the sampler's compile time
   rollout.max_decode_rows   rows the engine decodes at once (0 = all rows): with fewer slots than rows, a finished
-                            row's slot takes the next waiting one (continuous refill; grpo_jax/decode_loop.py)
+                            row's slot takes the next waiting one (continuous refill; grpo_jax/rollout/decode_loop.py)
   eval.every                held-out eval at the start, every N steps and at the end (0 = no eval)
   eval.num_examples         held-out problems evaluated (0 = the whole eval split)
   eval.pass_k               k of pass@k (0 = off); eval.num_samples samples per problem (>= pass_k)

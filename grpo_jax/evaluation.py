@@ -110,20 +110,40 @@ class Completions:
 
 
 class Sampler:
-    """Examples -> completions with one model, tokenizer, mesh and rollout engine (a name registered in
-    `grpo_jax.rollout`, or an engine object). Prompt tokens are cached by example id. `max_decode_rows`
-    (`rollout.max_decode_rows`): rows the engine decodes at once, refilling finished ones (0 = all rows)."""
+    """Examples -> completions with one model, tokenizer, mesh and rollout engine. Prompt tokens are cached by
+    example id.
 
-    def __init__(self, model_config, tokenizer, mesh, *, bucket: int = 16, engine="jitted", max_decode_rows: int = 0):
+    settings: the run's `rollout.Settings` (`Settings.from_config(config.rollout)`), the base of every `sample`
+    call; the tokenizer's stop and pad ids are filled in here and its engine is the one used. Without settings,
+    `engine` (a name registered in `grpo_jax.rollout`, or an engine object) and `max_decode_rows`
+    (`rollout.max_decode_rows`: rows the engine decodes at once, refilling finished ones; 0 = all rows) apply and
+    each `sample` call names group_size and max_new_tokens."""
+
+    def __init__(self, model_config, tokenizer, mesh, *, bucket: int = 16, engine=None, max_decode_rows: int = 0,
+                 settings: rollout.Settings | None = None):
         if tokenizer is None:
             raise ValueError("the model has no tokenizer (a checkpoint dir without tokenizer files); training "
                              "needs one to build prompts and read completions")
         self.model_config, self.tokenizer, self.mesh, self.bucket = model_config, tokenizer, mesh, bucket
-        self.max_decode_rows = int(max_decode_rows)
-        self.engine = rollout.make(engine, model_config, mesh) if isinstance(engine, str) else engine
         self.stop_ids = stop_ids(model_config, tokenizer)
         self.pad_id = pad_id(model_config, tokenizer)
+        if settings is not None:
+            self.settings = settings.replace(stop_ids=self.stop_ids, pad_id=self.pad_id)
+            self._defaults = None
+        else:
+            self.settings = None
+            self._defaults = dict(stop_ids=self.stop_ids, pad_id=self.pad_id, max_decode_rows=int(max_decode_rows),
+                                  engine=engine if isinstance(engine, str) else "jitted")
+        if engine is None:
+            engine = settings.engine if settings is not None else "jitted"
+        self.engine = rollout.make(engine, model_config, mesh) if isinstance(engine, str) else engine
         self._cache: dict[str, list[int]] = {}
+
+    def settings_for(self, **changes) -> rollout.Settings:
+        """The base settings with `changes` (Settings fields)."""
+        if self.settings is not None:
+            return self.settings.replace(**changes)
+        return rollout.Settings(**{**self._defaults, **changes})
 
     def prompt_text(self, example: dict) -> str:
         text = self.tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
@@ -139,13 +159,11 @@ class Sampler:
         """Left-padded prompt tokens int32 [P, S] and mask bool [P, S] of the examples."""
         return batching.left_pad([self.prompt_tokens(e) for e in examples], self.pad_id, self.bucket)
 
-    def sample(self, params, examples: Sequence[dict], key, *, group_size: int, max_new_tokens: int,
-               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False):
-        """((prompt tokens, mask), rollout of all P * G rows as global arrays, Completions of this process's rows)."""
+    def sample(self, params, examples: Sequence[dict], key, settings: rollout.Settings | None = None, **changes):
+        """((prompt tokens, mask), rollout of all P * G rows as global arrays, Completions of this process's rows).
+        settings: the whole settings of this call (default: the sampler's, `settings_for`), `changes` applied."""
         tokens, mask = self.encode(examples)
-        settings = rollout.Settings(group_size=group_size, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    top_k=top_k, top_p=top_p, greedy=greedy, stop_ids=self.stop_ids,
-                                    pad_id=self.pad_id, max_decode_rows=self.max_decode_rows)
+        settings = self.settings_for(**changes) if settings is None else settings.replace(**changes)
         out = self.engine.generate(params, tokens, mask, key, settings)
         return (tokens, mask), out, self.completions(out)
 
@@ -196,7 +214,8 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
     reward_fn: the config's combined reward; accuracy_fn: the task's accuracy reward, combined alone
     (`rewards.combine({task.accuracy_reward: 1.0})`): 1.0 means solved. eval_metrics: the task's
     `Task.eval_metrics` (name -> fn(greedy completion text, its example) -> float), logged as eval/<name> means.
-    config: the whole ConfigDict (eval.* and rollout.*)."""
+    config: the whole ConfigDict (eval.*, rollout.max_new_tokens); the other rollout settings (top_p, top_k, the
+    engine's) are the sampler's."""
     shards = int(sampler.mesh.shape["data"]) * int(sampler.mesh.shape["fsdp"])
     batch = max(shards, int(config.eval.batch_size) // shards * shards)
     max_new = int(config.eval.max_new_tokens) or int(config.rollout.max_new_tokens)
@@ -224,8 +243,7 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
         passes = np.zeros((len(local), 1), np.float32)
         if k:
             _, _, sampled = sampler.sample(params, chunk, jax.random.fold_in(batch_key, 1), group_size=n,
-                                        max_new_tokens=max_new, temperature=float(config.eval.temperature),
-                                        top_p=float(config.rollout.top_p), top_k=int(config.rollout.top_k))
+                                           max_new_tokens=max_new, temperature=float(config.eval.temperature))
             ok = (np.asarray(score(accuracy_fn, chunk, sampled, n)[0]) >= 1.0 - 1e-6).reshape(-1, n)
             passes = np.asarray([[pass_at_k(n, int(c), k)] for c in ok.sum(axis=1)], np.float32)
         gathered = distributed.allgather_rows(np.concatenate([local, passes], axis=1))

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from grpo_jax import config as config_lib
-from grpo_jax import advantages, distributed, evaluation, registry, sharding
+from grpo_jax import advantages, distributed, evaluation, registry, rollout, sharding
 from grpo_jax.checkpoint import check_workdir, export_policy
 
 # Kinds of experiment besides one policy: name -> an object with `claims(config) -> bool` and `target`
@@ -136,8 +136,8 @@ class Experiment:
         scan = bool(config.model.scan_layers) and not bool(config.rollout.unrolled_decode)
         sampler_config = policy.config.replace(attention=str(config.model.attention),  # as the train step's
                                                scan_layers=scan)                       # unless rollout.unrolled_decode
-        self.sampler = evaluation.Sampler(sampler_config, self.tokenizer, self.mesh, engine=config.rollout.engine,
-                                          max_decode_rows=int(config.rollout.max_decode_rows))
+        self.sampler = evaluation.Sampler(sampler_config, self.tokenizer, self.mesh,
+                                          settings=rollout.Settings.from_config(config.rollout))
         return policy
 
     def policy_params(self):
@@ -310,10 +310,7 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     cfg = exp.config
     t0 = time.time()
     examples = exp.task.train_batch(int(cfg.seed), step, P)
-    sampled = exp.sampler.sample(
-        exp.policy_params(), examples, step_key(base_key, SAMPLE_TAG, step), group_size=G,
-        max_new_tokens=int(cfg.rollout.max_new_tokens), temperature=float(cfg.rollout.temperature),
-        top_p=float(cfg.rollout.top_p), top_k=int(cfg.rollout.top_k))
+    sampled = exp.sampler.sample(exp.policy_params(), examples, step_key(base_key, SAMPLE_TAG, step), group_size=G)
     t_sample = time.time() - t0
     member = member_batch(exp, examples, sampled, G)
     width = completion_width(member.longest, sampled[1].tokens.shape[1],

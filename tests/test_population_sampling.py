@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grpo_jax import batching, evaluation, sampling, train_step
+from grpo_jax import batching, evaluation, rollout, sampling, train_step
 from grpo_jax.models import ModelConfig, decoder, init_params, lora
 from grpo_jax.population import sampling as population_sampling
 from grpo_jax.population.train import stack_states
+from grpo_jax.rollout import program
 from tiny_tokenizer import VOCAB_SIZE, make_tokenizer
 
 CONFIG = ModelConfig(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -178,7 +179,7 @@ def test_member_settings_are_traced():
     settings = dict(group_size=G, max_new_tokens=8, stop_ids=(1, 2))
     sampling.generate(CONFIG, _base(), tokens, mask, KEY, temperature=TEMPS, top_p=TOP_PS,
                       members=lora.Members(trees, ALPHA), **settings)
-    fn = sampling._compiled(CONFIG, G, 8, 0, True, False, (1, 2), 0, None, compact=False, members=K)
+    fn = program.compiled(CONFIG, rollout.Settings(top_p=TOP_PS, compact=False, **settings), members=K)
     before = fn._cache_size()
     sampling.generate(CONFIG, _base(), tokens, mask, KEY, temperature=(0.5, 0.6, 2.0), top_p=(0.3, 0.99, 0.5),
                       members=lora.Members(jax.tree.map(lambda x: -x, trees), 4.0), **settings)

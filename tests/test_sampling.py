@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from grpo_jax import batching, logprobs, sampling
+from grpo_jax import batching, logprobs, rollout, sampling
+from grpo_jax.rollout import draw
+from grpo_jax.rollout import program as rollout_program
 from grpo_jax.models import ModelConfig, forward, init_params
 
 BASE = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -127,7 +129,7 @@ def test_decode_loop_has_one_cache_per_phase():
     hd 8, 64/128/160 slots), so early steps read the small caches; with a single cache only the 160-slot one would
     exist."""
     tokens, mask = _prompts()
-    program = sampling._compiled(LONG, 3, 150, 0, False, False, (1, 2), 0, None)
+    program = rollout_program.compiled(LONG, rollout.Settings(group_size=3, max_new_tokens=150, stop_ids=(1, 2)))
     text = program.lower(_params(LONG), tokens, mask.astype(bool), jax.random.PRNGKey(0), jnp.float32(1.0),
                          jnp.float32(1.0)).as_text()
     for slots in (64, 128, 160):
@@ -276,7 +278,7 @@ def test_second_token_distribution(small_model):
 
 def test_one_program_per_shape_temperature_and_top_p_are_traced(small_model):
     _draw(small_model, 0, temperature=1.5, top_p=0.7)
-    fn = sampling._compiled(SMALL, DRAWS, 2, 0, True, False, (), 0, None, compact=False)  # 2 < 64 tokens: plain
+    fn = rollout_program.compiled(SMALL, rollout.Settings(group_size=DRAWS, max_new_tokens=2, top_p=0.5))
     before = fn._cache_size()
     _draw(small_model, 1, temperature=0.6, top_p=0.3)
     assert fn._cache_size() == before == 1
@@ -295,7 +297,7 @@ def test_inverse_cdf_two_level_is_exact(axis):
     for row in range(4):
         zz = np.broadcast_to(z[row], (len(u), v))
         pp = jnp.exp(jnp.asarray(zz) - np.max(z[row]))
-        got = np.asarray(sampling._inverse_cdf(pp if axis == -1 else pp.T, jnp.asarray(u), axis))
+        got = np.asarray(draw._inverse_cdf(pp if axis == -1 else pp.T, jnp.asarray(u), axis))
         p = np.exp(z[row].astype(np.float64) - z[row].max())
         cdf = np.cumsum(p) / p.sum()
         want = np.searchsorted(cdf, u.astype(np.float64), side="right")
@@ -314,9 +316,9 @@ def test_nucleus_without_sorting_equals_sorted(top_p, axis):
     z[3] = np.round(z[3])      # many ties
     p = jnp.exp(z - z.max(-1, keepdims=True))
     if axis == -1:
-        got = np.asarray(sampling._nucleus_unsorted(jnp.asarray(z), p, top_p))
+        got = np.asarray(draw._nucleus_unsorted(jnp.asarray(z), p, top_p))
     else:
-        got = np.asarray(sampling._nucleus_unsorted(jnp.asarray(z.T), p.T, top_p, axis=0)).T
+        got = np.asarray(draw._nucleus_unsorted(jnp.asarray(z.T), p.T, top_p, axis=0)).T
     for row in range(6):
         p = _reference_probs(z[row], top_p=top_p)
         threshold = z[row][p > 0].min()  # the sorted definition keeps ties of its last member

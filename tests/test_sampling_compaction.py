@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from grpo_jax import batching, decode_loop, logprobs, rollout, sampling
+from grpo_jax import batching, logprobs, rollout, sampling
+from grpo_jax.rollout import decode_loop, jitted
 from grpo_jax.models import ModelConfig, init_params
 
 CONFIG = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -148,20 +149,21 @@ def test_bad_max_decode_rows():
 
 
 def test_the_jitted_engine_passes_max_decode_rows(monkeypatch):
-    """rollout.Settings.max_decode_rows reaches sampling.generate through the 'jitted' engine."""
+    """rollout.Settings.max_decode_rows reaches the compiled program through the 'jitted' engine: the Settings
+    object is passed whole, and it is the program's cache key."""
     want = _plain()[0]  # before the spy: only the engine's own call is recorded
     seen = []
-    generate = sampling.generate_with_stats
+    compiled = jitted.compiled
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["max_decode_rows"])
-        return generate(*args, **kwargs)
-    monkeypatch.setattr(sampling, "generate_with_stats", spy)
+    def spy(model_config, settings, *args, **kwargs):
+        seen.append(settings)
+        return compiled(model_config, settings, *args, **kwargs)
+    monkeypatch.setattr(jitted, "compiled", spy)
     tokens, mask = _prompts()
     engine = rollout.make("jitted", CONFIG)
     out = engine.generate(_params(), tokens, mask, KEY, rollout.Settings(group_size=G, max_new_tokens=T,
                                                                          stop_ids=STOPS, max_decode_rows=12))
-    assert seen == [12]
+    assert [s.max_decode_rows for s in seen] == [12] and seen[0].stop_ids == STOPS
     # and it reports what its decode loop computed: token 0 of the 32 rows, then 12 slots per decode step
     assert engine.last_tokens_computed > 32 and (engine.last_tokens_computed - 32) % 12 == 0
     _same(want, jax.tree.map(np.asarray, out))

@@ -177,10 +177,8 @@ class PopulationExperiment(shared.Experiment):
         sampled = sample_members(
             self.sampler, self.model_config, self.states, self.frozen, examples,
             shared.step_key(self.base_key, shared.SAMPLE_TAG, step), group_size=G,
-            max_new_tokens=int(cfg.rollout.max_new_tokens),
             temperature=[float(self._value(k, "temperature", cfg.rollout.temperature)) for k in range(self.size)],
-            top_p=[float(self._value(k, "top_p", cfg.rollout.top_p)) for k in range(self.size)],
-            top_k=int(cfg.rollout.top_k))
+            top_p=[float(self._value(k, "top_p", cfg.rollout.top_p)) for k in range(self.size)])
         t_sample = time.time() - t0
         members = [shared.member_batch(self, examples, s, G, int(self._value(k, "group_size", G)))
                    for k, s in enumerate(sampled)]

@@ -1,7 +1,7 @@
 """Each member's completions of the step's prompts: K members, the same prompts, one key.
 
-    samples = sample_members(sampler, model_config, states, frozen, examples, key, group_size=G,
-                             max_new_tokens=T, temperature=[...K], top_p=[...K])
+    samples = sample_members(sampler, model_config, states, frozen, examples, key, temperature=[...K],
+                             top_p=[...K])                     # the sampler's settings, or changes: group_size=G
     (prompt_tokens, prompt_mask), rollout, completions = samples[k]      # member k's, as Sampler.sample's
 
 Invariants:
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from grpo_jax import rollout, train_step
+from grpo_jax import train_step
 from grpo_jax.models import lora
 from grpo_jax.population.train import member, num_members
 
@@ -38,25 +38,23 @@ def _per_member(name: str, values, k: int) -> list:
 
 
 def sample_members(sampler, model_config, states: train_step.TrainState, frozen, examples: Sequence[dict], key, *,
-                   group_size: int, max_new_tokens: int, temperature: Sequence[float], top_p: Sequence[float],
-                   top_k: int = 0) -> list:
+                   temperature: Sequence[float], top_p: Sequence[float], **changes) -> list:
     """K tuples ((prompt_tokens, prompt_mask), rollout, Completions), member k's as `sampler.sample` gives them for
     member k alone with `key` (see the module docstring). states: a TrainState with a leading member axis [K, ...];
-    frozen: the LoRA base (None in full finetuning)."""
+    frozen: the LoRA base (None in full finetuning). The settings are the sampler's (`sampler.settings_for`) with
+    `changes` (e.g. group_size) and the members' temperature and top_p."""
     k = num_members(states)
     temperature = _per_member("temperature", temperature, k)
     top_p = _per_member("top_p", top_p, k)
     engine = sampler.engine
     if frozen is None or not hasattr(engine, "generate_members"):
-        return _one_by_one(sampler, model_config, states, frozen, examples, key, group_size=group_size,
-                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+        return _one_by_one(sampler, model_config, states, frozen, examples, key, temperature=temperature,
+                           top_p=top_p, **changes)
     tokens, mask = sampler.encode(examples)
-    settings = rollout.Settings(group_size=group_size, max_new_tokens=max_new_tokens, temperature=tuple(temperature),
-                                top_k=top_k, top_p=tuple(top_p), stop_ids=sampler.stop_ids, pad_id=sampler.pad_id,
-                                max_decode_rows=sampler.max_decode_rows)
+    settings = sampler.settings_for(**changes, temperature=tuple(temperature), top_p=tuple(top_p))
     out = engine.generate_members(frozen, lora.Members(states.params, states.lora_alpha), tokens, mask, key,
                                   settings)
-    n = tokens.shape[0] * group_size
+    n = tokens.shape[0] * settings.group_size
     samples = []
     for i in range(k):
         part = type(out)(*(x[i * n:(i + 1) * n] for x in out))
@@ -64,13 +62,13 @@ def sample_members(sampler, model_config, states: train_step.TrainState, frozen,
     return samples
 
 
-def _one_by_one(sampler, model_config, states, frozen, examples, key, *, temperature, top_p, **settings) -> list:
+def _one_by_one(sampler, model_config, states, frozen, examples, key, *, temperature, top_p, **changes) -> list:
     """The reference: one `sampler.sample` per member (full finetuning; engines without `generate_members`)."""
     samples, counts = [], []
     for i in range(num_members(states)):
         params = train_step.policy_params(model_config, member(states, i), frozen)
         samples.append(sampler.sample(params, examples, key, temperature=temperature[i], top_p=top_p[i],
-                                      **settings))
+                                      **changes))
         counts.append(getattr(sampler.engine, "last_tokens_computed", None))
     if all(c is not None for c in counts):
         sampler.engine.last_tokens_computed = sum(counts)

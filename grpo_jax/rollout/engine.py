@@ -1,21 +1,22 @@
-"""The rollout-engine protocol: prompts, settings and a key in, a `sampling.Rollout` out.
+"""The rollout-engine protocol: prompts, a `Settings` and a key in, a `Rollout` out.
 
-    engine = rollout.make(config.rollout.engine, model_config, mesh)      # an engine registered by name
+    engine = rollout.make(settings.engine, model_config, mesh)      # an engine registered by name
     out = engine.generate(params, prompt_tokens, prompt_mask, key, settings)
 
-prompt_tokens / prompt_mask [P, S]: left-padded (`batching.left_pad`). settings: `Settings` (group size, length,
-sampling knobs, stop and pad ids). The result is `sampling.Rollout(tokens [N, T], mask [N, T], logps [N, T],
-lengths [N], truncated [N])`, N = P * G rows p-major (row = p * G + g), T = settings.max_new_tokens, logps the
-log-probs of the sampled tokens under the policy at `settings.temperature` (exact, as the trainer computes them:
-the train step uses them as the old log-probs). With a mesh the rows are global arrays split over
-('data', 'fsdp'). The runner and `evaluation.Sampler` get every completion through this protocol, so a second
-engine (continuous batching, a served model) is one module in this package, registered with
-`@register_engine("name")` on a factory `(model_config, mesh) -> engine`, and chosen with `rollout.engine`.
+prompt_tokens / prompt_mask [P, S]: left-padded (`batching.left_pad`). settings: a `rollout.Settings`, passed
+whole (group size, length, sampling knobs, stop and pad ids, and the engine's own declared settings). The result
+is a `rollout.Rollout(tokens [N, T], mask [N, T], logps [N, T], lengths [N], truncated [N])`, N = P * G rows
+p-major (row = p * G + g), T = settings.max_new_tokens, logps the log-probs of the sampled tokens under the policy
+at `settings.temperature` (exact, as the trainer computes them: the train step uses them as the old log-probs).
+With a mesh the rows are global arrays split over ('data', 'fsdp'). The runner and `evaluation.Sampler` get every
+completion through this protocol, so a second engine (continuous batching, a served model) is one module in this
+package, registered with `@register_engine("name", fields={...})` on a factory `(model_config, mesh) -> engine`,
+and chosen with `rollout.engine`. Its fields become `rollout.<field>` config keys, validated by its `validate`
+when it is the selected engine, and reach its `generate` in `settings.options` (`settings.option(name)`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Protocol
 
 from grpo_jax import registry
@@ -25,24 +26,8 @@ ENGINES = registry.kind("rollout_engine", factory=True, section="rollout", selec
 
 def register_engine(name: str, *, fields=None, validate=None):
     """Decorator: register a rollout-engine factory `(model_config, mesh) -> RolloutEngine` under `name`;
-    `fields` become `rollout.<field>` config keys."""
+    `fields` ({name: default}) become `rollout.<field>` config keys and the engine's `Settings.options`."""
     return ENGINES.register(name, fields=fields, validate=validate)
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """How to sample: G completions of at most max_new_tokens per prompt. max_decode_rows (`rollout.max_decode_rows`):
-    rows decoded at once, finished rows' slots refilled with waiting ones (0 = all rows at once); an engine may
-    use it to bound its memory, never to change the result."""
-    group_size: int
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    greedy: bool = False
-    stop_ids: tuple = ()
-    pad_id: int = 0
-    max_decode_rows: int = 0
 
 
 class RolloutEngine(Protocol):
@@ -52,8 +37,8 @@ class RolloutEngine(Protocol):
     (`lora.Members`) in one call, settings.temperature / top_p one per member, rows member-major, member k's rows
     those `generate` gives for member k alone (`population.sampling.sample_members` uses it when present)."""
 
-    def generate(self, params, prompt_tokens, prompt_mask, key, settings: Settings):
-        """-> sampling.Rollout of all P * settings.group_size rows."""
+    def generate(self, params, prompt_tokens, prompt_mask, key, settings):
+        """settings: a `rollout.Settings`, whole -> rollout.Rollout of all P * settings.group_size rows."""
 
 
 def make(name: str, model_config, mesh=None):

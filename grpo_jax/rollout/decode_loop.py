@@ -1,12 +1,12 @@
-"""The sampler's decode loop: one token per step for every running row, inside the one compiled program.
+"""The jitted engine's decode loop: one token per step for every running row, inside the one compiled program.
 
-`sampling.generate` prefills the prompts and draws every row's token 0; `decode` then runs the rest. The loop works
-on a decode batch of B *slots*; each slot holds one output row (`Slots.row`, p-major row = p * G + g) and its own
-KV cache. Every step feeds each slot's last token (`models.decode_step`), draws the next one and scatters it to
-(row, the row's own step) of the [N, T] outputs. Rows never share state, so which slot a row sits in, and next to
-which other rows, changes nothing it computes: row r at its own step t draws with fold_in(row_keys[r], t)
-(the sampler's row key; population members' rows also carry their member's adapters, `Problem.adapters`, looked up
-by row, so reordering never mixes members).
+The compiled program (grpo_jax/rollout/program.py) prefills the prompts and draws every row's token 0; `decode`
+then runs the rest. The loop works on a decode batch of B *slots*; each slot holds one output row (`Slots.row`,
+p-major row = p * G + g) and its own KV cache. Every step feeds each slot's last token (`models.decode_step`),
+draws the next one and scatters it to (row, the row's own step) of the [N, T] outputs. Rows never share state, so
+which slot a row sits in, and next to which other rows, changes nothing it computes: row r at its own step t draws
+with fold_in(row_keys[r], t) (the program's row key; population members' rows also carry their member's adapters,
+`Problem.adapters`, looked up by row, so reordering never mixes members).
 
 Three ways the loop avoids paying for rows that are done, none with a host round-trip:
 
@@ -55,7 +55,7 @@ from grpo_jax.models import decoder
 from grpo_jax.models.config import ModelConfig
 
 MIN_BUCKET = 8            # the smallest compacted batch (rows); never below the number of data shards
-# `generate(compact=None)` compacts only from this many new tokens on: each rung of the ladder is one more compiled
+# Settings.compact = None compacts only from this many new tokens on: each rung of the ladder is one more compiled
 # loop body, which a rollout of fewer decode steps does not win back (compacting can skip at most half of its steps;
 # docs/performance.md has the compile-time measurement).
 COMPACT_MIN_NEW_TOKENS = 64
