@@ -487,7 +487,8 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None):
         metrics = step_metrics.reduce_iterations(per_iter)
         return state.replace(params=params, opt_state=opt_state, step=step), metrics
 
-    return step_fn, grad_fn, s, tx
+    train_rules = sharding.rules_for("train")  # traced under the trainer's table: activations constrained by name
+    return sharding.with_rules(step_fn, mesh, train_rules), sharding.with_rules(grad_fn, mesh, train_rules), s, tx
 
 
 def _arg_shardings(model_config: ModelConfig, config, mesh: Mesh, s: _Settings):
