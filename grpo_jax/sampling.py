@@ -344,6 +344,22 @@ def _validate(config: ModelConfig, mask: np.ndarray, group_size, max_new_tokens,
                          f"{config.max_position_embeddings}")
 
 
+@functools.lru_cache(maxsize=16)
+def _sampler_param_shardings(config: ModelConfig, mesh: Mesh):
+    """NamedShardings of the model's params by the sampler's table (`partitioning.SAMPLER_RULES`)."""
+    shapes = jax.eval_shape(lambda: decoder.init_params(config, jax.random.PRNGKey(0)))
+    return jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, partitioning.logical_to_mesh_spec(spec, x.shape, mesh,
+                                                                              partitioning.SAMPLER_RULES)),
+        decoder.param_logical_axes(config), shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def place_params(config: ModelConfig, params, mesh: Mesh):
+    """The params placed on `mesh` by the sampler's table: weights keep their tensor split and are whole over
+    fsdp (a no-op for params already so placed, e.g. the trainer's when mesh fsdp = 1)."""
+    return jax.device_put(params, _sampler_param_shardings(config, mesh))
+
+
 def _place(tree, sharding: NamedSharding):
     """Arrays already laid out on the mesh's devices stay as they are (e.g. params sharded by the caller); anything
     else (numpy, single-device arrays) is put with `sharding`."""
@@ -378,8 +394,10 @@ def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, gr
     Rows of the result are p-major (row = p * G + g); T = max_new_tokens columns. A row ends at the first token in
     `stop_ids` (pass config.eos_token_ids plus any tokenizer extras; () never stops early); later columns hold
     `pad_id` with mask 0. With `mesh` (axes ('data', 'fsdp', 'tensor')), prompts and rows are split over
-    ('data', 'fsdp'); params already on the mesh keep their sharding, others are replicated. P need not divide
-    the number of data shards (the batch is padded and the padding dropped).
+    ('data', 'fsdp'), the params are placed by the sampler's rules table (`place_params`: the trainer's fsdp
+    split of 'embed' gathered once per call, the tensor split kept) and the program is traced under that table
+    (`partitioning.rules_for('sample')`). P need not divide the number of data shards (the batch is padded and
+    the padding dropped).
 
     compact: shrink the decode batch as rows finish (`decode_loop.buckets`); False decodes every row until all
     stop; None (default): compact when max_new_tokens >= `decode_loop.COMPACT_MIN_NEW_TOKENS` (64). max_decode_rows: decode at most this many rows at once (rounded up to a multiple of the data shards),
@@ -454,7 +472,7 @@ def _generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, stat
         mask = np.concatenate([mask, np.repeat(mask[-1:], extra, 0)])
     rows = NamedSharding(mesh, PartitionSpec(_data_axes(mesh), None))
     replicated = NamedSharding(mesh, PartitionSpec())
-    out = fn(_place(params, replicated), jax.device_put(tokens, rows), jax.device_put(mask, rows),
+    out = fn(place_params(config, params, mesh), jax.device_put(tokens, rows), jax.device_put(mask, rows),
              jax.device_put(key, replicated), temperature, top_p, *_place(extra_args, replicated))
     rollout = out[0] if stats else out
     if extra and not k:
