@@ -10,8 +10,17 @@ theirs where the model computes them, through `constrain`:
     with partitioning.activate(mesh, partitioning.rules_for("train")):   # at trace time, inside the jitted fn
         h = partitioning.constrain(h, ("activation_batch", "activation_length", "activation_embed"))
 
-`constrain` is a no-op when nothing is active (one device, eager code, tests), so the model code is the same on
-1 CPU, 8 virtual CPU devices or a pod slice; only `mesh.*` changes.
+`constrain` is a no-op when nothing is active (no mesh: eager code, a caller without a mesh) and on a one-device
+mesh, so the model code is the same on 1 CPU, 8 virtual CPU devices or a pod slice; only `mesh.*` changes.
+
+Where each table is active (on a mesh of more than one device; elsewhere the programs are unchanged):
+
+  training  `train_step.build_program(...).step_fn` (the one step function: `make_train_step` jits it, the
+            population's step maps it over members) and `make_grad_fn`'s function are traced under
+            `rules_for("train")`; params and optimizer state are placed by the same table (`sharding.shard_params`).
+  sampling  the sampler's program (`sampling.generate`: prefill, token 0, the decode loop with its KV caches) is
+            traced under `rules_for("sample")`, and the jitted engine places the weights by `SAMPLER_RULES`
+            (`rollout.jitted.place_params`) before each call on a mesh.
 
 The rules (`LOGICAL_RULES`, the trainer's table):
 
@@ -31,8 +40,9 @@ The sampler's table (`SAMPLER_RULES`) may differ from the trainer's: a training 
 tokens, so all-gathering fsdp-sharded weights is amortised over them; a decode step uses every weight for one
 token per row, so the same all-gather would be paid again at every decode step. The sampler's table therefore
 replicates 'embed' over fsdp (weights keep their tensor split), at the cost of params / tensor bytes per device;
-placing the weights by it (`shard_params(..., rules=SAMPLER_RULES)`) is one reshard per rollout. Activation and
-cache names map alike in both tables. `rules_for(phase)` picks the table: 'train' | 'sample'.
+placing the weights by it is one reshard per rollout when fsdp > 1 (none when they already sit so, as the
+trainer's do when fsdp = 1). Activation and cache names map alike in both tables. `rules_for(phase)` picks the
+table: 'train' | 'sample'.
 """
 
 from __future__ import annotations
@@ -154,9 +164,9 @@ def active_mesh() -> Optional[Mesh]:
 
 def constrain(x: jax.Array, logical_names: Sequence[Optional[str]]) -> jax.Array:
     """`x` with a sharding constraint from its logical axis names (one per dimension; None = replicated), by the
-    active mesh and rules (`activate`); `x` itself when none are active. Dimensions that do not divide stay
-    replicated (`logical_to_mesh_spec`). A name count that differs from `x.ndim`, or a name without a rule, is a
-    ValueError whether or not a mesh is active."""
+    active mesh and rules (`activate`); `x` itself when none are active or the mesh has one device. Dimensions
+    that do not divide stay replicated (`logical_to_mesh_spec`). A name count that differs from `x.ndim`, or a
+    name without a rule, is a ValueError whether or not a mesh is active."""
     mesh, rules = active_mesh(), nn.get_logical_axis_rules()
     names = tuple(logical_names)
     if len(names) != np.ndim(x):
@@ -165,7 +175,7 @@ def constrain(x: jax.Array, logical_names: Sequence[Optional[str]]) -> jax.Array
     if unknown:  # checked with nothing active too, so a misspelt name fails on one CPU device
         raise ValueError(f"constrain: logical axis {unknown[0]!r} has no sharding rule; "
                          f"known: {sorted(dict(rules or LOGICAL_RULES))}")
-    if mesh is None or not rules:
+    if mesh is None or not rules or mesh.size == 1:
         return x
     spec = logical_to_mesh_spec(names, np.shape(x), mesh, rules)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

@@ -38,8 +38,10 @@ def generate(config: ModelConfig, params, prompt_tokens, prompt_mask, key, *, gr
     Rows of the result are p-major (row = p * G + g); T = max_new_tokens columns. A row ends at the first token in
     `stop_ids` (pass config.eos_token_ids plus any tokenizer extras; () never stops early); later columns hold
     `pad_id` with mask 0. With `mesh` (axes ('data', 'fsdp', 'tensor')), prompts and rows are split over
-    ('data', 'fsdp'); params already on the mesh keep their sharding, others are replicated. P need not divide
-    the number of data shards (the batch is padded and the padding dropped).
+    ('data', 'fsdp'), the params are placed by the sampler's rules table (`rollout.jitted.place_params`: the trainer's fsdp
+    split of 'embed' gathered once per call, the tensor split kept) and the program is traced under that table
+    (`partitioning.rules_for('sample')`). P need not divide the number of data shards (the batch is padded and
+    the padding dropped).
 
     compact: shrink the decode batch as rows finish (`decode_loop.buckets`); False decodes every row until all
     stop; None (default): compact when max_new_tokens >= `decode_loop.COMPACT_MIN_NEW_TOKENS`. max_decode_rows:

@@ -10,6 +10,9 @@ One mesh with three axes (MaxText / Flax partitioning style):
           vocabulary are split.
 
 The logical-axis rules tables, `constrain` and `activate` live in `grpo_jax.partitioning` (re-exported here).
+Parameters are placed by a table (`shard_params`, `param_shardings`; default the trainer's, `LOGICAL_RULES`); the
+train step is traced under the trainer's table and the sampler under its own (`SAMPLER_RULES`, which also places
+the sampler's weights), so activations and KV caches follow the same names in both phases.
 
 Hybrid (ICI x DCN) meshes for multi-slice TPU runs: `mesh.dcn_data`, `mesh.dcn_fsdp`, `mesh.dcn_tensor` (default 1
 = one slice) say how many of each axis's ways cross the data-centre network, so `mesh.data` stays the size of the
@@ -165,7 +168,8 @@ def param_shardings(model_config: "ModelConfig", mesh: Mesh, params_like, rules=
 
 
 def shard_params(params, model_config: "ModelConfig", mesh: Mesh, rules=LOGICAL_RULES):
-    """Places the parameters on the mesh by the logical-axis rules."""
+    """Places the parameters on the mesh by `rules` (default the trainer's table; the sampler's is
+    `SAMPLER_RULES`)."""
     return jax.device_put(params, param_shardings(model_config, mesh, params, rules))
 
 

@@ -19,8 +19,10 @@ One call is one jitted program (buffers of `state` donated), for a rollout of P 
      defines (Shao et al. 2024, Alg. 1), the same for every one of the mu iterations.
 
 Log-probs come from `logprobs.completion_logprobs`: each prompt's keys/values once per group, logits only at
-completion positions and in chunks (never [N, T, V] float32). Sharding: params and optimizer state by the
-logical-axis rules (`sharding.py`), every batch array's rows over ('data', 'fsdp'); XLA inserts the collectives.
+completion positions and in chunks (never [N, T, V] float32). Sharding: params and optimizer state placed by the
+trainer's rules table (`partitioning.rules_for("train")`), every batch array's rows over ('data', 'fsdp'); the step
+and gradient functions are traced under that table, so the model's hidden states, attention heads and MLP units
+are constrained by their logical names too; XLA inserts the collectives.
 
 batch = dict(prompt_tokens int32 [P, S] (left-padded), prompt_mask bool [P, S], completions int32 [N, T],
              completion_mask float32 [N, T], advantages float32 [N], old_logps float32 [N, T],
@@ -482,7 +484,8 @@ def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None, traced=()
         metrics = step_metrics.reduce_iterations(per_iter)
         return state.replace(params=params, opt_state=opt_state, step=step), metrics
 
-    return step_fn, grad_fn, s, tx
+    train_rules = sharding.rules_for("train")  # traced under the trainer's table: activations constrained by name
+    return sharding.with_rules(step_fn, mesh, train_rules), sharding.with_rules(grad_fn, mesh, train_rules), s, tx
 
 
 def _arg_shardings(model_config: ModelConfig, config, mesh: Mesh, s: _Settings):

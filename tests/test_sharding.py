@@ -303,7 +303,7 @@ def test_with_rules_traces_the_function_under_its_mesh_and_rules():
 
     x = jnp.ones((2, 3, 4))
     hlo = jax.jit(sharding.with_rules(logits, mesh, sharding.rules_for("sample"))).lower(x).as_text()
-    assert hlo.count("sharding_constraint") == 1
+    assert hlo.count("sharding_constraint") == 0  # a one-device mesh: constrain is a no-op (8 devices: below)
     assert sharding.active_mesh() is None
     np.testing.assert_array_equal(sharding.with_rules(logits, mesh)(x), np.full((2, 3, 4), 2.0))
 

@@ -51,6 +51,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from grpo_jax import partitioning
 from grpo_jax.models import decoder
 from grpo_jax.models.config import ModelConfig
 
@@ -148,18 +149,28 @@ class Problem(NamedTuple):
     adapters: Optional[object] = None
 
 
-def _constrain_slots(pb: Problem, s: Slots) -> Slots:
-    c = pb.constrain
+# Logical names of the loop's key/value buffers (stacked [L, ...]; per-layer buffers drop 'cache_layers').
+_PREFIX_AXES = ("cache_layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")  # [L, P, S, Hkv, hd]
 
-    def buffers(tree, axis_of):
+
+def _constrain_slots(pb: Problem, s: Slots) -> Slots:
+    """The loop carry's rows kept on the mesh's data axes; with a rules table active (the sampler's), the key/value
+    buffers are constrained by their logical names, so their KV heads keep the table's split too."""
+    c = pb.constrain
+    by_name = partitioning.active_mesh() is not None
+
+    def buffers(tree, axis_of, names):
+        if by_name:
+            return jax.tree.map(lambda a: partitioning.constrain(a, names[-a.ndim:]), tree)
         return jax.tree.map(lambda a: c(a, axis_of), tree)
     ax = 0 if isinstance(s.cache.k, tuple) else 1
-    cache = s.cache._replace(k=buffers(s.cache.k, ax), v=buffers(s.cache.v, ax), start=c(s.cache.start, 0),
+    cache = s.cache._replace(k=buffers(s.cache.k, ax, decoder.KEY_CACHE_AXES),
+                             v=buffers(s.cache.v, ax, decoder.CACHE_AXES), start=c(s.cache.start, 0),
                              first=None if s.cache.first is None else c(s.cache.first, 0))
     prefix = s.prefix
     if prefix is not None:
-        prefix = prefix._replace(k=buffers(prefix.k, ax), v=buffers(prefix.v, ax), mask=c(prefix.mask, 0),
-                                 positions=c(prefix.positions, 0))
+        prefix = prefix._replace(k=buffers(prefix.k, ax, _PREFIX_AXES), v=buffers(prefix.v, ax, _PREFIX_AXES),
+                                 mask=c(prefix.mask, 0), positions=c(prefix.positions, 0))
     return Slots(c(s.row, 0), c(s.prev, 0), c(s.live, 0), cache, prefix)
 
 

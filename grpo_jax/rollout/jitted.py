@@ -16,8 +16,9 @@ iteration and needs no sampler/trainer mismatch correction. Log-probs are log so
 chosen token over the FULL vocabulary, even when top-k/top-p truncate the distribution the token is drawn from;
 greedy decoding reports log-probs at temperature 1.
 
-With a mesh (axes ('data', 'fsdp', 'tensor')), prompts and rows are split over ('data', 'fsdp'); params already on
-the mesh keep their sharding, others are replicated; P need not divide the number of data shards (the batch is
+With a mesh (axes ('data', 'fsdp', 'tensor')), prompts and rows are split over ('data', 'fsdp'); the params are
+placed by the sampler's rules table (`place_params`: the trainer's fsdp split of 'embed' gathered once per call, the
+tensor split kept) and the program is traced under that table (`partitioning.rules_for('sample')`); P need not divide the number of data shards (the batch is
 padded with copies of the last prompt and their rows dropped). The same key gives the same rollout on 1 device and
 on 8, with or without compaction and refill (tested).
 
@@ -35,6 +36,7 @@ members' adapters.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -42,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from grpo_jax.models import lora
+from grpo_jax import partitioning
+from grpo_jax.models import decoder, lora
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.rollout import decode_loop
 from grpo_jax.rollout.engine import register_engine
@@ -148,7 +151,7 @@ def run(config: ModelConfig, params, prompt_tokens, prompt_mask, key, settings: 
         mask = np.concatenate([mask, np.repeat(mask[-1:], extra, 0)])
     rows = NamedSharding(mesh, PartitionSpec(data_axes(mesh), None))
     replicated = NamedSharding(mesh, PartitionSpec())
-    out = fn(_place(params, replicated), jax.device_put(tokens, rows), jax.device_put(mask, rows),
+    out = fn(place_params(config, params, mesh), jax.device_put(tokens, rows), jax.device_put(mask, rows),
              jax.device_put(key, replicated), temperature, top_p, *_place(extra_args, replicated))
     rollout = out[0] if stats else out
     if extra and not k:
@@ -192,6 +195,22 @@ def _validate(config: ModelConfig, mask: np.ndarray, settings: Settings, tempera
         raise ValueError(f"generate: prompt {i} has {longest} tokens; with max_new_tokens={max_new_tokens} that is "
                          f"{longest + max_new_tokens} positions, more than the model's context of "
                          f"{config.max_position_embeddings}")
+
+
+@functools.lru_cache(maxsize=16)
+def _sampler_param_shardings(config: ModelConfig, mesh: Mesh):
+    """NamedShardings of the model's params by the sampler's table (`partitioning.SAMPLER_RULES`)."""
+    shapes = jax.eval_shape(lambda: decoder.init_params(config, jax.random.PRNGKey(0)))
+    return jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, partitioning.logical_to_mesh_spec(spec, x.shape, mesh,
+                                                                              partitioning.SAMPLER_RULES)),
+        decoder.param_logical_axes(config), shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def place_params(config: ModelConfig, params, mesh: Mesh):
+    """The params placed on `mesh` by the sampler's table: weights keep their tensor split and are whole over
+    fsdp (a no-op for params already so placed, e.g. the trainer's when mesh fsdp = 1)."""
+    return jax.device_put(params, _sampler_param_shardings(config, mesh))
 
 
 def _place(tree, sharding: NamedSharding):
