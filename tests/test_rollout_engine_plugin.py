@@ -13,7 +13,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from grpo_jax import config_base, evaluation, rollout
+from grpo_jax import config as config_lib, evaluation, rollout
 from grpo_jax.models import ModelConfig
 from tiny_tokenizer import VOCAB_SIZE, make_tokenizer
 
@@ -74,7 +74,7 @@ def _parse(*overrides):
 def test_an_engine_setting_is_declared_once_and_reaches_the_compiled_program(probe_engine):
     config = _parse(f"--config.rollout.engine={ENGINE}", "--config.rollout.my_setting=5")
     assert config.rollout.my_setting == 5
-    config_base.validate(config)
+    config_lib.validate(config)
     settings = rollout.Settings.from_config(config.rollout)
     assert settings.engine == ENGINE and settings.options == (("my_setting", 5),)
     assert settings.option("my_setting") == 5 and hash(settings) == hash(rollout.Settings.from_config(config.rollout))
@@ -98,11 +98,11 @@ def test_an_engine_setting_is_declared_once_and_reaches_the_compiled_program(pro
 def test_the_default_is_the_declared_one_and_a_bad_value_is_refused(probe_engine):
     config = _parse(f"--config.rollout.engine={ENGINE}")
     assert config.rollout.my_setting == 3
-    config_base.validate(config)
+    config_lib.validate(config)
     assert rollout.Settings.from_config(config.rollout).option("my_setting") == 3
     config.rollout.my_setting = 0
     with pytest.raises(ValueError, match="rollout.my_setting must be >= 1, got 0"):
-        config_base.validate(config)
+        config_lib.validate(config)
     with pytest.raises(ValueError, match="rollout.my_setting must be >= 1, got 0"):
         rollout.Settings.from_config(config.rollout)  # built from an unvalidated section: validated here
     # another engine selected: its settings carry only its own declared fields
