@@ -18,6 +18,12 @@ One step (`Experiment.step`, grpo_jax/experiment.py; docs/design.md, "Data flow"
   6. a metrics row (TRL's names), the progress bar, eval every eval.every steps (and at the start and the end),
      a checkpoint every checkpoint.every steps (and at the end).
 
+This is the one loop for every kind of experiment: it calls the Experiment's named methods (`begin`,
+`train_results`, `evaluate`, `after_step`, `checkpoint_meta`, `finish`, `summary`); a population
+(grpo_jax/population/experiment.py) overrides them -- K rows a step, fitness and evolution after a step, its
+host state in the checkpoint's meta -- and is found through the `experiment.EXPERIMENTS` registry, so this module
+imports nothing of it.
+
 Every random draw derives from (seed, step), and a checkpoint holds the train state, so running the same command
 again resumes from the last checkpoint and writes exactly the rows an uninterrupted run writes (bit-identical on
 CPU; only wall-clock fields differ). SIGTERM (e.g. TPU preemption) is caught: the loop saves a checkpoint at the

@@ -15,8 +15,7 @@ import sys
 
 import pytest
 
-from test_train_cli import REPO, cli_env, compilation_cache_dir
-from tiny_tokenizer import make_run_checkpoint
+from test_train_cli import REPO, cache, checkpoint, cli_env  # noqa: F401  (the tiny checkpoint and compile cache)
 
 ABLATIONS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "ablations", "*.py"))
                    if not p.endswith("__init__.py"))
@@ -31,16 +30,6 @@ DEMO_OVERRIDES = {
 TINY = ["--config.total_steps=1", "--config.rollout.prompts_per_step=2", "--config.rollout.group_size=4",
         "--config.rollout.max_new_tokens=8", "--config.optim.micro_batch_size=0", "--config.eval.every=0",
         "--config.checkpoint.every=0", "--config.logging.progress=False", "--config.task.eval_size=8"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_run_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return compilation_cache_dir(tmp_path_factory)
 
 
 def _train(config_file: str, checkpoint: str, cache: str, workdir: str, *overrides: str) -> list:

@@ -4,7 +4,7 @@ completions change nothing and the reward statistics use only the kept ones, one
 the fitness rows and the copied members, resume after preemption equals the straight run, bad settings are one
 clear error.
 
-Runs share compilations: the single step per learning rate (grpo_jax.experiment._cached_train_step) and one population step
+Runs share compilations: the single step per learning rate (grpo_jax.experiment.cached_program) and one population step
 for every population run (its cache key leaves out the population section); completions are not packed, since
 each packed-row count R is another program (tests/test_population_train_step.py covers packing).
 """

@@ -2,7 +2,7 @@
 workdir that holds another config's run.
 
 One 4-step run is the reference; the resumed run uses the same config, so the jitted train step is compiled once
-(grpo_jax.experiment._cached_train_step) and the test stays fast.
+(grpo_jax.experiment.cached_program) and the test stays fast.
 """
 
 import json

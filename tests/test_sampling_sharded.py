@@ -8,21 +8,14 @@ before this module runs, so the 8-device half runs in a fresh interpreter: this 
 
 import json
 import os
-import subprocess
-import sys
+
+from virtual_devices import run_report
 
 DEVICES = 8
 
 
 def test_same_rollout_on_one_and_eight_devices():
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}".strip())
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=root, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = run_report(__file__, DEVICES)
     assert report["devices"] == DEVICES
     assert report["checked"] == ["data8_replicated", "data2_fsdp2_tensor2_sharded", "data8_uneven_prompts",
                                  "plain_loop", "data8_compaction", "data8_refill"]

@@ -15,8 +15,9 @@ file is also a script (`python tests/test_sharding_rules_hlo.py`) that prints on
 import json
 import os
 import re
-import subprocess
 import sys
+
+from virtual_devices import run_report
 
 DEVICES = 8
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,14 +87,7 @@ def check_constraints(hlo: str, want: tuple) -> dict:
 
 
 def test_rules_hold_in_train_step_and_sampler():
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}".strip())
-    root = os.path.dirname(HERE)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=root, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = run_report(__file__, DEVICES)
     assert report["devices"] == DEVICES
     assert set(report["train"]) == set(EXPECTED), report
     assert set(report["grad"]) == set(EXPECTED), report
