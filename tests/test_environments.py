@@ -140,9 +140,13 @@ def test_environment_config_refuses_unknown_fields():
 
 def test_tasks_name_a_default_environment_single_turn_by_default():
     assert tasks.Task.default_environment == ""
-    for name in tasks.names():
-        assert tasks.TASKS.entry(name).obj is not None
     assert tasks.get("arithmetic").default_environment == ""
+
+
+def test_make_accepts_a_plain_dict():
+    env = environments.make(environments.environment_config("guess_number").to_dict())
+    env.reset({"secret": 3})
+    assert env.step("3").info["solved"]
 
 
 # ---------------------------------------------------------------------------------------------- calculator

@@ -113,7 +113,10 @@ def environment_config(name: str = "", **fields) -> ml_collections.ConfigDict:
 
 
 def make(section) -> Environment:
-    """A fresh environment of the kind `section.name` selects, configured by `section` (validated first)."""
+    """A fresh environment of the kind `section.name` selects, configured by `section` (a ConfigDict or a plain
+    dict of every field; validated first)."""
+    if isinstance(section, dict):
+        section = ml_collections.ConfigDict(section)
     registry.ensure_valid("environment", section)
     name = section["name"]
     if not name:
