@@ -42,6 +42,11 @@ keys. The other sections are defined here:
                             out of the stacked params on XLA:CPU, at about twice the sampler's compile time
   rollout.max_decode_rows   rows the engine decodes at once (0 = all rows): with fewer slots than rows, a finished
                             row's slot takes the next waiting one (continuous refill; grpo_jax/rollout/decode_loop.py)
+  environment.*            multi-turn rollouts (grpo_jax.environments; the rollout does not step environments yet):
+                            name ('' = single-turn, the default, or a registered environment), max_turns,
+                            max_turn_tokens, max_observation_tokens, timeout_s, observation_role, plus the
+                            registered environments' own fields (e.g. environment.call_format of 'calculator');
+                            the meaning of each is in grpo_jax/environments/base.py
   eval.every                held-out eval at the start, every N steps and at the end (0 = no eval)
   eval.num_examples         held-out problems evaluated (0 = the whole eval split)
   eval.pass_k               k of pass@k (0 = off); eval.num_samples samples per problem (>= pass_k)
@@ -73,7 +78,7 @@ import numbers
 
 import ml_collections
 
-from grpo_jax import advantages, losses, registry, rewards, rollout, tasks  # noqa: F401  (register the built-ins)
+from grpo_jax import advantages, environments, losses, registry, rewards, rollout, tasks  # noqa: F401  (built-ins)
 from grpo_jax.models.layers import ATTENTION_IMPLEMENTATIONS
 from grpo_jax.optim import optim_config, validate_optim_config
 from grpo_jax.population.config import population_config, validate_population_config
@@ -150,6 +155,7 @@ def base_config() -> ml_collections.ConfigDict:
     for name, default in registry.section_fields("rollout").items():
         c.rollout[name] = default
 
+    c.environment = environments.environment_config()
     c.loss = loss_section()
     c.optim = optim_config()
     c.mesh = mesh_config()
@@ -285,6 +291,7 @@ def validate(config) -> None:
         raise ValueError(f"rollout.unrolled_decode must be True or False, got "
                          f"{_get(config, 'rollout.unrolled_decode')!r}")
     registry.validate_section("rollout", _get(config, "rollout"))
+    registry.validate_section("environment", _get(config, "environment"))
 
     registry.validate_section("loss", _get(config, "loss"))
     _validate_optim_and_mesh(config)
@@ -349,6 +356,8 @@ def trajectory_dict(config) -> dict:
     size = d.get("population", {}).get("size", 0)
     if not isinstance(size, int) or size < 2:
         d.pop("population", None)  # off: no population key changes what the run computes (validate: none is set)
+    if not d.get("environment", {}).get("name"):
+        d.pop("environment", None)  # single-turn: no environment key changes what the run computes
     return d
 
 

@@ -12,6 +12,7 @@ A plug-in is an object registered under a name in the registry of its kind:
     reward              rewards (name -> weight)       factory(**options) -> TRL reward fn
     task                task.name                      factory(**options) -> Task
     rollout_engine      rollout.engine                 factory(model_config, mesh) -> RolloutEngine
+    environment         environment.name ('' = none)   factory(environment section) -> Environment (one per row)
 
 Each entry may declare:
   fields    {name: default}: its own config keys, added to the section of its kind (`--config.loss.<name>=...`);

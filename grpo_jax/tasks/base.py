@@ -65,6 +65,10 @@ class Task:
     # The task's own eval metrics, name -> fn(completion text, example) -> float, logged as eval/<name> means:
     # those of the format its prompt asks for, and what shows reasoning (see tasks/eval_metrics.py); none by default.
     eval_metrics: dict = {}
+    # The environment (grpo_jax.environments) this task's prompts are written for, e.g. 'calculator' for prompts
+    # that offer a calculator tool; '' = single-turn. A name only: nothing reads it yet, and it changes nothing the
+    # task does (the config's environment.name is what a run uses).
+    default_environment: str = ""
 
     def train_example(self, seed: int, index: int) -> dict[str, Any]:
         raise NotImplementedError
