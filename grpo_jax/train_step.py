@@ -4,19 +4,28 @@
     step = make_train_step(model_config, config, mesh)
     state, metrics = step(state, frozen, ref_params, batch)     # ref_params: see below
 
-One call is one jitted program (buffers of `state` donated), for a rollout of P prompts x G completions:
+One call is one jitted program (buffers of `state` donated), for a rollout of P prompts x G completions, made of
+named, module-level parts with explicit arguments (`_build` only binds the config's settings to them):
 
-  1. denominators of the loss over the WHOLE batch (`losses.batch_denominators`), once;
-  2. reference log-probs, once, only when loss.kl_beta > 0 (with LoRA the reference is the frozen base with the
-     adapters off; in full finetuning it is `ref_params`, the caller's untouched initial params); for a KL
-     estimator that reads the exact per-token KL (`TOKEN_KL`, kl_estimator 'full') the reference's final hidden
-     states [N, T, D] instead, from which every micro-batch forms KL(pi || pi_ref) over the whole vocabulary in its
-     log-prob chunks (`logprobs.token_logprobs(reference=...)`);
-  3. mu = loss.num_iterations times: the gradient summed over micro-batches of whole prompt groups (`lax.scan`),
-     each micro-batch's loss a local sum over the global denominators, so the accumulated gradient is the
-     full-batch gradient for every aggregation mode (Tunix's (sum, denominator)); then clip + AdamW.
-     The old log-probs are the sampler's (`batch['old_logps']`), exact at the first iteration and, as GRPO
-     defines (Shao et al. 2024, Alg. 1), the same for every one of the mu iterations.
+  plan        host side, before the program: `_check_batch` (shapes, dtypes, divisibility: clear ValueErrors) and
+              `_packing_plan` (`grpo_jax.packing`: which completions share a packed row); `Program.check_batch`
+              runs both, `tokens_computed` counts the completion positions the plan makes one pass compute.
+  prepare     `prepare_batch` -> `Prepared`, once per call: the batch split into micro-batches of whole prompt
+              groups; the loss's denominators over the WHOLE batch (`losses.batch_denominators`); the reference
+              pass, only when `use_kl` (default loss.kl_beta > 0): reference log-probs, or for a KL estimator that
+              reads the exact per-token KL (`TOKEN_KL`, kl_estimator 'full') the reference's final hidden states
+              [N, T, D], from which every micro-batch forms KL(pi || pi_ref) over the whole vocabulary in its
+              log-prob chunks (`logprobs.token_logprobs(reference=...)`). With LoRA the reference is the frozen
+              base with the adapters off; in full finetuning it is `ref_params`, the caller's untouched initial
+              params.
+  loss        `micro_batch_loss`: one micro-batch's loss, a local sum over the global denominators, and metrics.
+  accumulate  `accumulate_gradient`: the gradient summed over micro-batches (`lax.scan`, float32), so it is the
+              full-batch gradient for every aggregation mode (Tunix's (sum, denominator)).
+  update      `optimizer_update`: one accumulated gradient, then clip + AdamW. `step_fn` composes the parts:
+              prepare once, then mu = loss.num_iterations updates; `grad_fn` is prepare + accumulate (one
+              iteration, no update). The old log-probs are the sampler's (`batch['old_logps']`), exact at the
+              first iteration and, as GRPO defines (Shao et al. 2024, Alg. 1), the same for every one of the mu
+              iterations.
 
 Log-probs come from `logprobs.completion_logprobs`: each prompt's keys/values once per group, logits only at
 completion positions and in chunks (never [N, T, V] float32). Sharding: params and optimizer state placed by the
@@ -37,12 +46,14 @@ where it is computed (the loss, its variant, this module), so no table here name
 
 Traced hyperparameters: the step function (`build_program(...).step_fn`) also takes `hyperparameters`, {name:
 scalar} of `TRACED_HYPERPARAMETERS` (lr, temperature, kl_beta, clip_low, clip_high, entropy_coef) used in place of
-the config's values without a recompile (temperature: the one the log-probs, the reference's included, are taken at); `grpo_jax.population.train` vmaps this one function over a population's members. What
-the config decides statically stays static: the reference pass runs when `use_kl` (default loss.kl_beta > 0).
+the config's values without a recompile (temperature: the one the log-probs, the reference's included, are
+taken at); `grpo_jax.population.train` vmaps this one function over a population's members. What the config
+decides statically stays static: the reference pass runs when `use_kl` (default loss.kl_beta > 0).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -229,27 +240,7 @@ def policy_params(model_config: ModelConfig, state: TrainState, frozen):
     return lora.merge(frozen, state.params, state.lora_alpha, lora.lora_rank(state.params))
 
 
-# ------------------------------------------------------------------------------------------------ batch
-
-
-def _row_constraint(x, mesh: Mesh, axis: int):
-    """Keep dim `axis` (rows) split over ('data', 'fsdp') when it divides; otherwise let XLA choose."""
-    if x.shape[axis] % sharding.batch_shards(mesh):
-        return x
-    spec = [None] * x.ndim
-    spec[axis] = sharding.BATCH_AXES
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
-
-
-def _split(x, num_micro: int, group: int, mesh: Mesh):
-    """[P * group, ...] p-major -> [M, P / M * group, ...]; micro-batch m holds prompts m, M + m, 2M + m, ...
-
-    Strided so that, with rows held in contiguous blocks per device and P / M a multiple of the data shards, every
-    micro-batch is spread evenly over the devices without moving data."""
-    prompts = x.shape[0] // group
-    y = x.reshape((prompts // num_micro, num_micro, group) + x.shape[1:])
-    y = jnp.swapaxes(y, 0, 1).reshape((num_micro, (prompts // num_micro) * group) + x.shape[1:])
-    return _row_constraint(y, mesh, 1)
+# ------------------------------------------------------------------------------------------------ plan
 
 
 def _check_batch(batch: dict, s: _Settings, mesh: Mesh, packed_rows: int = 0) -> dict:
@@ -307,7 +298,32 @@ def _packing_plan(completion_mask, s: _Settings, num_micro: int, mesh: Mesh, min
             "pack_unpack": plan.unpack}
 
 
-# ------------------------------------------------------------------------------------------------ the step
+def tokens_computed(checked: dict) -> int:
+    """Completion positions one pass computes for a batch `Program.check_batch` returned (without a member axis)."""
+    return int(np.size(checked.get("pack_source", checked["completions"])))
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+def _row_constraint(x, mesh: Mesh, axis: int):
+    """Keep dim `axis` (rows) split over ('data', 'fsdp') when it divides; otherwise let XLA choose."""
+    if x.shape[axis] % sharding.batch_shards(mesh):
+        return x
+    spec = [None] * x.ndim
+    spec[axis] = sharding.BATCH_AXES
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def _split(x, num_micro: int, group: int, mesh: Mesh):
+    """[P * group, ...] p-major -> [M, P / M * group, ...]; micro-batch m holds prompts m, M + m, 2M + m, ...
+
+    Strided so that, with rows held in contiguous blocks per device and P / M a multiple of the data shards, every
+    micro-batch is spread evenly over the devices without moving data."""
+    prompts = x.shape[0] // group
+    y = x.reshape((prompts // num_micro, num_micro, group) + x.shape[1:])
+    y = jnp.swapaxes(y, 0, 1).reshape((num_micro, (prompts // num_micro) * group) + x.shape[1:])
+    return _row_constraint(y, mesh, 1)
 
 
 def _layout(mb: dict):
@@ -344,148 +360,209 @@ def reference_hidden(model_config: ModelConfig, ref_params, micro_batches: dict,
     return jax.lax.stop_gradient(jax.lax.map(one, micro_batches))
 
 
-def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None, traced=()):
-    """(step_fn(state, frozen, ref, batch, hyperparameters=None), grad_fn(trainable, frozen, ref, batch), settings,
-    tx) — unjitted. `hyperparameters`: {name: scalar} of `TRACED_HYPERPARAMETERS` (may be traced), each in place
-    of the config's value: 'lr' the optimizer's peak learning rate (`optim.make_optimizer(lr=)`), the others the
-    loss's (`losses.policy_loss(hyperparameters=)`)."""
-    s = _settings(config, use_kl, traced)
-    model_config = model_config.replace(remat=s.remat, attention=s.attention,  # model.remat, .attention,
-                                        scan_layers=s.scan_layers)            # .scan_layers
-    loss_cfg = config.loss
-    tx = make_optimizer(config.optim, s.total_updates)
-    schedule = make_schedule(config.optim, s.total_updates)
+def _reference_source(s: _Settings, frozen, ref_params):
+    """The reference policy's params: with LoRA the frozen base (the adapters off), else `ref_params`."""
+    return frozen if s.lora_rank else ref_params
 
-    def full_params(trainable, frozen):
-        return lora.merge(frozen, trainable, s.lora_alpha, s.lora_rank) if s.lora_rank else trainable
 
-    def reference_source(frozen, ref_params):
-        return frozen if s.lora_rank else ref_params  # LoRA: the base with the adapters off
+class Prepared(NamedTuple):
+    """What every one of a step's mu iterations reads, computed once from the batch by `prepare_batch`."""
+    micro_batches: dict  # every batch array split into M micro-batches of whole prompt groups: [M, rows, ...]
+    reference: Any       # reference log-probs [M, rows, T]; with the exact KL its hidden states; None without KL
+    denominators: Any    # the loss's denominators over the whole batch (`losses.batch_denominators`)
+    num_valid: jax.Array  # float32 scalar: the valid tokens trained on (the token metrics' denominator)
 
-    def micro_loss(trainable, frozen, mb, ref_mb, dens, num_valid, ref_params, loss_hp, temperature):
-        """ref_mb: the micro-batch's reference log-probs [rows, T], or with exact_kl its hidden states. loss_hp: the
-        loss's traced hyperparameters ({} = the config's); temperature: the log-probs' (rollout.temperature or a
-        member's traced value)."""
-        params = full_params(trainable, frozen)
-        reference = (ref_params, ref_mb) if s.exact_kl else None
-        out = logprobs.completion_logprobs(model_config, params, mb["prompt_tokens"], mb["prompt_mask"],
-                                           mb["completions"], s.group_size, temperature, reference=reference,
-                                           layout=_layout(mb))
-        logps, entropy = out[0], out[1]
-        skipped_entropy = None
-        if s.skip_zero_advantage:  # rows without a packed slot: ratio exactly 1, so their loss is -0 * f(1) = 0
-            trained = (mb["advantages"] != 0)[:, None]
-            logps = jnp.where(trained, logps, mb["old_logps"])
-            skipped_entropy, entropy = jnp.where(trained & (mb["completion_mask"] > 0), entropy, 0.0), None
-        inputs = {k: v for k, v in mb.items() if k not in PROMPT_KEYS + ROW_KEYS + packing.KEYS}
+
+def prepare_batch(model_config: ModelConfig, s: _Settings, loss_cfg, mesh: Mesh, batch: dict, frozen, ref_params,
+                  temperature) -> Prepared:
+    """Split into micro-batches, global denominators, reference log-probs (once, at `temperature`) or, for the exact
+    KL, the reference's hidden states; no reference pass unless `s.use_kl`."""
+    n = batch["completions"].shape[0]
+    num_micro = n // (s.micro_batch_size or n)
+    dens = losses.batch_denominators(batch["completion_mask"], loss_cfg, s.norm_length, batch["truncated"],
+                                     batch["keep"])
+    valid = batch["completion_mask"] > 0
+    if s.skip_zero_advantage:  # the token metrics' denominator: the completions trained on
+        valid = valid & (batch["advantages"] != 0)[:, None]
+    num_valid = jnp.sum(valid.astype(jnp.float32))
+    mbs = {k: (_split(v, num_micro, 1 if k in PROMPT_KEYS else s.group_size, mesh) if k not in PACKED_KEYS
+               else _row_constraint(v.reshape((num_micro, -1) + v.shape[1:]), mesh, 1))
+           for k, v in batch.items()}
+    ref = None
+    if s.use_kl:
+        ref_source = _reference_source(s, frozen, ref_params)
+        rows = {k: mbs[k] for k in PROMPT_KEYS + ("completions",) + packing.KEYS if k in mbs}
         if s.exact_kl:
-            inputs[TOKEN_KL] = out[2]
-        ref_lp = None if s.exact_kl else ref_mb
-        loss, metrics = losses.policy_loss(logps, mb["old_logps"], ref_lp, mb["advantages"], mb["completion_mask"],
-                                           loss_cfg, norm_length=s.norm_length, truncated=mb["truncated"],
-                                           entropy=entropy, denominators=dens, keep=mb["keep"], inputs=inputs,
-                                           hyperparameters=loss_hp or None)
-        # Sampler-vs-trainer mismatch (Tunix logs it every step): exact sampling gives 0 at the first iteration,
-        # so it is reported for the first iteration (params = the sampler's).
-        valid = mb["completion_mask"] > 0
-        gap = jnp.where(valid, jnp.abs(mb["old_logps"] - jax.lax.stop_gradient(logps)), 0.0)
-        metrics.add("logp_mismatch/max", jnp.max(gap), "max", iterations="first")
-        metrics.add("logp_mismatch/mean", jnp.sum(gap) / jnp.maximum(num_valid, 1.0), "sum", iterations="first")
-        if skipped_entropy is not None:  # the token mean over the completions trained on
-            metrics.add("entropy", jnp.sum(skipped_entropy) / jnp.maximum(num_valid, 1.0))
-        return loss, metrics
-
-    grad_of = jax.grad(micro_loss, has_aux=True)
-
-    def prepare(batch, frozen, ref_params, temperature=s.temperature):
-        """Split into micro-batches, global denominators, reference log-probs (once, at `temperature`)."""
-        n = batch["completions"].shape[0]
-        num_micro = n // (s.micro_batch_size or n)
-        dens = losses.batch_denominators(batch["completion_mask"], loss_cfg, s.norm_length, batch["truncated"],
-                                         batch["keep"])
-        valid = batch["completion_mask"] > 0
-        if s.skip_zero_advantage:  # the token metrics' denominator: the completions trained on
-            valid = valid & (batch["advantages"] != 0)[:, None]
-        num_valid = jnp.sum(valid.astype(jnp.float32))
-        mbs = {k: (_split(v, num_micro, 1 if k in PROMPT_KEYS else s.group_size, mesh) if k not in PACKED_KEYS
-                   else _row_constraint(v.reshape((num_micro, -1) + v.shape[1:]), mesh, 1))
-               for k, v in batch.items()}
-        ref = None
-        if s.use_kl:
-            ref_source = reference_source(frozen, ref_params)
-            rows = {k: mbs[k] for k in PROMPT_KEYS + ("completions",) + packing.KEYS if k in mbs}
-            if s.exact_kl:
-                ref = reference_hidden(model_config, ref_source, rows, s.group_size)
-            else:
-                ref = reference_logprobs(model_config, ref_source, rows, s.group_size, temperature)
-        return mbs, ref, dens, num_valid
-
-    def accumulate(trainable, frozen, mbs, ref, dens, num_valid, ref_params, loss_hp=None,
-                   temperature=s.temperature):
-        """Sum of the micro-batch gradients (= the full-batch gradient) and combined metrics."""
-        loss_hp = loss_hp or {}
-        ref_params = reference_source(frozen, ref_params) if s.exact_kl else None  # its head, for the exact KL
-        first = jax.tree.map(lambda x: x[0], (mbs, ref))
-        if jax.tree.leaves(mbs)[0].shape[0] == 1:  # one micro-batch: no loop
-            return grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params, loss_hp, temperature)
-        metric_shapes = jax.eval_shape(
-            lambda: grad_of(trainable, frozen, first[0], first[1], dens, num_valid, ref_params, loss_hp,
-                            temperature))[1]
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
-        init = (zeros, step_metrics.identity(metric_shapes))
-
-        def body(carry, xs):
-            g_sum, m_sum = carry
-            mb, ref_lp = xs
-            g, m = grad_of(trainable, frozen, mb, ref_lp, dens, num_valid, ref_params, loss_hp, temperature)
-            g_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)  # accumulate in float32
-            return (g_sum, step_metrics.combine_micro_batches(m_sum, m)), None
-
-        (grads, metrics), _ = jax.lax.scan(body, init, (mbs, ref))
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
-        return grads, step_metrics.finish_micro_batches(metrics, jax.tree.leaves(mbs)[0].shape[0])
-
-    def grad_fn(trainable, frozen, ref_params, batch):
-        mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params)
-        return accumulate(trainable, frozen, mbs, ref, dens, num_valid, ref_params)
-
-    def step_fn(state: TrainState, frozen, ref_params, batch, hyperparameters=None):
-        hyperparameters = dict(hyperparameters or {})
-        bad = sorted(set(hyperparameters) - set(TRACED_HYPERPARAMETERS))
-        if bad:
-            raise ValueError(f"the train step carries the hyperparameters {list(TRACED_HYPERPARAMETERS)} as traced "
-                             f"values, not {bad}")
-        lr = hyperparameters.pop("lr", None)
-        temperature = hyperparameters.pop("temperature", s.temperature)
-        if not s.use_kl:  # no reference pass in this program: every kl_beta is 0 (checked by the caller, on values)
-            hyperparameters.pop("kl_beta", None)
-        if s.skip_zero_advantage and "entropy_coef" in hyperparameters:
-            raise ValueError("this step skips zero-advantage completions, so it cannot take a traced entropy_coef: "
-                             "build it with traced=('entropy_coef',)")
-        step_tx = tx if lr is None else make_optimizer(config.optim, s.total_updates, lr)
-        step_schedule = schedule if lr is None else make_schedule(config.optim, s.total_updates, lr)
-        mbs, ref, dens, num_valid = prepare(batch, frozen, ref_params, temperature)
-
-        def update(carry, _):
-            params, opt_state, step = carry
-            grads, metrics = accumulate(params, frozen, mbs, ref, dens, num_valid, ref_params, hyperparameters,
-                                        temperature)
-            metrics.add("grad_norm", optax.tree.norm(grads), "mean")
-            metrics.add("learning_rate", jnp.asarray(step_schedule(step), jnp.float32), "mean")
-            updates, opt_state = step_tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state, step + 1), metrics
-
-        carry = (state.params, state.opt_state, state.step)
-        if s.num_iterations == 1:
-            (params, opt_state, step), metrics = update(carry, None)
-            per_iter = jax.tree.map(lambda x: x[None], metrics)
+            ref = reference_hidden(model_config, ref_source, rows, s.group_size)
         else:
-            (params, opt_state, step), per_iter = jax.lax.scan(update, carry, None, length=s.num_iterations)
-        metrics = step_metrics.reduce_iterations(per_iter)
-        return state.replace(params=params, opt_state=opt_state, step=step), metrics
+            ref = reference_logprobs(model_config, ref_source, rows, s.group_size, temperature)
+    return Prepared(mbs, ref, dens, num_valid)
 
+
+# ------------------------------------------------------------------------------------------------ loss
+
+
+def _full_params(s: _Settings, trainable, frozen):
+    """The policy's params: the trainable tree, or with LoRA the adapters merged into the frozen base."""
+    return lora.merge(frozen, trainable, s.lora_alpha, s.lora_rank) if s.lora_rank else trainable
+
+
+def micro_batch_loss(model_config: ModelConfig, s: _Settings, loss_cfg, trainable, frozen, mb: dict, ref_mb,
+                     denominators, num_valid, ref_params, loss_hp: dict, temperature):
+    """(loss, metrics) of one micro-batch: a local sum over the whole batch's `denominators`, so that the sum over
+    micro-batches is the full-batch loss. ref_mb: the micro-batch's reference log-probs [rows, T], or with the
+    exact KL its hidden states (`ref_params`: the reference whose head reads them). loss_hp: the loss's traced
+    hyperparameters ({} = the config's); temperature: the log-probs' (rollout.temperature or a member's)."""
+    params = _full_params(s, trainable, frozen)
+    reference = (ref_params, ref_mb) if s.exact_kl else None
+    out = logprobs.completion_logprobs(model_config, params, mb["prompt_tokens"], mb["prompt_mask"],
+                                       mb["completions"], s.group_size, temperature, reference=reference,
+                                       layout=_layout(mb))
+    logps, entropy = out[0], out[1]
+    skipped_entropy = None
+    if s.skip_zero_advantage:  # rows without a packed slot: ratio exactly 1, so their loss is -0 * f(1) = 0
+        trained = (mb["advantages"] != 0)[:, None]
+        logps = jnp.where(trained, logps, mb["old_logps"])
+        skipped_entropy, entropy = jnp.where(trained & (mb["completion_mask"] > 0), entropy, 0.0), None
+    inputs = {k: v for k, v in mb.items() if k not in PROMPT_KEYS + ROW_KEYS + packing.KEYS}
+    if s.exact_kl:
+        inputs[TOKEN_KL] = out[2]
+    ref_lp = None if s.exact_kl else ref_mb
+    loss, metrics = losses.policy_loss(logps, mb["old_logps"], ref_lp, mb["advantages"], mb["completion_mask"],
+                                       loss_cfg, norm_length=s.norm_length, truncated=mb["truncated"],
+                                       entropy=entropy, denominators=denominators, keep=mb["keep"], inputs=inputs,
+                                       hyperparameters=loss_hp or None)
+    # Sampler-vs-trainer mismatch (Tunix logs it every step): exact sampling gives 0 at the first iteration,
+    # so it is reported for the first iteration (params = the sampler's).
+    valid = mb["completion_mask"] > 0
+    gap = jnp.where(valid, jnp.abs(mb["old_logps"] - jax.lax.stop_gradient(logps)), 0.0)
+    metrics.add("logp_mismatch/max", jnp.max(gap), "max", iterations="first")
+    metrics.add("logp_mismatch/mean", jnp.sum(gap) / jnp.maximum(num_valid, 1.0), "sum", iterations="first")
+    if skipped_entropy is not None:  # the token mean over the completions trained on
+        metrics.add("entropy", jnp.sum(skipped_entropy) / jnp.maximum(num_valid, 1.0))
+    return loss, metrics
+
+
+# The gradient of `micro_batch_loss` with respect to `trainable` (argument 3), with its metrics.
+_micro_batch_grad = jax.grad(micro_batch_loss, argnums=3, has_aux=True)
+
+
+# ------------------------------------------------------------------------------------------------ accumulate
+
+
+def accumulate_gradient(model_config: ModelConfig, s: _Settings, loss_cfg, trainable, frozen, prepared: Prepared,
+                        ref_params, loss_hp=None, temperature=None):
+    """(gradient, metrics): the sum of the micro-batch gradients (= the full-batch gradient, accumulated in
+    float32 and returned in the params' dtypes) and the metrics combined over micro-batches by their reductions.
+    temperature None: rollout.temperature."""
+    loss_hp = loss_hp or {}
+    temperature = s.temperature if temperature is None else temperature
+    ref_params = _reference_source(s, frozen, ref_params) if s.exact_kl else None  # its head, for the exact KL
+
+    def grad_of(mb, ref_mb):
+        return _micro_batch_grad(model_config, s, loss_cfg, trainable, frozen, mb, ref_mb, prepared.denominators,
+                                 prepared.num_valid, ref_params, loss_hp, temperature)
+
+    mbs, ref = prepared.micro_batches, prepared.reference
+    num_micro = jax.tree.leaves(mbs)[0].shape[0]
+    first = jax.tree.map(lambda x: x[0], (mbs, ref))
+    if num_micro == 1:  # one micro-batch: no loop
+        return grad_of(*first)
+    metric_shapes = jax.eval_shape(lambda: grad_of(*first))[1]
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
+    init = (zeros, step_metrics.identity(metric_shapes))
+
+    def body(carry, xs):
+        g_sum, m_sum = carry
+        g, m = grad_of(*xs)
+        g_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)  # accumulate in float32
+        return (g_sum, step_metrics.combine_micro_batches(m_sum, m)), None
+
+    (grads, metrics), _ = jax.lax.scan(body, init, (mbs, ref))
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+    return grads, step_metrics.finish_micro_batches(metrics, num_micro)
+
+
+# ------------------------------------------------------------------------------------------------ update
+
+
+def optimizer_update(model_config: ModelConfig, s: _Settings, loss_cfg, tx, schedule, frozen, ref_params,
+                     prepared: Prepared, loss_hp: dict, temperature, params, opt_state, step):
+    """One optimizer update: ((params, opt_state, step + 1), metrics), with grad_norm (before clipping) and the
+    update's learning_rate added to the accumulated gradient's metrics."""
+    grads, metrics = accumulate_gradient(model_config, s, loss_cfg, params, frozen, prepared, ref_params, loss_hp,
+                                         temperature)
+    metrics.add("grad_norm", optax.tree.norm(grads), "mean")
+    metrics.add("learning_rate", jnp.asarray(schedule(step), jnp.float32), "mean")
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, step + 1), metrics
+
+
+def step_fn(model_config: ModelConfig, s: _Settings, loss_cfg, optim_cfg, mesh: Mesh, state: TrainState, frozen,
+            ref_params, batch: dict, hyperparameters=None):
+    """(state, metrics): the batch prepared once, then mu = loss.num_iterations optimizer updates on it, their
+    metrics reduced over the iterations. `hyperparameters`: {name: scalar} of `TRACED_HYPERPARAMETERS` (may be
+    traced), each in place of the config's value: 'lr' the optimizer's peak learning rate
+    (`optim.make_optimizer(lr=)`), 'temperature' the log-probs', the others the loss's
+    (`losses.policy_loss(hyperparameters=)`)."""
+    loss_hp = dict(hyperparameters or {})
+    bad = sorted(set(loss_hp) - set(TRACED_HYPERPARAMETERS))
+    if bad:
+        raise ValueError(f"the train step carries the hyperparameters {list(TRACED_HYPERPARAMETERS)} as traced "
+                         f"values, not {bad}")
+    lr = loss_hp.pop("lr", None)
+    temperature = loss_hp.pop("temperature", s.temperature)
+    if not s.use_kl:  # no reference pass in this program: every kl_beta is 0 (checked by the caller, on values)
+        loss_hp.pop("kl_beta", None)
+    if s.skip_zero_advantage and "entropy_coef" in loss_hp:
+        raise ValueError("this step skips zero-advantage completions, so it cannot take a traced entropy_coef: "
+                         "build it with traced=('entropy_coef',)")
+    tx = make_optimizer(optim_cfg, s.total_updates, lr)
+    schedule = make_schedule(optim_cfg, s.total_updates, lr)
+    prepared = prepare_batch(model_config, s, loss_cfg, mesh, batch, frozen, ref_params, temperature)
+
+    def iteration(carry, _):  # lax.scan's body
+        return optimizer_update(model_config, s, loss_cfg, tx, schedule, frozen, ref_params, prepared, loss_hp,
+                                temperature, *carry)
+
+    carry = (state.params, state.opt_state, state.step)
+    if s.num_iterations == 1:
+        carry, metrics = iteration(carry, None)
+        per_iter = jax.tree.map(lambda x: x[None], metrics)
+    else:
+        carry, per_iter = jax.lax.scan(iteration, carry, None, length=s.num_iterations)
+    params, opt_state, step = carry
+    return state.replace(params=params, opt_state=opt_state, step=step), step_metrics.reduce_iterations(per_iter)
+
+
+def grad_fn(model_config: ModelConfig, s: _Settings, loss_cfg, mesh: Mesh, trainable, frozen, ref_params,
+            batch: dict):
+    """(gradient, metrics) of one iteration at the config's hyperparameters, as `step_fn` accumulates it."""
+    prepared = prepare_batch(model_config, s, loss_cfg, mesh, batch, frozen, ref_params, s.temperature)
+    return accumulate_gradient(model_config, s, loss_cfg, trainable, frozen, prepared, ref_params)
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+class Built(NamedTuple):
+    """The step's functions with the config's settings bound (unjitted, traced under the trainer's rules table)."""
+    step_fn: Any    # (state, frozen, ref_params, batch, hyperparameters=None) -> (state, metrics)
+    grad_fn: Any    # (trainable, frozen, ref_params, batch) -> (gradient, metrics)
+    settings: _Settings
+    tx: optax.GradientTransformation  # the optimizer at the config's learning rate
+
+
+def _build(model_config: ModelConfig, config, mesh: Mesh, use_kl=None, traced=()) -> Built:
+    """The `Built` of this config: `step_fn` and `grad_fn` with the model config (model.remat, .attention,
+    .scan_layers applied), the settings, the loss and optim configs and the mesh bound."""
+    s = _settings(config, use_kl, traced)
+    model_config = model_config.replace(remat=s.remat, attention=s.attention, scan_layers=s.scan_layers)
+    tx = make_optimizer(config.optim, s.total_updates)
+    step = functools.partial(step_fn, model_config, s, config.loss, config.optim, mesh)
+    grad = functools.partial(grad_fn, model_config, s, config.loss, mesh)
     train_rules = sharding.rules_for("train")  # traced under the trainer's table: activations constrained by name
-    return sharding.with_rules(step_fn, mesh, train_rules), sharding.with_rules(grad_fn, mesh, train_rules), s, tx
+    return Built(sharding.with_rules(step, mesh, train_rules), sharding.with_rules(grad, mesh, train_rules), s, tx)
 
 
 def _arg_shardings(model_config: ModelConfig, config, mesh: Mesh, s: _Settings):
@@ -558,9 +635,10 @@ class Program(NamedTuple):
 def build_program(model_config: ModelConfig, config, mesh: Mesh, use_kl=None, traced=()) -> Program:
     """The `Program` of this config. use_kl: whether the step runs the reference pass (None: loss.kl_beta > 0); a
     population sets it when any member's kl_beta may be > 0, and names its members' traced loss fields."""
-    step_fn, _, s, _ = _build(model_config, config, mesh, use_kl, traced)
+    built = _build(model_config, config, mesh, use_kl, traced)
+    s = built.settings
     frozen_sh, ref_sh, batch_sh = _arg_shardings(model_config, config, mesh, s)
-    return Program(step_fn, s, state_shardings(model_config, config, mesh), frozen_sh, ref_sh, batch_sh, mesh)
+    return Program(built.step_fn, s, state_shardings(model_config, config, mesh), frozen_sh, ref_sh, batch_sh, mesh)
 
 
 def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_options=None):
@@ -606,11 +684,6 @@ class PreparedStep(NamedTuple):
     tokens_computed: int
 
 
-def tokens_computed(checked: dict) -> int:
-    """Completion positions one pass computes for a batch `Program.check_batch` returned (without a member axis)."""
-    return int(np.size(checked.get("pack_source", checked["completions"])))
-
-
 class TrainStep:
     """A jitted train step: `step(*inputs) -> (state, metrics)` is `step.execute(step.prepare(*inputs))`; a caller that
     logs what the step computed calls the two (`PreparedStep.tokens_computed`)."""
@@ -629,9 +702,10 @@ class TrainStep:
 def make_grad_fn(model_config: ModelConfig, config, mesh: Mesh, compiler_options=None):
     """fn(trainable, frozen, ref_params, batch) -> (gradient, metrics) of one iteration, accumulated over
     micro-batches exactly as the train step does (for tests and inspection; not donated)."""
-    _, grad_fn, s, _ = _build(model_config, config, mesh)
+    built = _build(model_config, config, mesh)
+    s = built.settings
     frozen_sh, ref_sh, batch_sh = _arg_shardings(model_config, config, mesh, s)
-    jitted = jax.jit(grad_fn, compiler_options=compiler_options)
+    jitted = jax.jit(built.grad_fn, compiler_options=compiler_options)
 
     def fn(trainable, frozen, ref_params, batch):
         ref_params = _check_ref(s, ref_params)

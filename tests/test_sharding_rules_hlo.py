@@ -120,7 +120,7 @@ def _check() -> dict:
     placed = dict(args(hlo))
     assert placed[(V, D)] == (T, ("fsdp",)), placed  # the trainer's embedding: vocab over tensor, embed over fsdp
     # the gradient function (`make_grad_fn`'s trace): the same table
-    grad_fn = train_step._build(CFG, cfg, mesh)[1]
+    grad_fn = train_step._build(CFG, cfg, mesh).grad_fn
     report["grad"] = check_constraints(jax.jit(grad_fn).lower(state.params, None, None, inputs[3]).as_text(),
                                        tuple(EXPECTED))
 
