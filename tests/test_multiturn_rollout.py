@@ -198,3 +198,15 @@ def test_codec_roles():
     assert CODEC.observation_ids("k", ((7,), (8,))) == ([7, 10, 8], False)
     with pytest.raises(ValueError, match="observation role 'user'"):
         CODEC.observation_ids("k", "user")
+
+
+def test_codec_from_a_tokenizer():
+    """The byte tokenizer's codec: stop strings and observations as their bytes, turns decoded back."""
+    from grpo_jax import evaluation
+    tokenizer = evaluation.byte_tokenizer(dataclasses.replace(CONFIG, vocab_size=260))
+    codec = multiturn.TurnCodec.from_tokenizer(tokenizer, ["</calc>"], marker="~",
+                                               roles={"tool": ("\n<tool>", "</tool>\n")})
+    assert codec.stop_sequences == (tuple(b"</calc>"),) and codec.marker_ids == (ord("~"),)
+    assert codec.decode(list(b"<calc>1+2</calc>")) == "<calc>1+2</calc>"
+    ids, cut = codec.observation_ids("<result>3</result>", "tool", 4)
+    assert cut and ids == list(b"\n<tool>") + list(b"<re~") + list(b"</tool>\n")

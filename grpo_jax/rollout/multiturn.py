@@ -102,6 +102,20 @@ class TurnCodec:
         if any(len(s) == 0 for s in self.stop_sequences):
             raise ValueError("TurnCodec: a stop string encodes to no tokens")
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer, stop_strings: Sequence[str], *, marker: str = "...[truncated]",
+                       roles: Optional[dict] = None) -> "TurnCodec":
+        """The codec of a transformers tokenizer: stop strings and observations encoded without special tokens,
+        turns decoded with them kept (a turn's text is what the model wrote); roles: role name -> (prefix text,
+        suffix text), each encoded once here (e.g. the chat template's pieces around a tool turn)."""
+        def encode(text: str) -> list:
+            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        def decode(ids: Sequence[int]) -> str:
+            return tokenizer.decode(list(ids), skip_special_tokens=False)
+        pieces = {name: (encode(prefix), encode(suffix)) for name, (prefix, suffix) in (roles or {}).items()}
+        return cls(tuple(tuple(encode(s)) for s in stop_strings), decode, encode, tuple(encode(marker)), pieces)
+
     def wrapping(self, role: Role) -> tuple:
         """(prefix_ids, suffix_ids) of `role`: () for 'inline', the codec's pieces for a named role, or the role
         itself when it is given as a (prefix_ids, suffix_ids) pair."""
