@@ -36,7 +36,7 @@ def _probe_program(model_config, settings: rollout.Settings):
         n, t = prompt_tokens.shape[0] * settings.group_size, settings.max_new_tokens
         tokens = jnp.full((n, t), value, jnp.int32)
         return rollout.Rollout(tokens, jnp.ones((n, t), jnp.float32), jnp.zeros((n, t), jnp.float32),
-                               jnp.full((n,), t, jnp.int32), jnp.ones((n,), bool))
+                               jnp.full((n,), t, jnp.int32), jnp.ones((n,), bool), jnp.ones((n, t), jnp.float32))
     return jax.jit(program)
 
 

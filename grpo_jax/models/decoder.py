@@ -53,10 +53,13 @@ class KVCache(NamedTuple):
     With `first` [B] (a ring, for rows that join the batch at different steps): every step writes slot
     index mod S of all rows; row b's own token j (j = 0, 1, ...) lies in slot (first[b] + j) mod S at position
     start[b] + j, and its written slots are those with (s - first[b]) mod S < index - first[b] (which must stay
-    <= S); slots left by an earlier occupant of the row are masked. first = 0 is the plain layout."""
+    <= S); slots left by an earlier occupant of the row are masked. first = 0 is the plain layout.
+    Without `first`, `index` may also be int32 [B], one fill per row (row b's slots [0, index[b]) are written):
+    the model reads such a cache as any other, but `decode_step` writes only a scalar-index cache, so whoever
+    builds one writes its slots itself (the multi-turn rollout, grpo_jax/rollout/multiturn.py)."""
     k: jax.Array
     v: jax.Array
-    index: jax.Array  # int32 scalar: the step counter (the slot the next step writes, mod S with `first`)
+    index: jax.Array  # int32 scalar: the step counter (the slot the next step writes, mod S with `first`); or [B]
     start: jax.Array  # int32 [B]
     first: Optional[jax.Array] = None  # int32 [B]: the index at which row b's own token 0 was (will be) written
 
@@ -161,7 +164,7 @@ def _layer_inputs(rows: int, prefix: Optional[PrefixKV], cache: Optional[KVCache
         slots = jax.tree.leaves(cache.v)[0].shape[-2]
         cache_kv = (cache.k, cache.v)
         if cache.first is None:
-            written = jnp.broadcast_to(jnp.arange(slots)[None, :] < cache.index, (rows, slots))
+            written = jnp.broadcast_to(jnp.arange(slots)[None, :] < jnp.reshape(cache.index, (-1, 1)), (rows, slots))
             cache_meta = (written, cache.start[:, None] + jnp.arange(slots, dtype=jnp.int32)[None, :])
         else:  # a ring: slot s holds the row's own token (s - first) mod S
             own = jnp.mod(jnp.arange(slots, dtype=jnp.int32)[None, :] - cache.first[:, None], slots)

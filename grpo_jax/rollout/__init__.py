@@ -11,6 +11,9 @@
   program.py      its compiled program, keyed on the Settings
   decode_loop.py  its decode loop: one token per row per step, compaction, refill
   draw.py         drawing one token per row from logits (temperature, top-k, top-p, greedy)
+  multiturn.py    multi-turn episodes (`generate_episodes`): each row's cache kept across turns, observations
+                  inserted as tokens (action_mask 0); a library function, not yet an engine the runner calls
+  multiturn_reference.py  its no-cache reference for tests
 
 Every module of this package is imported here, so an engine is one new file that registers itself.
 """

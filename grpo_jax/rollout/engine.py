@@ -5,9 +5,10 @@
 
 prompt_tokens / prompt_mask [P, S]: left-padded (`batching.left_pad`). settings: a `rollout.Settings`, passed
 whole (group size, length, sampling knobs, stop and pad ids, and the engine's own declared settings). The result
-is a `rollout.Rollout(tokens [N, T], mask [N, T], logps [N, T], lengths [N], truncated [N])`, N = P * G rows
-p-major (row = p * G + g), T = settings.max_new_tokens, logps the log-probs of the sampled tokens under the policy
-at `settings.temperature` (exact, as the trainer computes them: the train step uses them as the old log-probs).
+is a `rollout.Rollout(tokens [N, T], mask [N, T], logps [N, T], lengths [N], truncated [N], action_mask [N, T])`,
+N = P * G rows p-major (row = p * G + g), T = settings.max_new_tokens, logps the log-probs of the sampled tokens
+under the policy at `settings.temperature` (exact, as the trainer computes them: the train step uses them as the
+old log-probs); action_mask 1 on the tokens the policy sampled (single-turn engines: action_mask = mask).
 With a mesh the rows are global arrays split over ('data', 'fsdp'). The runner and `evaluation.Sampler` get every
 completion through this protocol, so a second engine (continuous batching, a served model) is one module in this
 package, registered with `@register_engine("name", fields={...})` on a factory `(model_config, mesh) -> engine`,

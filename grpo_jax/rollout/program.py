@@ -107,7 +107,7 @@ def _decode_program(config: ModelConfig, settings: Settings, mesh: Optional[Mesh
         out = decode_loop.decode(problem, constrain(lp0), pad_id=settings.pad_id, shards=shards,
                                  compact=settings.compact, max_decode_rows=settings.max_decode_rows)
         mask = (jnp.arange(t_max, dtype=jnp.int32)[None, :] < out.lengths[:, None]).astype(jnp.float32)
-        return Rollout(out.tokens, mask, out.logps, out.lengths, ~out.stopped), out
+        return Rollout(out.tokens, mask, out.logps, out.lengths, ~out.stopped, mask), out
 
     return program
 
@@ -132,7 +132,7 @@ def _jitted(config: ModelConfig, settings: Settings, mesh: Optional[Mesh], stats
         return jax.jit(program)
     rows = NamedSharding(mesh, PartitionSpec(data_axes(mesh)))
     rows2 = NamedSharding(mesh, PartitionSpec(data_axes(mesh), None))
-    out_shardings = Rollout(rows2, rows2, rows2, rows, rows)
+    out_shardings = Rollout(rows2, rows2, rows2, rows, rows, rows2)
     if stats:
         replicated = NamedSharding(mesh, PartitionSpec())
         out_shardings = (out_shardings, decode_loop.Outputs(rows2, rows2, rows, rows, replicated, replicated))
