@@ -3,8 +3,8 @@
     make demo                     # = python -m experiments.demo (trains this config into ./runs/demo)
     python -m experiments.train --config configs/default.py --workdir runs/demo
 
-About 9 minutes on a 2-core AMD EPYC VM (30 steps and two held-out evals of 200 problems; `make demo` adds
-~1 min of installs); the measured accuracies and wall times, with their commits: README and docs/performance.md.
+About 6 minutes on a 2-core Intel Xeon VM (30 steps and two held-out evals of 200 problems; `make demo` adds
+~1.5 min of installs); the measured accuracies and wall times, with their commits: README and docs/performance.md.
 `--config configs/default.py:tiny` is a 2-step smoke version (a few prompts, 8 held-out problems).
 """
 
