@@ -20,7 +20,8 @@ import tiny_run_config
 from test_train_cli import REPO, cache, cli_env  # noqa: F401  (the compile cache)
 from tiny_tokenizer import make_run_checkpoint, make_tokenizer
 
-from grpo_jax import environments, evaluation, runner
+from grpo_jax import config as config_lib
+from grpo_jax import environments, evaluation, runner, tasks
 from grpo_jax.metrics import read_metrics, without_timing
 
 ENV_KEYS = ("env/turns_mean", "env/tool_calls", "env/tool_errors", "env/parse_rate", "env/faults/error",
@@ -106,6 +107,7 @@ def test_an_environment_that_always_raises_is_counted_not_fatal(checkpoint, tmp_
     c = _config(checkpoint, "scripted_raises")
     c.total_steps = 1
     c.eval.every = 0
+    c.environment.observation_role = "tool"  # the error observations go in as chat turns of the tiny template
     result = runner.run(c, str(tmp_path / "run"))
     assert result.status == "completed" and result.step == 1
     (row,) = [r for r in read_metrics(str(tmp_path / "run")) if "reward" in r]
@@ -119,6 +121,20 @@ def test_role_pieces_come_from_the_chat_template():
     assert evaluation.role_pieces(tiny, "user") == ("\n<user>", "\n<assistant>")
     tiny.chat_template = None
     assert evaluation.role_pieces(tiny, "tool") == ("\n<tool>: ", "\n")  # no template: plain text pieces
+    tiny.chat_template = evaluation.BYTE_CHAT_TEMPLATE
+    assert evaluation.role_pieces(tiny, "tool") == ("\n<|tool|>\n", "\n<|assistant|>\n")
+
+
+def test_the_arithmetic_task_takes_a_system_message_and_a_population_is_refused():
+    example = tasks.get("arithmetic", system="Use the tool.").train_example(0, 0)
+    assert example["prompt"][0] == {"role": "system", "content": "Use the tool."}
+    assert tasks.get("arithmetic").train_example(0, 0)["prompt"] == example["prompt"][1:]
+    c = config_lib.base_config()
+    c.environment.name = "calculator"
+    config_lib.validate(c)
+    c.population.size = 2
+    with pytest.raises(ValueError, match="not supported with a population"):
+        config_lib.validate(c)
 
 
 def test_the_calculator_config_trains_from_the_command_line(checkpoint, cache, tmp_path):  # noqa: F811
