@@ -10,15 +10,21 @@ WHOLE held-out set in batches:
                     unbiased estimator of Chen et al. 2021 ("Evaluating Large Language Models Trained on Code",
                     eq. 1): pass@k = E[1 - C(n - c, k) / C(n, k)], c = correct samples of a problem
   eval/mean_reward  mean of the config's weighted reward over the greedy completions
-  eval/mean_length  mean greedy completion length in tokens
+  eval/mean_length  mean greedy completion length in tokens (episodes: the model's tokens)
   eval/mean_length_correct  the same over the correct completions only (0 when none is correct)
   eval/<name>       each of the task's own `eval_metrics` (name -> fn(completion text, example) -> float),
                     averaged over the greedy completions: e.g. format_rate / answer_rate for the tasks whose prompt
                     asks for the R1 `<think>...</think> <answer>...</answer>` format, intermediate_rate for
                     multi-step arithmetic (grpo_jax/tasks/eval_metrics.py)
 
+With `environment.name` set (a multi-turn run; grpo_jax/environments), the sampler plays episodes instead
+(`rollout.multiturn.generate_episodes`; see `Sampler`), and the eval adds
+
+  eval/tool_call_rate  share of the greedy episodes with at least one tool call (the environments' `calls` stat)
+
 Multi-host: every process builds the same (small) prompt batch, the sampler splits its rows over the mesh, each
-process decodes and scores only the rows it holds, and the per-row scores are gathered (`distributed`).
+process decodes and scores only the rows it holds, and the per-row scores are gathered (`distributed`). Multi-turn
+episodes run in one process (a multi-process run with an environment is refused).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from typing import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from grpo_jax import batching, distributed, rollout
+from grpo_jax import batching, distributed, environments, rollout
+from grpo_jax.rollout import multiturn
 from grpo_jax.tasks import reward_columns
 
 
@@ -102,16 +109,101 @@ def byte_tokenizer(model_config):
 
 @dataclasses.dataclass
 class Completions:
-    """The completions of the rows this process holds: global rows [start, start + len(texts))."""
+    """The completions of the rows this process holds: global rows [start, start + len(texts)).
+
+    Multi-turn (the sampler has an environment): texts are whole episodes (model turns and observations, as the
+    rewards see them, TRL's convention); lengths count the model's tokens only (action_mask), sequence_lengths
+    every token of the episode (what the train step's columns must hold); observations: each row's inserted
+    texts (chat-template pieces included), in order; calls: each row's tool calls (its environment's `calls`
+    stat, 0 when it has none); episodes: the batch's `multiturn.EpisodeStats`. Single-turn: all four are None."""
     start: int
     texts: list[str]
     lengths: np.ndarray     # int [n] tokens generated (stop token included)
     truncated: np.ndarray   # bool [n]
+    sequence_lengths: np.ndarray | None = None
+    observations: list | None = None
+    calls: np.ndarray | None = None
+    episodes: multiturn.EpisodeStats | None = None
+
+    @property
+    def columns(self) -> int:
+        """Completion columns the train step needs at least: the longest row's tokens (episodes: observations
+        included)."""
+        lengths = self.lengths if self.sequence_lengths is None else self.sequence_lengths
+        return int(np.max(lengths)) if len(lengths) else 0
+
+
+# The observation piece of a chat template is found by rendering a conversation with these two sentinels.
+_TURN_SENTINEL, _OBSERVATION_SENTINEL = "TURN7e1c9", "OBSERVATION7e1c9"
+
+
+def role_pieces(tokenizer, role: str) -> tuple[str, str]:
+    """(prefix, suffix) texts that insert an observation as a chat turn in `role` ('tool' / 'user') after a model
+    turn: the tokenizer's chat template rendered for [user, assistant turn, `role` message] with the generation
+    prompt, and the text between the assistant turn and the message (it closes the assistant turn and opens the
+    role's) and after the message (it closes it and reopens an assistant turn) taken. A tokenizer without a chat
+    template, or one that cannot render the role, gets plain text pieces: ('\\n<role>: ', '\\n')."""
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": _TURN_SENTINEL},
+                {"role": role, "content": _OBSERVATION_SENTINEL}]
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception:  # noqa: BLE001  (no template, or one that refuses the role)
+        text = None
+    if isinstance(text, str) and text.count(_TURN_SENTINEL) == 1 and text.count(_OBSERVATION_SENTINEL) == 1:
+        after = text.split(_TURN_SENTINEL, 1)[1]
+        if _OBSERVATION_SENTINEL in after:
+            prefix, suffix = after.split(_OBSERVATION_SENTINEL, 1)
+            return prefix, suffix
+    return f"\n<{role}>: ", "\n"
+
+
+def turn_codec(tokenizer, env) -> multiturn.TurnCodec:
+    """The codec of `tokenizer` for environments like `env`: its stop strings, and the pieces of its observation
+    role when that is a chat role (`role_pieces`)."""
+    role = getattr(env, "role", "inline")
+    roles = {} if role == "inline" else {role: role_pieces(tokenizer, role)}
+    return multiturn.TurnCodec.from_tokenizer(tokenizer, tuple(env.stop), roles=roles)
+
+
+def episode_metrics(stats: multiturn.EpisodeStats) -> dict:
+    """The env/* metrics of one batch of episodes (all rows):
+
+      env/turns_mean          model turns per episode
+      env/tool_calls          tool calls in the batch (the environments' `calls` stat, summed)
+      env/tool_errors         calls that parsed but failed (`tool_errors`, summed)
+      env/parse_rate          share of the calls that parse (1 - parse_errors / calls; 1.0 without calls)
+      env/faults/<kind>       steps that raised / timed out / returned oversize text (`environments.FAULTS`)
+      env/observation_tokens  tokens inserted (observations, chat-template pieces included)
+      env/observations_cut    observations cut to environment.max_observation_tokens
+      env/budget_cut          episodes ended by an observation that did not fit in rollout.max_new_tokens
+      env/time                wall seconds of the environments' steps
+      env/stats/<name>        every other counter of the environments' `stats`, mean per episode"""
+    calls = float(stats.tool_calls)
+    row = {"env/turns_mean": float(np.mean(stats.turns)) if len(stats.turns) else 0.0,
+           "env/tool_calls": calls, "env/tool_errors": float(stats.tool_errors),
+           "env/parse_rate": 1.0 - float(stats.parse_errors) / calls if calls else 1.0}
+    row.update({f"env/faults/{kind}": int(stats.faults.get(kind, 0)) for kind in environments.FAULTS})
+    row.update({"env/observation_tokens": int(stats.observation_tokens),
+                "env/observations_cut": int(stats.observations_cut), "env/budget_cut": int(stats.budget_cut),
+                "env/time": float(stats.environment_seconds)})
+    episodes = max(len(stats.turns), 1)
+    for name, value in stats.env_stats.items():
+        if name not in ("calls", "tool_errors", "parse_errors", "turns"):
+            row[f"env/stats/{name}"] = float(value) / episodes
+    return row
 
 
 class Sampler:
     """Examples -> completions with one model, tokenizer, mesh and rollout engine. Prompt tokens are cached by
     example id.
+
+    environment: the run's `environment` config section when its name is set (None or name '' = single-turn):
+    then every `sample` call plays episodes with `multiturn.generate_episodes` instead of the engine: one
+    environment per row (`environments.make(environment)`, reset with the row's example, so the G rows of a
+    group play the same example), the codec of `turn_codec` (the environment's stop strings; chat-template pieces
+    for the 'tool' / 'user' observation roles), environment.max_turns / max_turn_tokens / max_observation_tokens /
+    timeout_s; rollout.max_new_tokens bounds each whole episode. The engine's own settings (rollout.engine,
+    max_decode_rows) do not apply to episodes; one process, one policy.
 
     settings: the run's `rollout.Settings` (`Settings.from_config(config.rollout)`), the base of every `sample`
     call; the tokenizer's stop and pad ids are filled in here and its engine is the one used. Without settings,
@@ -120,7 +212,7 @@ class Sampler:
     each `sample` call names group_size and max_new_tokens."""
 
     def __init__(self, model_config, tokenizer, mesh, *, bucket: int = 16, engine=None, max_decode_rows: int = 0,
-                 settings: rollout.Settings | None = None):
+                 settings: rollout.Settings | None = None, environment=None):
         if tokenizer is None:
             raise ValueError("the model has no tokenizer (a checkpoint dir without tokenizer files); training "
                              "needs one to build prompts and read completions")
@@ -138,6 +230,13 @@ class Sampler:
             engine = settings.engine if settings is not None else "jitted"
         self.engine = rollout.make(engine, model_config, mesh) if isinstance(engine, str) else engine
         self._cache: dict[str, list[int]] = {}
+        self.environment = environment if environment is not None and environment["name"] else None
+        self.codec = None
+        if self.environment is not None:
+            if jax.process_count() > 1:
+                raise ValueError("environment.name is set: multi-turn episodes run in one process; this run has "
+                                 f"{jax.process_count()}")
+            self.codec = turn_codec(tokenizer, environments.make(self.environment))
 
     def settings_for(self, **changes) -> rollout.Settings:
         """The base settings with `changes` (Settings fields)."""
@@ -164,8 +263,43 @@ class Sampler:
         settings: the whole settings of this call (default: the sampler's, `settings_for`), `changes` applied."""
         tokens, mask = self.encode(examples)
         settings = self.settings_for(**changes) if settings is None else settings.replace(**changes)
+        if self.environment is not None:
+            out, completions = self.episodes(params, examples, tokens, mask, key, settings)
+            return (tokens, mask), out, completions
         out = self.engine.generate(params, tokens, mask, key, settings)
         return (tokens, mask), out, self.completions(out)
+
+    def episodes(self, params, examples: Sequence[dict], tokens, mask, key, settings: rollout.Settings):
+        """(Rollout with action_mask, Completions of whole episodes) of the examples' P * G rows (see the class
+        docstring)."""
+        section = self.environment
+        longest = int(np.asarray(mask).sum(axis=1).max())
+        if longest + settings.max_new_tokens > self.model_config.max_position_embeddings:
+            raise ValueError(f"a prompt has {longest} tokens; with max_new_tokens={settings.max_new_tokens} that is "
+                             f"{longest + settings.max_new_tokens} positions, more than the model's context of "
+                             f"{self.model_config.max_position_embeddings}")
+        envs = []
+        for example in examples:
+            for _ in range(settings.group_size):
+                env = environments.make(section)
+                env.reset(example)
+                envs.append(env)
+        out, stats = multiturn.generate_episodes(
+            self.model_config, params, tokens, mask, key, settings, envs, self.codec,
+            max_turns=int(section["max_turns"]), max_turn_tokens=int(section["max_turn_tokens"]),
+            max_observation_tokens=int(section["max_observation_tokens"]), timeout_s=float(section["timeout_s"]),
+            max_chars=environments.max_observation_chars(section))
+        seq, action, lengths, truncated = jax.device_get((out.tokens, out.action_mask, out.lengths, out.truncated))
+        texts, observations = [], []
+        for row, act, n in zip(np.asarray(seq), np.asarray(action) > 0, np.asarray(lengths)):
+            texts.append(self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True))
+            observations.append([self.tokenizer.decode(row[a:b].tolist(), skip_special_tokens=True)
+                                 for a, b in _runs(~act[:n])])
+        calls = np.asarray([float(getattr(env, "stats", {}).get("calls", 0)) for env in envs], np.float32)
+        model_tokens = np.asarray(action).sum(axis=1).round().astype(np.int64)
+        completions = Completions(0, texts, model_tokens, np.asarray(truncated), sequence_lengths=np.asarray(lengths),
+                                  observations=observations, calls=calls, episodes=stats)
+        return out, completions
 
     def completions(self, out) -> Completions:
         """The decoded completions of the rows of the rollout `out` that this process holds."""
@@ -175,6 +309,12 @@ class Sampler:
         texts = [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
                  for row, n in zip(local_tokens, lengths)]
         return Completions(start, texts, np.asarray(lengths), np.asarray(truncated))
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in a 1-D bool array."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
 def score(reward_fn: Callable, examples: Sequence[dict], completions: Completions, group_size: int):
@@ -192,7 +332,8 @@ def score(reward_fn: Callable, examples: Sequence[dict], completions: Completion
 # ------------------------------------------------------------------------------------------------ evaluation
 
 # The evaluator's own metrics (eval/<name>); a task's eval_metrics may not reuse these names.
-BUILTIN_METRICS = ("accuracy", "mean_reward", "mean_length", "mean_length_correct", "num_examples")
+BUILTIN_METRICS = ("accuracy", "mean_reward", "mean_length", "mean_length_correct", "num_examples",
+                   "tool_call_rate")
 
 
 @dataclasses.dataclass
@@ -238,6 +379,8 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
         held = chunk[greedy.start: greedy.start + len(greedy.texts)]  # this process's rows (one per example)
         task_columns = [np.asarray([float(fn(t, ex)) for t, ex in zip(greedy.texts, held)], np.float32)
                         for fn in own.values()]
+        if greedy.calls is not None:  # episodes: the share with a tool call (the column after the task's)
+            task_columns.append((np.asarray(greedy.calls) > 0).astype(np.float32))
         local = np.stack([np.asarray(total, np.float32), correct.astype(np.float32),
                           greedy.lengths.astype(np.float32)] + task_columns, axis=1)
         passes = np.zeros((len(local), 1), np.float32)
@@ -252,6 +395,8 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
             for i in range(min(num_samples_shown - len(shown), hi - lo, len(greedy.texts))):
                 shown.append({"prompt": chunk[i]["prompt"][-1]["content"], "completion": greedy.texts[i],
                               "reward": float(total[i]), "correct": bool(correct[i])})
+                if greedy.observations is not None:
+                    shown[-1]["observations"] = list(greedy.observations[i])
     table = np.concatenate(rows, axis=0)
     correct_rows = table[:, 1] > 0.5
     metrics = {
@@ -263,6 +408,8 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
     }
     for i, name in enumerate(own):
         metrics[f"eval/{name}"] = float(table[:, 3 + i].mean())
+    if sampler.environment is not None:
+        metrics["eval/tool_call_rate"] = float(table[:, 3 + len(own)].mean())
     if k:
         metrics[f"eval/pass@{k}"] = float(table[:, -1].mean())
     return EvalResult(metrics, shown)

@@ -137,7 +137,8 @@ class Experiment:
         sampler_config = policy.config.replace(attention=str(config.model.attention),  # as the train step's
                                                scan_layers=scan)                       # unless rollout.unrolled_decode
         self.sampler = evaluation.Sampler(sampler_config, self.tokenizer, self.mesh,
-                                          settings=rollout.Settings.from_config(config.rollout))
+                                          settings=rollout.Settings.from_config(config.rollout),
+                                          environment=config.environment if config.environment.name else None)
         return policy
 
     def policy_params(self):
@@ -261,6 +262,8 @@ def _train_samples(examples, completions, scores_local, adv, group_size, limit) 
         row = completions.start + i
         out.append({"prompt": examples[row // group_size]["prompt"][-1]["content"], "completion": text,
                     "reward": float(scores_local[i]), "advantage": float(adv[row])})
+        if completions.observations is not None:  # episodes: the completion holds them, listed here too
+            out[-1]["observations"] = list(completions.observations[i])
     return out
 
 
@@ -328,7 +331,9 @@ def _train_one(exp: Experiment, step: int, P: int, G: int, base_key: jax.Array) 
     row["train/tokens"] = member.tokens  # completion tokens trained on (stop tokens included)
     row["train/tokens_computed"] = prepared.tokens_computed  # the step's own plan, padding included
     row["sampler/tokens_per_s"] = member.generated / max(t_sample, 1e-9)
-    computed = getattr(exp.sampler.engine, "last_tokens_computed", None)
+    episodes = sampled[2].episodes
+    computed = (episodes.tokens_computed if episodes is not None
+                else getattr(exp.sampler.engine, "last_tokens_computed", None))
     if computed is not None:  # what the decode loop computed, finished rows' steps included
         row["sampler/tokens_computed"] = computed
     return StepResult(row, member.samples)
@@ -353,7 +358,12 @@ def member_batch(exp, examples, sampled, G: int, group: int = 0) -> MemberBatch:
     group: the effective group size g (a population member's `group_size`; 0 = G): only completions 0..g-1 of
     each group count -- advantages and reward statistics are those of the [P, g] rewards, the other rows get
     advantage 0 and keep = False (in no loss term or denominator), and the completion statistics and token
-    counts are over the kept rows. g = G is exactly the unmasked computation."""
+    counts are over the kept rows. g = G is exactly the unmasked computation.
+
+    Episodes (the sampler has an environment): the batch also carries `action_mask` (1 on the model's tokens, 0 on
+    inserted observations; the train step passes keys it does not read to the loss as `inputs=`), the completion
+    statistics count the model's tokens, `longest` is the longest whole episode (the columns the train step
+    keeps), and the row gets the episodes' env/* metrics (`evaluation.episode_metrics`)."""
     cfg = exp.config
     (prompt_tokens, prompt_mask), rollout, completions = sampled
     P = len(examples)
@@ -377,6 +387,8 @@ def member_batch(exp, examples, sampled, G: int, group: int = 0) -> MemberBatch:
     batch = dict(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, completions=rollout.tokens,
                  completion_mask=rollout.mask, old_logps=rollout.logps, advantages=adv, truncated=rollout.truncated,
                  keep=keep)
+    if completions.episodes is not None:
+        batch["action_mask"] = rollout.action_mask
     kept = kept.reshape(P * g, -1)
     lengths, truncated = kept[:, 1], kept[:, 2]
     errors = np.asarray([num_errors[k] for k in per_reward], np.float32)
@@ -394,16 +406,22 @@ def member_batch(exp, examples, sampled, G: int, group: int = 0) -> MemberBatch:
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": float(truncated.mean()),
     })
+    longest = int(scores[:, 1].max())
+    if completions.episodes is not None:  # one process holds every row (evaluation.Sampler.episodes)
+        row.update(evaluation.episode_metrics(completions.episodes))
+        longest = completions.columns
     samples = _train_samples(examples, completions, total, adv, G, int(cfg.logging.num_samples))
-    return MemberBatch(batch, row, samples, int(scores[:, 1].max()), float(lengths.sum()), float(scores[:, 1].sum()))
+    return MemberBatch(batch, row, samples, longest, float(lengths.sum()), float(scores[:, 1].sum()))
 
 
 def trim_columns(batch: dict, width: int) -> dict:
-    """The batch with its completion columns cut to the first `width` (see `completion_width`)."""
+    """The batch with its completion columns cut to the first `width` (see `completion_width`): completions,
+    completion_mask, old_logps and, when present, action_mask."""
     if width >= np.shape(batch["completions"])[1]:
         return batch
-    columns = _first_columns((batch["completions"], batch["completion_mask"], batch["old_logps"]), width)
-    return dict(batch, completions=columns[0], completion_mask=columns[1], old_logps=columns[2])
+    names = [k for k in ("completions", "completion_mask", "old_logps", "action_mask") if k in batch]
+    columns = _first_columns(tuple(batch[k] for k in names), width)
+    return dict(batch, **dict(zip(names, columns)))
 
 
 def with_train_metrics(row: dict, train_metrics: dict) -> dict:

@@ -27,7 +27,7 @@ import numpy as np
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "eval_samples.jsonl"  # each eval's sample completions in full: {step, [member,] prompt, completion, ...}
 # Wall-clock measurements: the only fields that differ between a resumed run and an uninterrupted one.
-TIMING_KEYS = ("step_time", "sampler/tokens_per_s", "sampler/time", "train/time", "eval/time", "time")
+TIMING_KEYS = ("step_time", "sampler/tokens_per_s", "sampler/time", "train/time", "eval/time", "env/time", "time")
 
 
 def _scalar(value: Any):

@@ -24,8 +24,8 @@ eval.every eval.num_examples eval.pass_k
 checkpoint.every checkpoint.keep
 """.split()
 
-CONFIG_FILES = ["default", "countdown", "gsm8k", "reasoning", "ablations.grpo", "ablations.dr_grpo", "ablations.dapo",
-                "ablations.gspo", "ablations.cispo"]
+CONFIG_FILES = ["default", "countdown", "gsm8k", "reasoning", "calculator", "ablations.grpo", "ablations.dr_grpo",
+                "ablations.dapo", "ablations.gspo", "ablations.cispo"]
 
 
 def _get(config, path):

@@ -13,9 +13,10 @@
   calculator.py    'calculator': arithmetic through the bounded evaluator of grpo_jax.rewards.safe_eval
   guess_number.py  'guess_number': a stateful game answered 'higher' / 'lower' / 'correct'
 
-`grpo_jax.rollout.multiturn.generate_episodes` steps them (one host round-trip per turn for the batch); the runner
-does not call it yet: `environment.name = ''` (single-turn) is the only path a run takes today. Every module of this package is imported here, so an environment is one new file that registers
-itself (or a config file / caller that registers one before building the config).
+`grpo_jax.rollout.multiturn.generate_episodes` steps them (one host round-trip per turn for the batch); a run with
+`environment.name` set samples with it (`grpo_jax.evaluation.Sampler`), `environment.name = ''` is the single-turn
+path. Every module of this package is imported here, so an environment is one new file that registers itself (or a
+config file / caller that registers one before building the config).
 """
 
 import importlib

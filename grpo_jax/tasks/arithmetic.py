@@ -5,7 +5,8 @@ A problem is `num_operands` numbers of up to `digits` digits (0 .. 10**digits - 
 Identity is the expression itself. Each example carries `answer` and `intermediates`, the integer values of its
 sub-expressions (`intermediate_values`: partial products, running sums), which `eval/intermediate_rate` looks for
 in a completion (tasks/eval_metrics.py; problems of three or more operands). `steps=True` asks for the work step by
-step, each intermediate result written out; `prefill` starts the assistant's turn. Small problem spaces (at most ENUMERATE_LIMIT expressions, e.g. the 100 one-digit
+step, each intermediate result written out; `prefill` starts the assistant's turn; `system` is a system message
+before the question (e.g. the calculator tool's instructions, configs/calculator.py). Small problem spaces (at most ENUMERATE_LIMIT expressions, e.g. the 100 one-digit
 additions) are enumerated and split by `split_seed` into a fixed eval subset and a disjoint training pool; larger
 spaces are sampled, rejecting eval problems from training.
 """
@@ -85,7 +86,7 @@ class ArithmeticTask(Task):
 
     def __init__(self, *, operators: Sequence[str], digits: int, num_operands: int, eval_size: int | None,
                  split_seed: int, steps: bool = False, prefill: str | None = None,
-                 train_operands: Sequence[int] = ()):
+                 train_operands: Sequence[int] = (), system: str | None = None):
         self.operators = tuple(operators)
         if not self.operators or any(op not in OPERATORS for op in self.operators):
             raise ValueError(
@@ -99,6 +100,9 @@ class ArithmeticTask(Task):
         if not isinstance(steps, bool) or not isinstance(prefill, (str, type(None))):
             raise ValueError(f"arithmetic: steps must be a bool and prefill a string, got {steps!r}, {prefill!r}")
         self.steps, self.prefill = steps, prefill or None
+        if not isinstance(system, (str, type(None))):
+            raise ValueError(f"arithmetic: system must be a string, got {system!r}")
+        self.system = system or None
         counts = tuple(integer(n, "arithmetic train_operands") for n in train_operands) or (self.num_operands,)
         if any(not 2 <= n <= 8 for n in counts):
             raise ValueError(f"arithmetic: train_operands must each be in 2..8, got {tuple(train_operands)!r}")
@@ -169,7 +173,7 @@ class ArithmeticTask(Task):
         ask = STEPS_INSTRUCTION if self.steps else ANSWER_INSTRUCTION
         return make_example(f"What is {text}? {ask}",
                             {"answer": int(value_of(problem)), "intermediates": intermediate_values(problem)},
-                            id=f"arithmetic:{text}", prefill=self.prefill)
+                            id=f"arithmetic:{text}", system=self.system, prefill=self.prefill)
 
     def _eval_examples(self) -> list[dict[str, Any]]:
         return self._eval
@@ -191,9 +195,11 @@ class ArithmeticTask(Task):
 @TASKS.register("arithmetic")
 def arithmetic(operators: Sequence[str] = ("+",), digits: int = 1, num_operands: int = 2,
                eval_size: int | None = None, split_seed: int = 0, steps: bool = False, prefill: str | None = None,
-               train_operands: Sequence[int] = ()) -> Task:
+               train_operands: Sequence[int] = (), system: str | None = None) -> Task:
     """Procedural arithmetic. eval_size None = 200, or half the problem space when that has fewer than 400 problems.
     steps: ask for the intermediate results; prefill: the start of the assistant's turn (None or '' = none; a config's '' arrives as None); train_operands: the operand counts training problems
-    are drawn from, uniformly (a curriculum mix, e.g. (2, 3)); () = num_operands. Eval stays num_operands."""
+    are drawn from, uniformly (a curriculum mix, e.g. (2, 3)); () = num_operands. Eval stays num_operands.
+    system: a system message before each question (None or '' = none; the id, and so the eval split, ignores it)."""
     return ArithmeticTask(operators=operators, digits=digits, num_operands=num_operands, eval_size=eval_size,
-                          split_seed=split_seed, steps=steps, prefill=prefill, train_operands=train_operands)
+                          split_seed=split_seed, steps=steps, prefill=prefill, train_operands=train_operands,
+                          system=system)

@@ -1,0 +1,150 @@
+"""Multi-turn runs end to end on a tiny random checkpoint: `runner.run` with `environment.name` set plays episodes
+(grpo_jax/evaluation.py `Sampler.episodes`), logs env/* metrics, resumes exactly, survives an environment that
+raises on every step; the calculator config file trains from the command line; the chat-template role pieces.
+
+The environments here are scripted and registered by this module: 'scripted_calls' answers every turn (a turn
+ends at '+', which the random model writes often, or after environment.max_turn_tokens tokens) with '=<answer>',
+counting a call per turn; 'scripted_raises' raises on every step.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tiny_run_config
+from test_train_cli import REPO, cache, cli_env  # noqa: F401  (the compile cache)
+from tiny_tokenizer import make_run_checkpoint, make_tokenizer
+
+from grpo_jax import config as config_lib
+from grpo_jax import environments, evaluation, runner, tasks
+from grpo_jax.metrics import read_metrics, without_timing
+
+ENV_KEYS = ("env/turns_mean", "env/tool_calls", "env/tool_errors", "env/parse_rate", "env/faults/error",
+            "env/faults/timeout", "env/faults/oversize", "env/observation_tokens", "env/time")
+
+
+@environments.register("scripted_calls", replace=True)
+class ScriptedCalls(environments.Environment):
+    stop = ("+",)
+
+    def reset(self, example):
+        self.answer = example["answer"]
+        self.stats = {"turns": 0, "calls": 0, "parse_errors": 0, "tool_errors": 0}
+
+    def step(self, turn):
+        self.stats["turns"] += 1
+        self.stats["calls"] += 1
+        if "-" in turn:
+            self.stats["parse_errors"] += 1
+        return environments.Observation(f"={self.answer}\n")
+
+
+@environments.register("scripted_raises", replace=True)
+class ScriptedRaises(environments.Environment):
+    def reset(self, example):
+        self.stats = {}
+
+    def step(self, turn):
+        raise RuntimeError("the environment always fails")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    # A context of 512 positions: the calculator config's system message makes prompts of ~300 tokens.
+    return make_run_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", max_position_embeddings=512)
+
+
+def _config(checkpoint, env="scripted_calls"):
+    c = tiny_run_config.get_config()
+    c.model.path = checkpoint
+    c.total_steps = 2
+    c.rollout.max_new_tokens = 16
+    c.reward_options = {"overlong": {"max_length": 12, "buffer_length": 8}}
+    c.environment.name = env
+    c.environment.max_turns = 3
+    c.environment.max_turn_tokens = 4
+    c.environment.max_observation_tokens = 4
+    return c
+
+
+def test_a_multiturn_run_logs_episodes_and_resumes_bit_identically(checkpoint, tmp_path):
+    straight_dir, workdir = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    result = runner.run(_config(checkpoint), straight_dir)
+    assert result.status == "completed" and result.step == 2
+    rows = read_metrics(straight_dir)
+    train = [r for r in rows if "reward" in r]
+    evals = [r for r in rows if "eval/accuracy" in r]
+    assert [r["step"] for r in train] == [1, 2] and [r["step"] for r in evals] == [0, 2]
+    for row in train:
+        assert set(ENV_KEYS) <= set(row), set(ENV_KEYS) - set(row)
+        assert all(np.isfinite(v) for v in row.values())
+        assert row["env/tool_calls"] > 0 and row["env/observation_tokens"] > 0
+        assert 1 <= row["env/turns_mean"] <= 3 and 0 <= row["env/parse_rate"] <= 1
+        assert row["completions/max_length"] <= 3 * 4  # model tokens only: max_turns x max_turn_tokens
+    for row in evals:
+        assert 0 <= row["eval/tool_call_rate"] <= 1 and row["eval/num_examples"] == 8
+    with open(os.path.join(straight_dir, "eval_samples.jsonl")) as f:
+        samples = [json.loads(line) for line in f if line.strip()]
+    assert samples and all("observations" in s for s in samples)
+    shown = [s for s in samples if s["observations"]]
+    assert shown and all(o in s["completion"] for s in shown for o in s["observations"])  # the whole episode
+
+    first = runner.run(_config(checkpoint), workdir, preempt_after=1)
+    assert first.status == "preempted" and first.step == 1
+    second = runner.run(_config(checkpoint), workdir)
+    assert second.status == "completed" and second.step == 2
+    assert without_timing(read_metrics(workdir)) == without_timing(rows)  # bit-identical
+    texts = [open(os.path.join(d, "eval_samples.jsonl")).read() for d in (workdir, straight_dir)]
+    assert texts[0] == texts[1]
+
+
+def test_an_environment_that_always_raises_is_counted_not_fatal(checkpoint, tmp_path):
+    c = _config(checkpoint, "scripted_raises")
+    c.total_steps = 1
+    c.eval.every = 0
+    c.environment.observation_role = "tool"  # the error observations go in as chat turns of the tiny template
+    result = runner.run(c, str(tmp_path / "run"))
+    assert result.status == "completed" and result.step == 1
+    (row,) = [r for r in read_metrics(str(tmp_path / "run")) if "reward" in r]
+    assert row["env/faults/error"] > 0 and math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
+    assert row["env/tool_calls"] == 0 and row["env/parse_rate"] == 1.0
+
+
+def test_role_pieces_come_from_the_chat_template():
+    tiny = make_tokenizer()  # "<{role}>{content}\n" per message, "<assistant>" opens the model's turn
+    assert evaluation.role_pieces(tiny, "tool") == ("\n<tool>", "\n<assistant>")
+    assert evaluation.role_pieces(tiny, "user") == ("\n<user>", "\n<assistant>")
+    tiny.chat_template = None
+    assert evaluation.role_pieces(tiny, "tool") == ("\n<tool>: ", "\n")  # no template: plain text pieces
+    tiny.chat_template = evaluation.BYTE_CHAT_TEMPLATE
+    assert evaluation.role_pieces(tiny, "tool") == ("\n<|tool|>\n", "\n<|assistant|>\n")
+
+
+def test_the_arithmetic_task_takes_a_system_message_and_a_population_is_refused():
+    example = tasks.get("arithmetic", system="Use the tool.").train_example(0, 0)
+    assert example["prompt"][0] == {"role": "system", "content": "Use the tool."}
+    assert tasks.get("arithmetic").train_example(0, 0)["prompt"] == example["prompt"][1:]
+    c = config_lib.base_config()
+    c.environment.name = "calculator"
+    config_lib.validate(c)
+    c.population.size = 2
+    with pytest.raises(ValueError, match="not supported with a population"):
+        config_lib.validate(c)
+
+
+def test_the_calculator_config_trains_from_the_command_line(checkpoint, cache, tmp_path):  # noqa: F811
+    workdir = str(tmp_path / "calculator")
+    command = [sys.executable, "-m", "experiments.train", "--config", os.path.join(REPO, "configs/calculator.py:tiny"),
+               "--workdir", workdir, f"--config.model.path={checkpoint}", "--config.logging.progress=False"]
+    proc = subprocess.run(command, cwd=REPO, env=cli_env(cache), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(workdir)
+    train = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and "env/tool_calls" in r for r in train)
+    assert all("eval/tool_call_rate" in r for r in rows if "eval/accuracy" in r)
