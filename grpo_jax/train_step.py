@@ -7,8 +7,9 @@
 One call is one jitted program (buffers of `state` donated), for a rollout of P prompts x G completions, made of
 named, module-level parts with explicit arguments (`_build` only binds the config's settings to them):
 
-  plan        host side, before the program: `_check_batch` (shapes, dtypes, divisibility: clear ValueErrors) and
-              `_packing_plan` (`grpo_jax.packing`: which completions share a packed row); `Program.check_batch`
+  plan        host side, before the program: `_check_batch` (shapes, dtypes, divisibility, action_mask's values:
+              clear ValueErrors) and `_packing_plan` (`grpo_jax.packing`: which completions share a packed row, by
+              the present tokens); `Program.check_batch`
               runs both, `tokens_computed` counts the completion positions the plan makes one pass compute.
   prepare     `prepare_batch` -> `Prepared`, once per call: the batch split into micro-batches of whole prompt
               groups; the loss's denominators over the WHOLE batch (`losses.batch_denominators`); the reference
