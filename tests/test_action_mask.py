@@ -1,7 +1,8 @@
 """The train step's action_mask (a multi-turn rollout's observation tokens: present and attended, never trained):
 equal to the completion mask it changes nothing, bit for bit; a position with action_mask 0 adds nothing to the
 loss, the gradient or a metric; every denominator counts model tokens only (by hand); packed == padded with holes
-in the action mask and 2 micro-batches; a bad action_mask is one clear ValueError; the population step carries it."""
+in the action mask and 2 micro-batches; a bad action_mask is one clear ValueError; the population step carries each
+member's own (each member = its single step)."""
 
 import jax
 import jax.numpy as jnp
@@ -280,3 +281,24 @@ def test_population_step_carries_each_members_action_mask():
     with pytest.raises(ValueError, match="0 wherever completion_mask is 0"):
         bad = dict(batches, action_mask=np.ones_like(batches["action_mask"]))
         step.prepare(states, frozen, None, bad)
+
+
+def test_population_members_train_as_their_single_steps_with_holes():
+    """Two members, each with its own action_mask: each member's update is the single step's on its batch."""
+    cfg = config(group_size=4, max_new_tokens=8, kl_beta=0.0, entropy_coef=0.01)
+    cfg.optim.skip_zero_advantage = False
+    b0, b1 = _holes_batch(seed=1), _holes_batch(seed=2)
+    b1 = dict(b1, prompt_tokens=b0["prompt_tokens"], prompt_mask=b0["prompt_mask"])
+    batches = {k: np.stack([b0[k], b1[k]]) for k in b0}
+    states, frozen = population_train.init_population_state(CFG, params(0), cfg, MESH, size=2)
+    states, metrics = population_train.make_population_train_step(CFG, cfg, MESH, FAST)(states, frozen, None,
+                                                                                         batches)
+    single = train_step.make_train_step(CFG, cfg, MESH, FAST)
+    for k, b in enumerate((b0, b1)):
+        state, _ = train_step.init_train_state(CFG, params(0), cfg, MESH)
+        state, m = single(state, None, None, b)
+        diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+                   zip(jax.tree.leaves(population_train.member(states, k).params), jax.tree.leaves(state.params)))
+        assert diff < 1e-6, (k, diff)
+        assert abs(float(metrics["loss"][k]) - float(m["loss"])) < 1e-6
+        assert abs(float(metrics["entropy"][k]) - float(m["entropy"])) < 1e-6
