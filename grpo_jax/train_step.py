@@ -7,8 +7,9 @@
 One call is one jitted program (buffers of `state` donated), for a rollout of P prompts x G completions, made of
 named, module-level parts with explicit arguments (`_build` only binds the config's settings to them):
 
-  plan        host side, before the program: `_check_batch` (shapes, dtypes, divisibility: clear ValueErrors) and
-              `_packing_plan` (`grpo_jax.packing`: which completions share a packed row); `Program.check_batch`
+  plan        host side, before the program: `_check_batch` (shapes, dtypes, divisibility, action_mask's values:
+              clear ValueErrors) and `_packing_plan` (`grpo_jax.packing`: which completions share a packed row, by
+              the present tokens); `Program.check_batch`
               runs both, `tokens_computed` counts the completion positions the plan makes one pass compute.
   prepare     `prepare_batch` -> `Prepared`, once per call: the batch split into micro-batches of whole prompt
               groups; the loss's denominators over the WHOLE batch (`losses.batch_denominators`); the reference
@@ -35,11 +36,22 @@ are constrained by their logical names too; XLA inserts the collectives.
 
 batch = dict(prompt_tokens int32 [P, S] (left-padded), prompt_mask bool [P, S], completions int32 [N, T],
              completion_mask float32 [N, T], advantages float32 [N], old_logps float32 [N, T],
-             truncated bool [N] (optional; used by loss.mask_truncated), keep bool [N] (optional; rows in the
-             update, e.g. DAPO's zero-std filter), **any other per-row array [N, ...]), N = P * G, rows p-major
-             (row = p * G + g). Every other key travels with its rows through the micro-batches and reaches
-             `losses.policy_loss` as `inputs=`, so a loss variant that declares it (`register_variant(inputs=...)`)
-             receives it: a new per-row input needs no edit here.
+             action_mask float32 [N, T] (optional; default completion_mask), truncated bool [N] (optional; used
+             by loss.mask_truncated), keep bool [N] (optional; rows in the update, e.g. DAPO's zero-std filter),
+             **any other per-row array [N, ...]), N = P * G, rows p-major (row = p * G + g). Every other key
+             travels with its rows through the micro-batches and reaches `losses.policy_loss` as `inputs=`, so a
+             loss variant that declares it (`register_variant(inputs=...)`) receives it: a new per-row input needs
+             no edit here.
+
+completion_mask vs action_mask: completion_mask is 1 on every token PRESENT in the sequence (attended; the packing
+plan packs these, and log-probs are computed at all of them); action_mask (values 0 / 1, action_mask <=
+completion_mask, checked) is 1 on the present tokens the policy SAMPLED, the ones trained on. A multi-turn rollout's
+inserted observation tokens are present but not actions (`Rollout.action_mask`); single-turn the two are equal.
+Everything the loss counts reads action_mask only: the loss mask given to `losses.policy_loss` (policy term, KL,
+entropy metric and bonus, GSPO's sequence ratio, truncation and keep masks), every aggregation's denominators
+(`losses.batch_denominators`), the token metrics' denominator of optim.skip_zero_advantage and logp_mismatch. So
+an observation token adds nothing to the loss, the gradient or a metric, and the gradient with respect to its
+log-prob is exactly 0; it still shapes the following tokens' log-probs as their context.
 
 Metrics are a `step_metrics.Metrics`: each carries its reduction over micro-batches and iterations, declared
 where it is computed (the loss, its variant, this module), so no table here names them.
@@ -72,7 +84,8 @@ from grpo_jax.optim import make_optimizer, make_schedule
 
 PROMPT_KEYS = ("prompt_tokens", "prompt_mask")
 REQUIRED_ROW_KEYS = ("completions", "completion_mask", "advantages", "old_logps")
-ROW_KEYS = REQUIRED_ROW_KEYS + ("truncated", "keep")  # read by the step itself; other keys go to the loss
+# read by the step itself; other keys go to the loss as `inputs=`
+ROW_KEYS = REQUIRED_ROW_KEYS + ("truncated", "keep", "action_mask")
 # The loss input this step computes for a KL estimator that declares it: the exact KL(pi || pi_ref) [N, T].
 TOKEN_KL = "token_kl"
 # The packing plan's arrays laid out per packed row (split into micro-batches by a reshape; pack_unpack is per row).
@@ -83,7 +96,7 @@ PACKED_KEYS = ("pack_source", "pack_prompt")
 TRACED_HYPERPARAMETERS = ("lr", "temperature") + losses.TRACEABLE_FIELDS
 _DTYPES = {"prompt_tokens": jnp.int32, "prompt_mask": jnp.bool_, "completions": jnp.int32,
            "completion_mask": jnp.float32, "advantages": jnp.float32, "old_logps": jnp.float32,
-           "truncated": jnp.bool_, "keep": jnp.bool_}
+           "truncated": jnp.bool_, "keep": jnp.bool_, "action_mask": jnp.float32}
 
 
 @flax.struct.dataclass
@@ -248,14 +261,14 @@ def _check_batch(batch: dict, s: _Settings, mesh: Mesh, packed_rows: int = 0) ->
     missing = [k for k in required if k not in batch]
     if missing:
         raise ValueError(f"train step batch lacks {missing}; it needs {list(required)} "
-                         "(+ optional 'truncated', 'keep', and per-row inputs of the loss variant)")
+                         "(+ optional 'action_mask', 'truncated', 'keep', and per-row inputs of the loss variant)")
     p, s_len = np.shape(batch["prompt_tokens"])
     n, t = np.shape(batch["completions"])
     if n != p * s.group_size:
         raise ValueError(f"batch has {n} completions for {p} prompts; expected prompts x rollout.group_size = "
                          f"{p} x {s.group_size} = {p * s.group_size}")
     want = {"prompt_mask": (p, s_len), "completion_mask": (n, t), "old_logps": (n, t), "advantages": (n,),
-            "truncated": (n,), "keep": (n,)}
+            "truncated": (n,), "keep": (n,), "action_mask": (n, t)}
     for k, shape in want.items():
         if k in batch and tuple(np.shape(batch[k])) != shape:
             raise ValueError(f"batch['{k}'] has shape {tuple(np.shape(batch[k]))}, expected {shape}")
@@ -273,8 +286,14 @@ def _check_batch(batch: dict, s: _Settings, mesh: Mesh, packed_rows: int = 0) ->
     out = {k: batch[k] for k in required}
     out["truncated"] = batch.get("truncated", np.zeros((n,), bool))
     out["keep"] = batch.get("keep", np.ones((n,), bool))
+    if "action_mask" in batch:
+        out["action_mask"] = batch["action_mask"]
     out = {k: (v.astype(_DTYPES[k]) if isinstance(v, jax.Array) else np.asarray(v, _DTYPES[k]))
            for k, v in out.items()}
+    if "action_mask" in out:
+        _check_action_mask(out["action_mask"], out["completion_mask"])
+    else:  # single-turn: every present token is the policy's
+        out["action_mask"] = out["completion_mask"]
     out.update({k: (v if isinstance(v, jax.Array) else np.asarray(v)) for k, v in extra.items()})
     if s.pack_completions:
         out.update(_packing_plan(out["completion_mask"], s, n // micro, mesh, packed_rows,
@@ -282,10 +301,22 @@ def _check_batch(batch: dict, s: _Settings, mesh: Mesh, packed_rows: int = 0) ->
     return out
 
 
+def _check_action_mask(action_mask, completion_mask) -> None:
+    """ValueError unless action_mask (shape already checked) is 0 / 1 and 0 wherever completion_mask is 0."""
+    action, present = distributed.to_host((action_mask, completion_mask))
+    bad = ~((action == 0) | (action == 1)) | ((action > 0) & ~(present > 0))
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"batch['action_mask'] must be 0 or 1, and 0 wherever completion_mask is 0 (a trained token "
+                         f"is a present token): at row {r}, column {c} action_mask = {float(action[r, c])!r}, "
+                         f"completion_mask = {float(present[r, c])!r} ({int(bad.sum())} such positions)")
+
+
 def _packing_plan(completion_mask, s: _Settings, num_micro: int, mesh: Mesh, min_rows: int = 0,
                   advantages=None) -> dict:
     """The batch's packing plan (`grpo_jax.packing`) as batch arrays whose leading axis splits over the data
-    shards: pack_source [M * R, T], pack_prompt [M * R], pack_unpack [N, T]; R at least `min_rows`. With
+    shards: pack_source [M * R, T], pack_prompt [M * R], pack_unpack [N, T]; R at least `min_rows`. It packs the
+    PRESENT tokens (lengths from completion_mask, observation tokens included: they are attended). With
     `advantages` [N] (optim.skip_zero_advantage) rows whose advantage is exactly 0 get no packed slot."""
     mask = distributed.to_host(completion_mask)
     lengths = packing.lengths_from_mask(mask)
@@ -370,7 +401,7 @@ class Prepared(NamedTuple):
     micro_batches: dict  # every batch array split into M micro-batches of whole prompt groups: [M, rows, ...]
     reference: Any       # reference log-probs [M, rows, T]; with the exact KL its hidden states; None without KL
     denominators: Any    # the loss's denominators over the whole batch (`losses.batch_denominators`)
-    num_valid: jax.Array  # float32 scalar: the valid tokens trained on (the token metrics' denominator)
+    num_valid: jax.Array  # float32 scalar: the tokens trained on (action_mask) (the token metrics' denominator)
 
 
 def prepare_batch(model_config: ModelConfig, s: _Settings, loss_cfg, mesh: Mesh, batch: dict, frozen, ref_params,
@@ -379,9 +410,9 @@ def prepare_batch(model_config: ModelConfig, s: _Settings, loss_cfg, mesh: Mesh,
     KL, the reference's hidden states; no reference pass unless `s.use_kl`."""
     n = batch["completions"].shape[0]
     num_micro = n // (s.micro_batch_size or n)
-    dens = losses.batch_denominators(batch["completion_mask"], loss_cfg, s.norm_length, batch["truncated"],
-                                     batch["keep"])
-    valid = batch["completion_mask"] > 0
+    action = batch["action_mask"]  # the trained tokens: every denominator counts these only
+    dens = losses.batch_denominators(action, loss_cfg, s.norm_length, batch["truncated"], batch["keep"])
+    valid = action > 0
     if s.skip_zero_advantage:  # the token metrics' denominator: the completions trained on
         valid = valid & (batch["advantages"] != 0)[:, None]
     num_valid = jnp.sum(valid.astype(jnp.float32))
@@ -410,9 +441,10 @@ def _full_params(s: _Settings, trainable, frozen):
 def micro_batch_loss(model_config: ModelConfig, s: _Settings, loss_cfg, trainable, frozen, mb: dict, ref_mb,
                      denominators, num_valid, ref_params, loss_hp: dict, temperature):
     """(loss, metrics) of one micro-batch: a local sum over the whole batch's `denominators`, so that the sum over
-    micro-batches is the full-batch loss. ref_mb: the micro-batch's reference log-probs [rows, T], or with the
-    exact KL its hidden states (`ref_params`: the reference whose head reads them). loss_hp: the loss's traced
-    hyperparameters ({} = the config's); temperature: the log-probs' (rollout.temperature or a member's)."""
+    micro-batches is the full-batch loss. The loss mask is mb['action_mask'] (the policy's tokens; log-probs are
+    taken at every present token, observations included). ref_mb: the micro-batch's reference log-probs [rows, T],
+    or with the exact KL its hidden states (`ref_params`: the reference whose head reads them). loss_hp: the loss's
+    traced hyperparameters ({} = the config's); temperature: the log-probs' (rollout.temperature or a member's)."""
     params = _full_params(s, trainable, frozen)
     reference = (ref_params, ref_mb) if s.exact_kl else None
     out = logprobs.completion_logprobs(model_config, params, mb["prompt_tokens"], mb["prompt_mask"],
@@ -423,18 +455,18 @@ def micro_batch_loss(model_config: ModelConfig, s: _Settings, loss_cfg, trainabl
     if s.skip_zero_advantage:  # rows without a packed slot: ratio exactly 1, so their loss is -0 * f(1) = 0
         trained = (mb["advantages"] != 0)[:, None]
         logps = jnp.where(trained, logps, mb["old_logps"])
-        skipped_entropy, entropy = jnp.where(trained & (mb["completion_mask"] > 0), entropy, 0.0), None
+        skipped_entropy, entropy = jnp.where(trained & (mb["action_mask"] > 0), entropy, 0.0), None
     inputs = {k: v for k, v in mb.items() if k not in PROMPT_KEYS + ROW_KEYS + packing.KEYS}
     if s.exact_kl:
         inputs[TOKEN_KL] = out[2]
     ref_lp = None if s.exact_kl else ref_mb
-    loss, metrics = losses.policy_loss(logps, mb["old_logps"], ref_lp, mb["advantages"], mb["completion_mask"],
+    loss, metrics = losses.policy_loss(logps, mb["old_logps"], ref_lp, mb["advantages"], mb["action_mask"],
                                        loss_cfg, norm_length=s.norm_length, truncated=mb["truncated"],
                                        entropy=entropy, denominators=denominators, keep=mb["keep"], inputs=inputs,
                                        hyperparameters=loss_hp or None)
     # Sampler-vs-trainer mismatch (Tunix logs it every step): exact sampling gives 0 at the first iteration,
     # so it is reported for the first iteration (params = the sampler's).
-    valid = mb["completion_mask"] > 0
+    valid = mb["action_mask"] > 0
     gap = jnp.where(valid, jnp.abs(mb["old_logps"] - jax.lax.stop_gradient(logps)), 0.0)
     metrics.add("logp_mismatch/max", jnp.max(gap), "max", iterations="first")
     metrics.add("logp_mismatch/mean", jnp.sum(gap) / jnp.maximum(num_valid, 1.0), "sum", iterations="first")
@@ -651,7 +683,7 @@ def make_train_step(model_config: ModelConfig, config, mesh: Mesh, compiler_opti
     entropy, clip_ratio/*, ratio/*, and the variant's own), combined over micro-batches and the mu iterations by
     each one's declared reduction (ratio/max and ratio/min: max / min), plus grad_norm (before clipping),
     learning_rate, and logp_mismatch/max, logp_mismatch/mean = max / mean |old_logps - trainer log-probs| over
-    valid tokens at the first iteration. `compiler_options` go to `jax.jit` (the tests pass
+    trained tokens (action_mask) at the first iteration. `compiler_options` go to `jax.jit` (the tests pass
     {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False} so that their tiny programs
     compile quicker on CPU)."""
     program = build_program(model_config, config, mesh)

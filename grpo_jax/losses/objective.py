@@ -1,7 +1,12 @@
 """The GRPO objective: policy term (by variant) + beta * KL to the reference - entropy bonus, aggregated.
 
-Inputs are per-token arrays over completion positions: logps / old_logps / ref_logps / mask [N, T] (mask 1.0 on
-completion tokens), one advantage per sequence [N]. The variant, the KL estimator and the aggregation are plug-ins
+Inputs are per-token arrays over completion positions: logps / old_logps / ref_logps / mask [N, T], one advantage
+per sequence [N]. `mask` is 1.0 on the tokens TRAINED on, the policy's own sampled tokens: the train step passes its
+batch's action_mask, which is 0 on a multi-turn rollout's inserted observation tokens (present in the sequence and
+attended, never trained) and equals the completion mask single-turn. Everything here reads only this mask: the
+policy term (GSPO's sequence ratio included), KL, entropy (metric and bonus), the ratio / clip metrics and every
+denominator, so a mask-0 position adds nothing to the loss or a metric and the loss's gradient with respect to its
+log-prob is exactly 0. The variant, the KL estimator and the aggregation are plug-ins
 looked up by name (`loss.variant`, `loss.kl_estimator`, `loss.aggregation`; see `plugins.py`).
 
 Per token:  loss_t = policy_t + kl_beta * kl_t - entropy_coef * entropy_t,
@@ -164,6 +169,7 @@ def _needs_norm_length(config) -> bool:
 def batch_denominators(mask, config, norm_length=None, truncated=None, keep=None) -> dict:
     """Global normalisers of one step, from the FULL batch's mask (call once, pass to every micro-batch).
 
+    `mask`: the tokens trained on (the train step's action_mask), so every denominator counts model tokens only.
     Returns float32 scalars: `num_tokens` (valid tokens of kept rows), `num_sequences` (kept rows: not truncated
     when `mask_truncated`, and `keep`), and `norm_length` when given (Dr.GRPO's constant; required by an
     aggregation that declares it, `seq_mean_token_sum_norm`). Under jit on a sharded batch these sums are global
@@ -220,7 +226,8 @@ def policy_loss(logps, old_logps, ref_logps, advantages, mask, config, norm_leng
     old_logps [N, T]: the behaviour policy's (sampler's) log-probs; None means on-policy, sg(logps).
     ref_logps [N, T]: the reference policy's; may be None when kl_beta == 0 (then it is never read) or when the
         KL estimator declares inputs of its own (kl_estimator 'full' reads inputs['token_kl'] instead).
-    advantages [N]: one per sequence. mask [N, T]: 1.0 on completion tokens.
+    advantages [N]: one per sequence. mask [N, T]: 1.0 on the tokens trained on (the train step's action_mask:
+        the policy's sampled tokens, 0 on inserted observation tokens; module docstring).
     config: the `loss` ConfigDict. norm_length: Dr.GRPO's constant (rollout.max_new_tokens).
     truncated [N] bool: completions that hit the length limit (used when loss.mask_truncated).
     entropy [N, T]: per-token policy entropy (needed when entropy_coef != 0; logged whenever given).
