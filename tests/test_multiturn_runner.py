@@ -86,6 +86,8 @@ def test_a_multiturn_run_logs_episodes_and_resumes_bit_identically(checkpoint, t
         assert row["env/tool_calls"] > 0 and row["env/observation_tokens"] > 0
         assert 1 <= row["env/turns_mean"] <= 3 and 0 <= row["env/parse_rate"] <= 1
         assert row["completions/max_length"] <= 3 * 4  # model tokens only: max_turns x max_turn_tokens
+        # the sampler's log-probs are the trainer's on every model token (observations are not trained)
+        assert row["logp_mismatch"] < 1e-4, row["logp_mismatch"]
     for row in evals:
         assert 0 <= row["eval/tool_call_rate"] <= 1 and row["eval/num_examples"] == 8
     with open(os.path.join(straight_dir, "eval_samples.jsonl")) as f:
