@@ -84,3 +84,11 @@ def batch(p=4, g=2, s=5, t=5, seed=0, model_params=None, temperature=0.9):
 def max_abs_diff(a, b) -> float:
     return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def assert_gradients_close(want, got, rel: float = 1e-6) -> None:
+    """Every leaf of `got` within rel x the largest |entry| of `want`, which must be non-trivial (> 1e-3)."""
+    scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(want))
+    assert scale > 1e-3, scale
+    worst = max_abs_diff(want, got)
+    assert worst <= rel * scale, (worst, scale)
