@@ -97,6 +97,7 @@ class _StubSampler:
     def __init__(self, replies: dict):
         self.replies = replies
         self.mesh = types.SimpleNamespace(shape={"data": 1, "fsdp": 1})
+        self.environment = None  # single-turn
 
     def sample(self, params, examples, key, *, group_size, max_new_tokens, greedy=False, **_):
         texts = [self.replies[ex["id"]][0] for ex in examples for _ in range(group_size)]
