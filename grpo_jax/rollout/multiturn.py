@@ -114,7 +114,14 @@ class TurnCodec:
         def decode(ids: Sequence[int]) -> str:
             return tokenizer.decode(list(ids), skip_special_tokens=False)
         pieces = {name: (encode(prefix), encode(suffix)) for name, (prefix, suffix) in (roles or {}).items()}
-        return cls(tuple(tuple(encode(s)) for s in stop_strings), decode, encode, tuple(encode(marker)), pieces)
+        # A stop string after a space is often other tokens (a BPE merges the space into its first piece, e.g.
+        # ' </' in ' </calc>'): both spellings end the turn.
+        stops = []
+        for s in stop_strings:
+            for ids in (tuple(encode(s)), tuple(encode(" " + s))):
+                if ids not in stops:
+                    stops.append(ids)
+        return cls(tuple(stops), decode, encode, tuple(encode(marker)), pieces)
 
     def wrapping(self, role: Role) -> tuple:
         """(prefix_ids, suffix_ids) of `role`: () for 'inline', the codec's pieces for a named role, or the role
