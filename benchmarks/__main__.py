@@ -8,6 +8,7 @@
     python -m benchmarks reasoning_sweep   [--settings a,b --steps 20 --eval-examples 100 --out DIR]
     python -m benchmarks ragged_sampler    [--shape qwen2.5-0.5b --dtype bfloat16]  (for the GPU)
     python -m benchmarks sampler_profile   (a diagnostic: the decode loop's time per XLA operation)
+    python -m benchmarks multiturn         [--model smollm2-135m-instruct --prompts 8 --group 8 --max-turns 3]
     python -m benchmarks <name> --help
 
 Each subcommand is a module of this package with `main(argv) -> dict` (learning: benchmarks/learning_curves.py).
@@ -24,6 +25,7 @@ SUBCOMMANDS = {
     "sampler": ("sampler", "grpo_jax's group sampler vs transformers' generate: tokens/s, compile time, roofline"),
     "ragged_sampler": ("ragged_sampler", "the decode loop's compaction and refill vs the plain loop on ragged rows"),
     "sampler_profile": ("sampler_profile", "where the sampler's decode step spends its time, per XLA operation"),
+    "multiturn": ("multiturn", "calculator episodes with each row's cache kept across turns vs re-prefilled"),
     "train_step": ("train_step", "one jitted GRPO train step: time, peak memory, roofline"),
     "grpo_step": ("grpo_step", "one full GRPO step (sample, reward, update), grpo_jax beside TRL's GRPOTrainer"),
     "learning": ("learning_curves", "learning curves of grpo_jax and TRL on the same task and seeds"),

@@ -269,9 +269,11 @@ class Sampler:
         out = self.engine.generate(params, tokens, mask, key, settings)
         return (tokens, mask), out, self.completions(out)
 
-    def episodes(self, params, examples: Sequence[dict], tokens, mask, key, settings: rollout.Settings):
+    def episodes(self, params, examples: Sequence[dict], tokens, mask, key, settings: rollout.Settings, *,
+                 keep_cache: bool = True):
         """(Rollout with action_mask, Completions of whole episodes) of the examples' P * G rows (see the class
-        docstring)."""
+        docstring); keep_cache: `multiturn.generate_episodes`' (False: each row's cache rebuilt at every turn
+        boundary, the same episodes computed the long way)."""
         section = self.environment
         longest = int(np.asarray(mask).sum(axis=1).max())
         if longest + settings.max_new_tokens > self.model_config.max_position_embeddings:
@@ -288,7 +290,7 @@ class Sampler:
             self.model_config, params, tokens, mask, key, settings, envs, self.codec,
             max_turns=int(section["max_turns"]), max_turn_tokens=int(section["max_turn_tokens"]),
             max_observation_tokens=int(section["max_observation_tokens"]), timeout_s=float(section["timeout_s"]),
-            max_chars=environments.max_observation_chars(section))
+            max_chars=environments.max_observation_chars(section), keep_cache=keep_cache)
         seq, action, lengths, truncated = jax.device_get((out.tokens, out.action_mask, out.lengths, out.truncated))
         texts, observations = [], []
         for row, act, n in zip(np.asarray(seq), np.asarray(action) > 0, np.asarray(lengths)):

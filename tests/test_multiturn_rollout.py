@@ -211,3 +211,28 @@ def test_codec_from_a_tokenizer():
     assert codec.decode(list(b"<calc>1+2</calc>")) == "<calc>1+2</calc>"
     ids, cut = codec.observation_ids("<result>3</result>", "tool", 4)
     assert cut and ids == list(b"\n<tool>") + list(b"<re~") + list(b"</tool>\n")
+
+
+@pytest.mark.parametrize("role,budget", [("tool", T), ("inline", 16)])
+def test_rebuilding_the_cache_at_each_turn_gives_the_same_episodes(role, budget):
+    """keep_cache=False (each row's cache rebuilt from its whole completion at every turn boundary) plays the
+    episodes keep_cache=True plays: same tokens, action_mask, lengths, truncated flags and turns, log-probs within
+    1e-5, and more positions computed."""
+    tokens, mask = _prompts()
+    settings = _settings(max_new_tokens=budget)
+    knobs = {**KNOBS, **({"max_observation_tokens": 0, "max_turn_tokens": 6} if budget < T else {})}
+    runs = {keep: multiturn.generate_episodes(CONFIG, _params(), tokens, mask, KEY, settings, _envs(role), CODEC,
+                                              keep_cache=keep, **knobs) for keep in (True, False)}
+    (cached, cached_stats), (rebuilt, rebuilt_stats) = runs[True], runs[False]
+    cached, rebuilt = jax.tree.map(np.asarray, cached), jax.tree.map(np.asarray, rebuilt)
+    for field in ("tokens", "mask", "action_mask", "lengths", "truncated"):
+        np.testing.assert_array_equal(getattr(rebuilt, field), getattr(cached, field), err_msg=field)
+    np.testing.assert_allclose(rebuilt.logps, cached.logps, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(rebuilt_stats.turns, cached_stats.turns)
+    assert rebuilt_stats.turn_ends == cached_stats.turn_ends
+    assert rebuilt_stats.observation_tokens == cached_stats.observation_tokens
+    assert rebuilt_stats.budget_cut == cached_stats.budget_cut
+    assert cached_stats.turns.max() >= 2  # turn boundaries were crossed: there was a cache to rebuild
+    assert rebuilt_stats.tokens_computed > cached_stats.tokens_computed
+    if budget < T:
+        assert cached_stats.budget_cut >= 1

@@ -31,6 +31,10 @@ Phases, each one jitted program reused across turns and calls (keyed on the mode
      its own positions, causal within the observation, reading its prompt and its cache): only the new tokens are
      computed, never the history; their keys/values join the row's cache, its sequence gets them with
      action_mask 0 and logp 0, and the hidden state of the last one predicts the row's next turn.
+     With keep_cache=False (a baseline that computes more, for measurement) every row that goes on to another
+     turn instead has its cache rebuilt at the boundary: its whole completion so far (turns and observations)
+     is run through the same step from slot 0 (the prompt's keys/values stay shared); the episodes are the same
+     up to float rounding in the keys/values, and `EpisodeStats.tokens_computed` counts the extra positions.
 
 A row is done when its turn ends with a stop id (the environment is still stepped, to see the final turn; nothing
 follows), when its environment answers done, after max_turns model turns (stepped, nothing inserted), or when its
@@ -305,18 +309,22 @@ def _programs(config: ModelConfig, settings: Settings, stop_sequences: tuple):
         return state, why, steps
 
     @jax.jit
-    def observe(params, prefix, state: _State, obs: jax.Array, counts: jax.Array):
+    def observe(params, prefix, state: _State, obs: jax.Array, counts: jax.Array, restart: jax.Array):
         """Insert obs [N, W] (row r's first counts[r] tokens) after each row's sequence: tokens, action_mask 0,
-        logp 0, keys/values into its cache; rows with counts > 0 predict their next token from the last one."""
+        logp 0, keys/values into its cache; rows with counts > 0 predict their next token from the last one.
+        restart [N]: the row's obs is its whole completion so far plus the new tokens, written from slot 0 (its
+        cache rebuilt; the tokens already there are written again unchanged, action_mask and logps kept)."""
         n, width = obs.shape
         cols = jnp.arange(width, dtype=jnp.int32)[None, :]
         valid = cols < counts[:, None]
-        at = jnp.where(valid, state.lengths[:, None] + cols, t_max)          # column t_max: dropped
+        start = jnp.where(restart, 0, state.lengths)
+        at = jnp.where(valid, start[:, None] + cols, t_max)                  # column t_max: dropped
         rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, width))
         tokens = state.tokens.at[rows, at].set(obs, mode="drop")
-        hidden, cache = extend(config, params, prefix, state.cache, obs, counts)
+        cache = state.cache._replace(index=jnp.where(restart, 0, state.cache.index))
+        hidden, cache = extend(config, params, prefix, cache, obs, counts)
         hidden = jnp.where((counts > 0)[:, None], hidden, state.hidden)
-        return state._replace(cache=cache, hidden=hidden, tokens=tokens, lengths=state.lengths + counts)
+        return state._replace(cache=cache, hidden=hidden, tokens=tokens, lengths=start + counts)
 
     return prefill, turn, observe
 
@@ -332,13 +340,16 @@ def _width(longest: int) -> int:
 def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_mask, key, settings: Settings,
                       envs: Sequence, codec: TurnCodec, *, max_turns: int, max_turn_tokens: int = 0,
                       max_observation_tokens: int = 0, timeout_s: float = 5.0,
-                      max_chars: Optional[int] = None) -> tuple[Rollout, EpisodeStats]:
+                      max_chars: Optional[int] = None, keep_cache: bool = True) -> tuple[Rollout, EpisodeStats]:
     """The episodes of all N = P * settings.group_size rows (see the module docstring) -> (Rollout, EpisodeStats).
 
     prompt_tokens / prompt_mask [P, S] left-padded; envs: N environments (row p * G + g), already reset;
     max_turns: model turns per episode at most; max_turn_tokens: tokens per model turn at most (0 = the budget
     alone); max_observation_tokens: tokens of an observation's text at most (0 = the budget alone); timeout_s /
-    max_chars: `environments.safe_step`'s bounds (max_chars None: `environments.max_observation_chars`).
+    max_chars: `environments.safe_step`'s bounds (max_chars None: `environments.max_observation_chars`);
+    keep_cache: True keeps each row's cache across turns (only observation tokens are computed at a boundary);
+    False rebuilds the cache of every row that takes another turn from its whole completion so far (the same
+    episodes, more tokens computed: a measurement baseline).
     Settings: group_size, max_new_tokens (the episode's budget T), temperature, top_k, top_p, greedy, stop_ids,
     pad_id; one policy (no members), no mesh."""
     if settings.members:
@@ -415,18 +426,25 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
             if ids:
                 inserts[r] = ids
         lengths = new_lengths.astype(np.int64)
-        if inserts:
-            width = _width(max(len(ids) for ids in inserts.values()))
+        runs = dict(inserts)           # row -> the tokens it runs through observe
+        restart = np.zeros(n, bool)
+        if not keep_cache:             # every row that takes another turn: its whole completion so far, again
+            for r in np.flatnonzero(take & ~done):
+                runs[r] = [int(i) for i in seq[r, :lengths[r]]] + inserts.get(r, [])
+                restart[r] = True
+        if runs:
+            width = _width(max(len(ids) for ids in runs.values()))
             obs = np.full((n, width), settings.pad_id if 0 <= settings.pad_id < model_config.vocab_size else 0,
                           np.int32)
             counts = np.zeros(n, np.int32)
-            for r, ids in inserts.items():
+            for r, ids in runs.items():
                 obs[r, :len(ids)] = ids
                 counts[r] = len(ids)
-            state = observe(params, prefix, state, jnp.asarray(obs), jnp.asarray(counts))
+            state = observe(params, prefix, state, jnp.asarray(obs), jnp.asarray(counts), jnp.asarray(restart))
             computed += n * width
-            obs_tokens += int(counts.sum())
-            lengths = lengths + counts
+        for r, ids in inserts.items():
+            obs_tokens += len(ids)
+            lengths[r] += len(ids)
     lengths_dev = state.lengths
     mask = (jnp.arange(t_max, dtype=jnp.int32)[None, :] < lengths_dev[:, None]).astype(jnp.float32)
     rollout = Rollout(state.tokens, mask, state.logps, lengths_dev, jnp.asarray(truncated), state.action)

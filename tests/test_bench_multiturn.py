@@ -1,0 +1,50 @@
+"""The multiturn benchmark's code path, end to end on a tiny random checkpoint with a tokenizer (no timing
+assertions): both ways run, give the same episodes, and the line carries every field."""
+
+import json
+
+import pytest
+
+from tiny_tokenizer import make_run_checkpoint
+
+from benchmarks import __main__ as benchmark
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    # A context of 512 positions: the calculator config's system message makes prompts of ~300 tokens.
+    return make_run_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", max_position_embeddings=512)
+
+
+def test_multiturn_benchmark_runs_and_appends_one_line(checkpoint, tmp_path, capsys):
+    results = tmp_path / "results.jsonl"
+    line = benchmark.main(["multiturn", "--model", str(checkpoint), "--prompts", "2", "--group", "2",
+                           "--new-tokens", "16", "--max-turn-tokens", "4", "--repeats", "1",
+                           "--results", str(results)])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(printed[-1]) == line
+    assert [json.loads(x) for x in results.read_text().splitlines()] == [line]
+    assert line["benchmark"] == "multiturn" and line["same_tokens"] and line["logp_max_diff"] <= 1e-5
+    s = line["settings"]
+    assert (s["prompts"], s["group"], s["max_new_tokens"], s["max_turns"]) == (2, 2, 16, 3)
+    assert s["environment"] == "calculator" and s["call_format"] == "tag" and s["task"] == "arithmetic"
+    rows = 4
+    assert 0 < line["episode_tokens"] <= rows * 16
+    assert line["final_tokens"] == pytest.approx(line["episode_tokens"] + rows * s["prompt_tokens_mean"])
+    assert line["prompt_prefill_tokens"] == 2 * s["prompt_tokens_padded"]
+    assert 0 < line["generated_tokens"] <= line["episode_tokens"]
+    for way in ("cached", "reprefill"):
+        got = line[way]
+        assert got["time_s"] > 0 and len(got["times_s"]) == 1 and got["first_call_s"] > 0
+        assert got["tokens_computed"] >= line["prompt_prefill_tokens"] + line["episode_tokens"]
+        assert got["computed_per_final_token"] == pytest.approx(got["tokens_computed"] / line["final_tokens"],
+                                                                abs=1e-4)
+        # time_s is rounded to 1 ms
+        assert got["tokens_per_s"] * got["time_s"] == pytest.approx(line["generated_tokens"],
+                                                                    abs=got["tokens_per_s"] * 6e-4 + 0.1)
+    assert line["reprefill"]["tokens_computed"] >= line["cached"]["tokens_computed"]
+    assert line["turns"] >= rows and line["tool_calls"] >= 0 and line["tool_errors"] >= 0
+    assert sum(line["turn_ends"].values()) == line["turns"]
+    assert line["goal"]["computed_per_final_token_max"] == 1.15
+    assert line["goal"]["met"] == (line["cached"]["computed_per_final_token"] <= 1.15)
+    assert line["machine"]["cores"] >= 1
