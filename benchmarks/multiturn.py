@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, default=3, help="environment.max_turns")
     p.add_argument("--max-turn-tokens", type=int, default=-1,
                    help="environment.max_turn_tokens (0 = the budget alone); -1 = the config's")
+    p.add_argument("--prefill", default=None,
+                   help="task.prefill, the start of the assistant's turn (e.g. '<calc>'); default: the config's")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per way (the fastest counts)")
     p.add_argument("--seed", type=int, default=0, help="the rollout key and the task's batch seed")
     p.add_argument("--results", "--out", dest="results", default=results.RESULTS,
@@ -77,6 +79,8 @@ def calculator_config(args):
     if args.new_tokens:
         c.rollout.max_new_tokens = args.new_tokens
     c.environment.max_turns = args.max_turns
+    if args.prefill is not None:
+        c.task.prefill = args.prefill
     if args.max_turn_tokens >= 0:
         c.environment.max_turn_tokens = args.max_turn_tokens
     return c
@@ -143,6 +147,7 @@ def main(argv=None) -> dict:
     stats = a_stats
     line = {"benchmark": "multiturn", "time": results.now(), "commit": results.git_commit(),
             "settings": {"model": args.model, "config": "configs/calculator.py", "task": config.task.name,
+                         "prefill": config.task.prefill,
                          "environment": config.environment.name, "call_format": config.environment.call_format,
                          "prompts": args.prompts, "group": args.group,
                          "max_new_tokens": int(config.rollout.max_new_tokens),

@@ -40,7 +40,9 @@ def get_config(arg: str | None = None):
     c.task.eval_size = 200
     c.task.split_seed = 0
     c.task.system = SYSTEM
+    c.task.prefill = ""                # the start of the assistant's turn ('' = none); the calculator sees it
     c.rewards = {"arithmetic": 1.0}
+    c.reward_options = {"arithmetic": {"require_answer": True}}  # the tool's result is not the model's answer
 
     c.environment.name = "calculator"
     c.environment.call_format = "tag"

@@ -2,7 +2,9 @@
 
 Prints a Markdown table of the first and the last eval's sample completions (DIR/eval_samples.jsonl: the first
 logging.num_samples held-out problems, greedy), one row per problem: the prompt's problem, the completion at the
-first eval and at the last, each marked correct or not. --width clips each completion (0 = in full).
+first eval and at the last, each marked correct or not. In a multi-turn run's episodes, what the environment
+inserted (tool results, chat turns) is set apart as ⟦...⟧ from the model's own text. --width clips each
+completion (0 = in full).
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def _cell(text: str, width: int) -> str:
 
 
 def _marked(row: dict | None, width: int) -> str:
-    return "-" if row is None else ("✓ " if row.get("correct") else "✗ ") + _cell(row.get("completion", ""), width)
+    if row is None:
+        return "-"
+    text = row.get("episode", row.get("completion", ""))  # an episode: its observations set apart as ⟦...⟧
+    return ("✓ " if row.get("correct") else "✗ ") + _cell(text, width)
 
 
 def before_after_table(samples: dict, width: int = 0) -> str:

@@ -294,7 +294,7 @@ def validate(config) -> None:
     registry.validate_section("rollout", _get(config, "rollout"))
     registry.validate_section("environment", _get(config, "environment"))
     population = _get(config, "population.size")
-    if _get(config, "environment.name") and isinstance(population, int) and population >= 2:
+    if _get(config, "environment.name") not in ("", "none") and isinstance(population, int) and population >= 2:
         raise ValueError(f"environment.name = {_get(config, 'environment.name')!r} with population.size = "
                          f"{population}: multi-turn episodes are not supported with a population yet")
 

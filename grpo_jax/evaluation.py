@@ -20,7 +20,12 @@ WHOLE held-out set in batches:
 With `environment.name` set (a multi-turn run; grpo_jax/environments), the sampler plays episodes instead
 (`rollout.multiturn.generate_episodes`; see `Sampler`), and the eval adds
 
-  eval/tool_call_rate  share of the greedy episodes with at least one tool call (the environments' `calls` stat)
+  eval/tool_call_rate     share of the greedy episodes with at least one tool call (the environments' `calls` stat)
+  eval/calls_mean         tool calls per greedy episode
+  eval/parse_rate         share of those calls that parse (1 - the environments' `parse_errors` / calls; 1.0
+                          without calls)
+  eval/correct_with_call  share of the correct greedy episodes that made at least one tool call (0 when none is
+                          correct)
 
 Multi-host: every process builds the same (small) prompt batch, the sampler splits its rows over the mesh, each
 process decodes and scores only the rows it holds, and the per-row scores are gathered (`distributed`). Multi-turn
@@ -114,8 +119,10 @@ class Completions:
     Multi-turn (the sampler has an environment): texts are whole episodes (model turns and observations, as the
     rewards see them, TRL's convention); lengths count the model's tokens only (action_mask), sequence_lengths
     every token of the episode (what the train step's columns must hold); observations: each row's inserted
-    texts (chat-template pieces included), in order; calls: each row's tool calls (its environment's `calls`
-    stat, 0 when it has none); episodes: the batch's `multiturn.EpisodeStats`. Single-turn: all four are None."""
+    texts (chat-template pieces included), in order; marked: each row's episode text with every observation
+    between OBSERVATION_OPEN and OBSERVATION_CLOSE (for reading, never for rewards); calls / parse_errors: each
+    row's tool calls and malformed calls (its environment's `calls` / `parse_errors` stats, 0 when it has none);
+    episodes: the batch's `multiturn.EpisodeStats`. Single-turn: all of these are None."""
     start: int
     texts: list[str]
     lengths: np.ndarray     # int [n] tokens generated (stop token included)
@@ -124,6 +131,8 @@ class Completions:
     observations: list | None = None
     calls: np.ndarray | None = None
     episodes: multiturn.EpisodeStats | None = None
+    marked: list | None = None
+    parse_errors: np.ndarray | None = None
 
     @property
     def columns(self) -> int:
@@ -132,6 +141,9 @@ class Completions:
         lengths = self.lengths if self.sequence_lengths is None else self.sequence_lengths
         return int(np.max(lengths)) if len(lengths) else 0
 
+
+# How a marked episode (`Completions.marked`) sets an inserted observation apart from the model's text.
+OBSERVATION_OPEN, OBSERVATION_CLOSE = "⟦", "⟧"
 
 # The observation piece of a chat template is found by rendering a conversation with these two sentinels.
 _TURN_SENTINEL, _OBSERVATION_SENTINEL = "TURN7e1c9", "OBSERVATION7e1c9"
@@ -202,8 +214,9 @@ class Sampler:
     environment per row (`environments.make(environment)`, reset with the row's example, so the G rows of a
     group play the same example), the codec of `turn_codec` (the environment's stop strings; chat-template pieces
     for the 'tool' / 'user' observation roles), environment.max_turns / max_turn_tokens / max_observation_tokens /
-    timeout_s; rollout.max_new_tokens bounds each whole episode. The engine's own settings (rollout.engine,
-    max_decode_rows) do not apply to episodes; one process, one policy.
+    timeout_s; rollout.max_new_tokens bounds each whole episode; a mesh of several devices splits the rows as the
+    engine does. The engine's own settings (rollout.engine, max_decode_rows) do not apply to episodes; one
+    process, one policy.
 
     settings: the run's `rollout.Settings` (`Settings.from_config(config.rollout)`), the base of every `sample`
     call; the tokenizer's stop and pad ids are filled in here and its engine is the one used. Without settings,
@@ -286,21 +299,28 @@ class Sampler:
                 env = environments.make(section)
                 env.reset(example)
                 envs.append(env)
+        prefixes = [example.get("prefill") or "" for example in examples for _ in range(settings.group_size)]
         out, stats = multiturn.generate_episodes(
             self.model_config, params, tokens, mask, key, settings, envs, self.codec,
             max_turns=int(section["max_turns"]), max_turn_tokens=int(section["max_turn_tokens"]),
             max_observation_tokens=int(section["max_observation_tokens"]), timeout_s=float(section["timeout_s"]),
-            max_chars=environments.max_observation_chars(section), keep_cache=keep_cache)
+            max_chars=environments.max_observation_chars(section), keep_cache=keep_cache, turn_prefixes=prefixes,
+            mesh=self.mesh if self.mesh is not None and self.mesh.size > 1 else None)
         seq, action, lengths, truncated = jax.device_get((out.tokens, out.action_mask, out.lengths, out.truncated))
-        texts, observations = [], []
+        texts, observations, marked = [], [], []
         for row, act, n in zip(np.asarray(seq), np.asarray(action) > 0, np.asarray(lengths)):
             texts.append(self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True))
-            observations.append([self.tokenizer.decode(row[a:b].tolist(), skip_special_tokens=True)
-                                 for a, b in _runs(~act[:n])])
-        calls = np.asarray([float(getattr(env, "stats", {}).get("calls", 0)) for env in envs], np.float32)
+            decoded = [(self.tokenizer.decode(row[a:b].tolist(), skip_special_tokens=True), model)
+                       for a, b, model in _segments(act[:n])]
+            observations.append([text for text, model in decoded if not model])
+            marked.append("".join(text if model else OBSERVATION_OPEN + text + OBSERVATION_CLOSE
+                                  for text, model in decoded))
+        calls, parse_errors = (np.asarray([float(getattr(env, "stats", {}).get(name, 0)) for env in envs], np.float32)
+                               for name in ("calls", "parse_errors"))
         model_tokens = np.asarray(action).sum(axis=1).round().astype(np.int64)
         completions = Completions(0, texts, model_tokens, np.asarray(truncated), sequence_lengths=np.asarray(lengths),
-                                  observations=observations, calls=calls, episodes=stats)
+                                  observations=observations, calls=calls, episodes=stats, marked=marked,
+                                  parse_errors=parse_errors)
         return out, completions
 
     def completions(self, out) -> Completions:
@@ -313,10 +333,13 @@ class Sampler:
         return Completions(start, texts, np.asarray(lengths), np.asarray(truncated))
 
 
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) of each run of True in a 1-D bool array."""
-    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+def _segments(flags: np.ndarray) -> list[tuple[int, int, bool]]:
+    """(start, end, value) of each run of equal values in a 1-D bool array, in order."""
+    if not len(flags):
+        return []
+    cuts = (np.flatnonzero(flags[1:] != flags[:-1]) + 1).tolist()
+    bounds = [0, *cuts, len(flags)]
+    return [(a, b, bool(flags[a])) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def score(reward_fn: Callable, examples: Sequence[dict], completions: Completions, group_size: int):
@@ -335,7 +358,7 @@ def score(reward_fn: Callable, examples: Sequence[dict], completions: Completion
 
 # The evaluator's own metrics (eval/<name>); a task's eval_metrics may not reuse these names.
 BUILTIN_METRICS = ("accuracy", "mean_reward", "mean_length", "mean_length_correct", "num_examples",
-                   "tool_call_rate")
+                   "tool_call_rate", "calls_mean", "parse_rate", "correct_with_call")
 
 
 @dataclasses.dataclass
@@ -381,8 +404,8 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
         held = chunk[greedy.start: greedy.start + len(greedy.texts)]  # this process's rows (one per example)
         task_columns = [np.asarray([float(fn(t, ex)) for t, ex in zip(greedy.texts, held)], np.float32)
                         for fn in own.values()]
-        if greedy.calls is not None:  # episodes: the share with a tool call (the column after the task's)
-            task_columns.append((np.asarray(greedy.calls) > 0).astype(np.float32))
+        if greedy.calls is not None:  # episodes: calls and malformed calls per row (the columns after the task's)
+            task_columns += [np.asarray(greedy.calls, np.float32), np.asarray(greedy.parse_errors, np.float32)]
         local = np.stack([np.asarray(total, np.float32), correct.astype(np.float32),
                           greedy.lengths.astype(np.float32)] + task_columns, axis=1)
         passes = np.zeros((len(local), 1), np.float32)
@@ -399,6 +422,7 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
                               "reward": float(total[i]), "correct": bool(correct[i])})
                 if greedy.observations is not None:
                     shown[-1]["observations"] = list(greedy.observations[i])
+                    shown[-1]["episode"] = greedy.marked[i]
     table = np.concatenate(rows, axis=0)
     correct_rows = table[:, 1] > 0.5
     metrics = {
@@ -411,7 +435,12 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
     for i, name in enumerate(own):
         metrics[f"eval/{name}"] = float(table[:, 3 + i].mean())
     if sampler.environment is not None:
-        metrics["eval/tool_call_rate"] = float(table[:, 3 + len(own)].mean())
+        calls, malformed = table[:, 3 + len(own)], table[:, 4 + len(own)]
+        metrics["eval/tool_call_rate"] = float((calls > 0).mean())
+        metrics["eval/calls_mean"] = float(calls.mean())
+        metrics["eval/parse_rate"] = float(1.0 - malformed.sum() / calls.sum()) if calls.sum() else 1.0
+        solved = correct_rows & (calls > 0)
+        metrics["eval/correct_with_call"] = float(solved.sum() / correct_rows.sum()) if correct_rows.any() else 0.0
     if k:
         metrics[f"eval/pass@{k}"] = float(table[:, -1].mean())
     return EvalResult(metrics, shown)
@@ -435,6 +464,8 @@ def format_table(samples: Sequence[dict], columns: Sequence[str], width: int = 6
             v = f"{v:+.3f}"
         return _clip(v, widths[c]).ljust(widths[c])
     lines = [" | ".join(c.ljust(widths[c]) for c in columns), "-+-".join("-" * widths[c] for c in columns)]
-    lines += [" | ".join(cell(c, s.get(c, "")) for c in columns) for s in samples]
+    def value(s, c):  # an episode's completion is shown marked (its observations set apart)
+        return s.get("episode", s.get(c, "")) if c == "completion" else s.get(c, "")
+    lines += [" | ".join(cell(c, value(s, c)) for c in columns) for s in samples]
     return "\n".join(lines)
 

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from grpo_jax import config as config_lib
-from grpo_jax import advantages, distributed, evaluation, registry, rollout, sharding
+from grpo_jax import advantages, distributed, environments, evaluation, registry, rollout, sharding
 from grpo_jax.checkpoint import check_workdir, export_policy
 
 # Kinds of experiment besides one policy: name -> an object with `claims(config) -> bool` and `target`
@@ -128,7 +128,9 @@ class Experiment:
         check_workdir(workdir, config, write=False)
         self.task = task or tasks.get(config.task.name, **task_options(config))
         self.reward_fn = rewards.combine(config.rewards.to_dict(), config.reward_options.to_dict())
-        self.accuracy_fn = rewards.combine({self.task.accuracy_reward: 1.0})
+        accuracy, options = self.task.accuracy_reward, config.reward_options.to_dict()  # the reward's own options
+        self.accuracy_fn = rewards.combine({accuracy: 1.0},
+                                           {accuracy: options[accuracy]} if accuracy in options else {})
         self.eval_examples = self.task.eval_set(int(config.eval.num_examples) or None) if config.eval.every else []
         policy = models.load(config.model.path, config.model.dtype, config.model.compute_dtype,
                              with_tokenizer=not config.model.tokenizer)
@@ -138,7 +140,7 @@ class Experiment:
                                                scan_layers=scan)                       # unless rollout.unrolled_decode
         self.sampler = evaluation.Sampler(sampler_config, self.tokenizer, self.mesh,
                                           settings=rollout.Settings.from_config(config.rollout),
-                                          environment=config.environment if config.environment.name else None)
+                                          environment=environments.for_task(config.environment, self.task))
         return policy
 
     def policy_params(self):
@@ -264,6 +266,7 @@ def _train_samples(examples, completions, scores_local, adv, group_size, limit) 
                     "reward": float(scores_local[i]), "advantage": float(adv[row])})
         if completions.observations is not None:  # episodes: the completion holds them, listed here too
             out[-1]["observations"] = list(completions.observations[i])
+            out[-1]["episode"] = completions.marked[i]
     return out
 
 

@@ -41,7 +41,7 @@ def test_single_turn_runs_keep_their_fingerprint_across_environment_fields():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("name", "chess", r"unknown environment.name 'chess'; valid: '', 'calculator'"),
+    ("name", "chess", r"unknown environment.name 'chess'; valid: '', 'none', 'calculator'"),
     ("max_turns", 0, "environment.max_turns must be >= 1, got 0"),
     ("max_observation_tokens", -1, "environment.max_observation_tokens must be >= 0"),
     ("timeout_s", 0.0, "environment.timeout_s must be > 0"),

@@ -150,6 +150,30 @@ def test_cached_episodes_equal_reference(role):
         assert all(tuple(got.tokens[0, s:s + 2]) == (13, 14) for s in starts)
 
 
+@pytest.mark.parametrize("config", [CONFIG, dataclasses.replace(CONFIG, scan_layers=False)], ids=["stacked", "unrolled"])
+def test_compacted_turns_give_the_reference_episodes(config):
+    """settings.compact: a turn runs only the rows that take it (padded to a power of two): the same episodes,
+    fewer positions computed."""
+    got, stats, want = _episodes(config=config, settings=_settings(compact=True))
+    _same(got, stats, want)
+    _trainer_matches(config, got, _settings())
+    _, full, _ = _episodes(config=config, settings=_settings(compact=False))
+    assert stats.turns.max() >= 3 and stats.tokens_computed < full.tokens_computed, (stats.tokens_computed,
+                                                                                   full.tokens_computed)
+
+
+def test_compact_rows_pad_to_a_power_of_two_of_the_shards():
+    take = np.asarray([1, 0, 0, 1, 0, 1, 0, 0, 0, 0], bool)
+    assert multiturn._compact_rows(take, 1).tolist() == [0, 1, 3, 5]  # 3 rows -> 4, an idle one added
+    assert multiturn._compact_rows(take, 2).tolist() == [0, 1, 3, 5]
+    assert multiturn._compact_rows(np.ones(10, bool), 1) is None
+    sixteen = np.zeros(16, bool)
+    sixteen[[2, 9, 15]] = True
+    assert multiturn._compact_rows(sixteen, 8).tolist() == [0, 1, 2, 3, 4, 5, 9, 15]  # a multiple of the shards
+    sixteen[:7] = True  # 9 rows -> 16: all of them
+    assert multiturn._compact_rows(sixteen, 8) is None
+
+
 def test_budget_cut_observation_marks_the_row_truncated():
     """A small budget: observations that do not fit are cut to the tokens left and their rows end truncated."""
     settings = _settings(max_new_tokens=16)
@@ -236,3 +260,28 @@ def test_rebuilding_the_cache_at_each_turn_gives_the_same_episodes(role, budget)
     assert rebuilt_stats.tokens_computed > cached_stats.tokens_computed
     if budget < T:
         assert cached_stats.budget_cut >= 1
+
+
+def test_turn_prefixes_open_the_first_turn_the_environment_sees():
+    """The assistant prefill sits in the prompt: the environment's first step sees it before the sampled text, later
+    steps do not; the episodes are the reference's with the same prefixes."""
+    tokens, mask = _prompts()
+    settings = _settings()
+    prefixes = ["jj" if r % 2 else "" for r in range(len(SCRIPTS))]
+    envs, ref_envs = _envs(), _envs()
+    got, stats = multiturn.generate_episodes(CONFIG, _params(), tokens, mask, KEY, settings, envs, CODEC,
+                                             turn_prefixes=prefixes, **KNOBS)
+    want = reference_episodes(CONFIG, _params(), tokens, mask, KEY, settings, ref_envs, CODEC,
+                              turn_prefixes=prefixes, **KNOBS)
+    _same(jax.tree.map(np.asarray, got), stats, want)
+    seq, action = np.asarray(got.tokens), np.asarray(got.action_mask) > 0
+    stepped = [r for r, env in enumerate(envs) if env.seen]
+    assert any(prefixes[r] and len(envs[r].seen) > 1 for r in stepped)
+    for r in stepped:
+        model_text = decode(seq[r][action[r]])  # every model token, in order (observations left out)
+        assert envs[r].seen[0].startswith(prefixes[r])
+        assert (prefixes[r] + model_text).startswith("".join(envs[r].seen))  # the prefix once, at the start
+        assert envs[r].seen == ref_envs[r].seen
+    with pytest.raises(ValueError, match="turn prefixes"):
+        multiturn.generate_episodes(CONFIG, _params(), tokens, mask, KEY, settings, _envs(), CODEC,
+                                    turn_prefixes=["x"], **KNOBS)

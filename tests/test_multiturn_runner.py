@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -90,11 +91,23 @@ def test_a_multiturn_run_logs_episodes_and_resumes_bit_identically(checkpoint, t
         assert row["logp_mismatch"] < 1e-4, row["logp_mismatch"]
     for row in evals:
         assert 0 <= row["eval/tool_call_rate"] <= 1 and row["eval/num_examples"] == 8
+        # every greedy turn is a call here ('scripted_calls'), and a call with '-' in it a malformed one
+        assert row["eval/calls_mean"] >= row["eval/tool_call_rate"] > 0
+        assert 0 <= row["eval/parse_rate"] <= 1 and 0 <= row["eval/correct_with_call"] <= 1
     with open(os.path.join(straight_dir, "eval_samples.jsonl")) as f:
         samples = [json.loads(line) for line in f if line.strip()]
-    assert samples and all("observations" in s for s in samples)
+    assert samples and all("observations" in s and "episode" in s for s in samples)
     shown = [s for s in samples if s["observations"]]
     assert shown and all(o in s["completion"] for s in shown for o in s["observations"])  # the whole episode
+    for s in shown:  # the marked episode: the completion's text, each observation between the markers
+        marked = s["episode"]
+        for o in s["observations"]:
+            assert evaluation.OBSERVATION_OPEN + o + evaluation.OBSERVATION_CLOSE in marked
+        plain = marked.replace(evaluation.OBSERVATION_OPEN, "").replace(evaluation.OBSERVATION_CLOSE, "")
+        assert plain == s["completion"]
+    table = subprocess.run([sys.executable, "-m", "experiments.samples", straight_dir], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and evaluation.OBSERVATION_OPEN in table.stdout, table.stderr
 
     first = runner.run(_config(checkpoint), workdir, preempt_after=1)
     assert first.status == "preempted" and first.step == 1
@@ -115,6 +128,59 @@ def test_an_environment_that_always_raises_is_counted_not_fatal(checkpoint, tmp_
     (row,) = [r for r in read_metrics(str(tmp_path / "run")) if "reward" in r]
     assert row["env/faults/error"] > 0 and math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
     assert row["env/tool_calls"] == 0 and row["env/parse_rate"] == 1.0
+
+
+@environments.register("scripted_faulty", replace=True)
+class ScriptedFaulty(environments.Environment):
+    """The i-th object made fails in way i % 3 at every step: sleeps past environment.timeout_s (which ends its
+    episode), answers 10 MB, or raises."""
+    made = 0
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.way, ScriptedFaulty.made = ScriptedFaulty.made % 3, ScriptedFaulty.made + 1
+
+    def reset(self, example):
+        self.stats = {"turns": 0}
+
+    def step(self, turn):
+        self.stats["turns"] += 1
+        if self.way == 0:
+            time.sleep(1.0)
+            return environments.Observation("too late")
+        if self.way == 1:
+            return environments.Observation("x" * (10 << 20))
+        raise RuntimeError("the tool is down")
+
+
+def test_a_tool_that_sleeps_floods_or_raises_is_counted_and_the_run_finishes(checkpoint, tmp_path):
+    c = _config(checkpoint, "scripted_faulty")
+    c.total_steps = 1
+    c.eval.every = 0
+    c.rollout.max_new_tokens = 32
+    c.environment.max_turns = 4
+    c.environment.timeout_s = 0.2
+    c.environment.max_observation_tokens = 8
+    result = runner.run(c, str(tmp_path / "run"))
+    assert result.status == "completed" and result.step == 1
+    (row,) = [r for r in read_metrics(str(tmp_path / "run")) if "reward" in r]
+    assert row["env/faults/timeout"] > 0 and row["env/faults/oversize"] > 0 and row["env/faults/error"] > 0
+    assert row["env/observations_cut"] > 0  # the 10 MB answer went in cut to max_observation_tokens
+    assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"]) and row["logp_mismatch"] < 1e-4
+
+
+def test_a_task_names_its_default_environment():
+    task = tasks.get("arithmetic")
+    section = environments.environment_config()  # name '' = the task's default
+    assert environments.for_task(section, task) is None  # the arithmetic task names none: single-turn
+    task.default_environment = "calculator"
+    played = environments.for_task(section, task)
+    assert played["name"] == "calculator" and section["name"] == ""  # a copy; the config is unchanged
+    assert environments.for_task(environments.environment_config("none"), task) is None  # forced single-turn
+    own = environments.environment_config("scripted_calls")
+    assert environments.for_task(own, task)["name"] == "scripted_calls"  # the config's own name wins
+    with pytest.raises(ValueError, match="single-turn"):
+        environments.make(environments.environment_config("none"))
 
 
 def test_role_pieces_come_from_the_chat_template():
@@ -150,3 +216,22 @@ def test_the_calculator_config_trains_from_the_command_line(checkpoint, cache, t
     assert [r["step"] for r in train] == [1, 2]
     assert all(math.isfinite(r["loss"]) and "env/tool_calls" in r for r in train)
     assert all("eval/tool_call_rate" in r for r in rows if "eval/accuracy" in r)
+
+
+def test_role_pieces_of_the_embedded_models_chat_template():
+    """SmolLM2-135M-Instruct's own template (ChatML): an observation in the user or tool role closes the assistant
+    turn, opens the role's, and reopens the assistant's; the codec carries them as token ids."""
+    from grpo_jax.models.gguf_io import GGUFCheckpoint, load_gguf_tokenizer
+    from grpo_jax.models.load import resolve_source
+
+    tok = load_gguf_tokenizer(GGUFCheckpoint(resolve_source("smollm2-135m-instruct")[1]))
+    for role in ("user", "tool"):
+        prefix, suffix = evaluation.role_pieces(tok, role)
+        assert (prefix, suffix) == (f"<|im_end|>\n<|im_start|>{role}\n", "<|im_end|>\n<|im_start|>assistant\n")
+    env = environments.make(environments.environment_config("calculator", observation_role="user"))
+    codec = evaluation.turn_codec(tok, env)
+    prefix_ids, suffix_ids = codec.wrapping("user")
+    assert prefix_ids[0] == tok.convert_tokens_to_ids("<|im_end|>")  # one special token, not its characters
+    assert tok.decode(list(prefix_ids) + codec.encode("<result>6</result>") + list(suffix_ids)) == (
+        "<|im_end|>\n<|im_start|>user\n<result>6</result><|im_end|>\n<|im_start|>assistant\n")
+    assert tok.encode("</calc>", add_special_tokens=False) in [list(s) for s in codec.stop_sequences]

@@ -166,6 +166,17 @@ def test_arithmetic(completion, answer, expected):
     assert score("arithmetic", [completion], answer=[answer]) == [expected]
 
 
+@pytest.mark.parametrize("name", ["arithmetic", "gsm8k"])
+def test_require_answer_reads_only_the_answer_block(name):
+    """A multi-turn episode holds the tool's result: with require_answer it is not read as the model's answer."""
+    episode = "12 * 7</calc><result>84</result>"
+    fn = rewards.REWARDS.get(name, require_answer=True)
+    assert fn([episode, episode + " so <answer>84</answer>", "#### 84"], answer=["84"] * 3) == [0.0, 1.0, 0.0]
+    assert rewards.REWARDS.get(name)([episode], answer=["84"]) == [1.0]  # the default reads the last number
+    with pytest.raises(ValueError, match="require_answer must be True or False"):
+        rewards.REWARDS.get(name, require_answer="yes")
+
+
 def test_arithmetic_bad_answer_column():
     with pytest.raises(ValueError, match="'#### <number>'"):
         score("arithmetic", ["<answer>8</answer>"], answer=["eight"])

@@ -22,8 +22,8 @@ config file / caller that registers one before building the config).
 import importlib
 import pkgutil
 
-from grpo_jax.environments.base import (ENVIRONMENTS, ROLES, Environment, Observation, environment_config, make,
-                                        names, register)
+from grpo_jax.environments.base import (ENVIRONMENTS, ROLES, SINGLE_TURN, Environment, Observation,
+                                        environment_config, for_task, make, names, register)
 from grpo_jax.environments.faults import (FAULTS, StepOutcome, max_observation_chars, safe_step, truncate_text,
                                           truncate_tokens)
 

@@ -17,7 +17,8 @@ The registered object is the class (or any factory) called with the `environment
 `make(section)` builds one. Its own `fields` become `environment.<field>` keys, read back as `self.config.<field>`;
 `validate(section)` checks them when it is the selected environment. Core fields (declared here):
 
-  environment.name                    '' = single-turn (the default); else a registered environment
+  environment.name                    a registered environment; '' = the task's `default_environment` (single-turn
+                                      for a task that names none: every built-in task); 'none' = single-turn
   environment.max_turns               model turns per episode at most (>= 1)
   environment.max_turn_tokens         tokens per model turn at most (0 = only the episode budget,
                                       rollout.max_new_tokens, bounds a turn)
@@ -40,6 +41,7 @@ from grpo_jax import registry
 
 ENVIRONMENTS = registry.kind("environment", factory=True, section="environment")
 ROLES = ("inline", "tool", "user")
+SINGLE_TURN = "none"  # environment.name that forces single-turn, whatever the task's default
 
 CORE_FIELDS = {
     "name": "",
@@ -112,6 +114,23 @@ def environment_config(name: str = "", **fields) -> ml_collections.ConfigDict:
     return cfg
 
 
+def for_task(section, task) -> Optional[ml_collections.ConfigDict]:
+    """The environment section a run plays, or None for single-turn: `section` when its name names an environment;
+    with name '' the task's `default_environment` (a copy of `section` with that name; None when the task names
+    none); with name 'none', None."""
+    name = section["name"]
+    if name == SINGLE_TURN:
+        return None
+    if not name:
+        name = getattr(task, "default_environment", "") or ""
+        if not name:
+            return None
+        section = ml_collections.ConfigDict(section.to_dict() if hasattr(section, "to_dict") else dict(section))
+        section.name = name
+        registry.ensure_valid("environment", section)
+    return section
+
+
 def make(section) -> Environment:
     """A fresh environment of the kind `section.name` selects, configured by `section` (a ConfigDict or a plain
     dict of every field; validated first)."""
@@ -119,16 +138,17 @@ def make(section) -> Environment:
         section = ml_collections.ConfigDict(section)
     registry.ensure_valid("environment", section)
     name = section["name"]
-    if not name:
-        raise ValueError("environment.name is '' (single-turn): there is no environment to make")
+    if not name or name == SINGLE_TURN:
+        raise ValueError(f"environment.name is {name!r} (single-turn): there is no environment to make")
     return ENVIRONMENTS.entry(name).obj(section)
 
 
 def _validate(section) -> None:
     name = section["name"]
-    if name and name not in ENVIRONMENTS:
-        valid = ", ".join(repr(n) for n in ["", *ENVIRONMENTS.names()])
-        raise ValueError(f"unknown environment.name {name!r}; valid: {valid} ('' = single-turn)")
+    if name and name != SINGLE_TURN and name not in ENVIRONMENTS:
+        valid = ", ".join(repr(n) for n in ["", SINGLE_TURN, *ENVIRONMENTS.names()])
+        raise ValueError(f"unknown environment.name {name!r}; valid: {valid} ('' = the task's default, "
+                         f"{SINGLE_TURN!r} = single-turn)")
     for field, low in (("max_turns", 1), ("max_turn_tokens", 0), ("max_observation_tokens", 0)):
         if section[field] < low:
             raise ValueError(f"environment.{field} must be >= {low}, got {section[field]!r}")
@@ -138,7 +158,7 @@ def _validate(section) -> None:
     if role and role not in ROLES:
         raise ValueError(f"unknown environment.observation_role {role!r}; valid: '', "
                          f"{', '.join(repr(r) for r in ROLES)}")
-    if name:
+    if name and name != SINGLE_TURN:
         entry = ENVIRONMENTS.entry(name)
         registry.check_types("environment", section, entry.fields)
         if entry.validate is not None:

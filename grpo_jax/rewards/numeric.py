@@ -1,7 +1,10 @@
 """Rewards for problems whose answer is one number: `arithmetic` and `gsm8k` (Cobbe et al. 2021).
 
 The predicted number is read, in order of preference, from the last `<answer>` block (its last number after its last
-'='), then (GSM8K only) from the first number after the last `####`, then from the last number in the text. Numbers
+'='), then (GSM8K only) from the first number after the last `####`, then from the last number in the text. With
+the option `require_answer` (reward_options.<name>.require_answer = True) only the `<answer>` block counts: a
+multi-turn episode's text holds the environment's observations too (a tool's result), and the last number there
+is the tool's, not the model's answer. Numbers
 compare numerically: 72 == 72.0 == 72.00, "1,000" == 1000, "$5" == 5, "50%" == 50, negatives allowed.
 """
 
@@ -20,11 +23,13 @@ from grpo_jax.rewards.extract import (
 from grpo_jax.rewards.registry import REWARDS
 
 
-def predicted_number(text: str, *, hash_marks: bool) -> float | None:
+def predicted_number(text: str, *, hash_marks: bool, require_answer: bool = False) -> float | None:
     """The number a completion answers with (see the module docstring), or None."""
     content = answer_block(text)
     if content is not None:
         return number_in_answer(content)
+    if require_answer:
+        return None
     marker = text.rfind("####") if hash_marks else -1
     if marker >= 0:
         after = numbers_in(text[marker + 4 : marker + 4 + 256])
@@ -32,13 +37,17 @@ def predicted_number(text: str, *, hash_marks: bool) -> float | None:
     return last_number(text)
 
 
-def _number_reward(name: str, *, hash_marks: bool):
+def _number_reward(name: str, *, hash_marks: bool, require_answer: bool = False):
+    if not isinstance(require_answer, bool):
+        raise ValueError(f"reward_options.{name}.require_answer must be True or False, got {require_answer!r}")
+
     def reward(completions, **columns):
         answers = per_completion(columns, "answer", len(completions), name)
         scores = []
         for completion, answer in zip(completions, answers):
             gold = reference_number(answer)
-            predicted = predicted_number(completion_text(completion), hash_marks=hash_marks)
+            predicted = predicted_number(completion_text(completion), hash_marks=hash_marks,
+                                         require_answer=require_answer)
             scores.append(1.0 if same_number(predicted, gold) else 0.0)
         return scores
 
@@ -47,12 +56,14 @@ def _number_reward(name: str, *, hash_marks: bool):
 
 
 @REWARDS.register("arithmetic")
-def arithmetic_factory():
-    """1.0 when the answered number equals the column `answer` (a number, or text ending `#### N`), else 0.0."""
-    return _number_reward("arithmetic", hash_marks=False)
+def arithmetic_factory(require_answer: bool = False):
+    """1.0 when the answered number equals the column `answer` (a number, or text ending `#### N`), else 0.0;
+    require_answer: only an `<answer>` block answers."""
+    return _number_reward("arithmetic", hash_marks=False, require_answer=require_answer)
 
 
 @REWARDS.register("gsm8k")
-def gsm8k_factory():
-    """1.0 when the answered number equals the number after `####` in the column `answer`, else 0.0."""
-    return _number_reward("gsm8k", hash_marks=True)
+def gsm8k_factory(require_answer: bool = False):
+    """1.0 when the answered number equals the number after `####` in the column `answer`, else 0.0;
+    require_answer: only an `<answer>` block answers."""
+    return _number_reward("gsm8k", hash_marks=True, require_answer=require_answer)

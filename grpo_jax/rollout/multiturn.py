@@ -65,12 +65,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_jax import environments
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from grpo_jax import environments, partitioning
 from grpo_jax.logprobs import encode_prompt
 from grpo_jax.models import decoder
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.rollout import decode_loop
 from grpo_jax.rollout.draw import sample_logits
+from grpo_jax.rollout.jitted import place_params
+from grpo_jax.rollout.program import data_axes, resolve
 from grpo_jax.rollout.result import Rollout
 from grpo_jax.rollout.settings import Settings
 
@@ -212,6 +216,55 @@ def _write_cache(cache: decoder.KVCache, k: jax.Array, v: jax.Array, slots: jax.
     return cache._replace(k=ck, v=cv)
 
 
+def _row_axis(cache: decoder.KVCache) -> int:
+    """The row axis of the cache's key/value buffers: 1 when stacked over layers, else 0 (per-layer tuples)."""
+    return 0 if isinstance(cache.k, tuple) else 1
+
+
+@jax.jit
+def _take_rows(state: _State, prefix: decoder.PrefixKV, rows: jax.Array, prompts: jax.Array):
+    """The rows `rows` of the state, and the prompt of each (`prompts` [B']) as a prefix of B' rows (group 1)."""
+    axis = _row_axis(state.cache)
+    cache = state.cache._replace(
+        k=jax.tree.map(lambda b: jnp.take(b, rows, axis=axis), state.cache.k),
+        v=jax.tree.map(lambda b: jnp.take(b, rows, axis=axis), state.cache.v),
+        index=state.cache.index[rows], start=state.cache.start[rows])
+    sub = _State(cache, state.hidden[rows], state.tokens[rows], state.logps[rows], state.action[rows],
+                 state.lengths[rows])
+    own = decoder.PrefixKV(jnp.take(prefix.k, prompts, axis=1), jnp.take(prefix.v, prompts, axis=1),
+                           prefix.mask[prompts], prefix.positions[prompts])
+    return sub, own
+
+
+@jax.jit
+def _put_rows(state: _State, sub: _State, rows: jax.Array) -> _State:
+    """`state` with rows `rows` replaced by `sub`'s (the inverse of `_take_rows`; rows distinct)."""
+    axis = _row_axis(state.cache)
+
+    def put(whole, part, row_axis=0):
+        index = (slice(None),) * row_axis + (rows,)
+        return whole.at[index].set(part)
+    cache = state.cache._replace(
+        k=jax.tree.map(lambda w, p: put(w, p, axis), state.cache.k, sub.cache.k),
+        v=jax.tree.map(lambda w, p: put(w, p, axis), state.cache.v, sub.cache.v),
+        index=put(state.cache.index, sub.cache.index), start=put(state.cache.start, sub.cache.start))
+    return _State(cache, put(state.hidden, sub.hidden), put(state.tokens, sub.tokens), put(state.logps, sub.logps),
+                  put(state.action, sub.action), put(state.lengths, sub.lengths))
+
+
+def _compact_rows(take: np.ndarray, shards: int) -> Optional[np.ndarray]:
+    """The rows a compacted turn runs: every taking row, padded with rows that take no turn up to the smallest
+    power of two times `shards` that holds them; None when that is not fewer than all rows (no compaction)."""
+    n, count = len(take), int(take.sum())
+    size = shards
+    while size < count:
+        size *= 2
+    if size >= n:
+        return None
+    idle = np.flatnonzero(~take)[: size - count]
+    return np.sort(np.concatenate([np.flatnonzero(take), idle])).astype(np.int32)
+
+
 def extend(config: ModelConfig, params, prefix: decoder.PrefixKV, cache: decoder.KVCache, tokens: jax.Array,
            counts: jax.Array):
     """Run tokens [N, t] (row r's first counts[r] are real) at each row's next positions, reading its prompt and its
@@ -254,12 +307,17 @@ def _ends_with_stop(tokens: jax.Array, lengths: jax.Array, turn_start: jax.Array
 
 
 @functools.lru_cache(maxsize=16)
-def _programs(config: ModelConfig, settings: Settings, stop_sequences: tuple):
-    """The three jitted phases (prefill, turn, observe) for one model config, Settings (program key) and stop
-    strings."""
+def _programs(config: ModelConfig, settings: Settings, stop_sequences: tuple, mesh: Optional[Mesh] = None):
+    """The three jitted phases (prefill, turn, observe) for one model config, Settings (program key), stop strings
+    and mesh (None: one device; else each traced under the sampler's rules table)."""
     g, t_max = settings.group_size, settings.max_new_tokens
 
-    @jax.jit
+    def jit(fn):
+        if mesh is None:
+            return jax.jit(fn)
+        return jax.jit(partitioning.with_rules(fn, mesh, partitioning.rules_for("sample")))
+
+    @jit
     def prefill(params, prompt_tokens, prompt_mask):
         prompt = encode_prompt(config, params, prompt_tokens, prompt_mask)
         n = prompt_tokens.shape[0] * g
@@ -270,7 +328,7 @@ def _programs(config: ModelConfig, settings: Settings, stop_sequences: tuple):
                        jnp.zeros((n, t_max), jnp.float32), jnp.zeros((n,), jnp.int32))
         return prompt.prefix, state
 
-    @jax.jit
+    @jit
     def turn(params, prefix, state: _State, take: jax.Array, limit: jax.Array, row_keys, temperature, top_p):
         """Every row with `take` samples until its turn ends (see the module docstring); limit [N]: the length at
         which its turn stops (max_turn_tokens or the budget). -> (state, why each row's turn ended [N], steps)."""
@@ -308,7 +366,7 @@ def _programs(config: ModelConfig, settings: Settings, stop_sequences: tuple):
         state, _, why, steps = jax.lax.while_loop(cond, body, (state, live, why0, jnp.int32(0)))
         return state, why, steps
 
-    @jax.jit
+    @jit
     def observe(params, prefix, state: _State, obs: jax.Array, counts: jax.Array, restart: jax.Array):
         """Insert obs [N, W] (row r's first counts[r] tokens) after each row's sequence: tokens, action_mask 0,
         logp 0, keys/values into its cache; rows with counts > 0 predict their next token from the last one.
@@ -340,18 +398,25 @@ def _width(longest: int) -> int:
 def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_mask, key, settings: Settings,
                       envs: Sequence, codec: TurnCodec, *, max_turns: int, max_turn_tokens: int = 0,
                       max_observation_tokens: int = 0, timeout_s: float = 5.0,
-                      max_chars: Optional[int] = None, keep_cache: bool = True) -> tuple[Rollout, EpisodeStats]:
+                      max_chars: Optional[int] = None, keep_cache: bool = True,
+                      turn_prefixes: Optional[Sequence[str]] = None,
+                      mesh: Optional[Mesh] = None) -> tuple[Rollout, EpisodeStats]:
     """The episodes of all N = P * settings.group_size rows (see the module docstring) -> (Rollout, EpisodeStats).
 
     prompt_tokens / prompt_mask [P, S] left-padded; envs: N environments (row p * G + g), already reset;
     max_turns: model turns per episode at most; max_turn_tokens: tokens per model turn at most (0 = the budget
     alone); max_observation_tokens: tokens of an observation's text at most (0 = the budget alone); timeout_s /
     max_chars: `environments.safe_step`'s bounds (max_chars None: `environments.max_observation_chars`);
+    turn_prefixes: per row, text that opens its first turn inside the prompt (the assistant prefill, e.g. '<calc>'):
+    the environment's first step sees it before the sampled text, as the model's turn reads (None = none);
+    mesh: None (one device), or a mesh whose ('data', 'fsdp') axes split the rows and whose 'tensor' axis splits
+    the heads, the params placed as the single-turn engine places them (`jitted.place_params`); the prompts are
+    padded to a multiple of the row shards with copies of the last one, whose rows start done and are dropped;
     keep_cache: True keeps each row's cache across turns (only observation tokens are computed at a boundary);
     False rebuilds the cache of every row that takes another turn from its whole completion so far (the same
     episodes, more tokens computed: a measurement baseline).
     Settings: group_size, max_new_tokens (the episode's budget T), temperature, top_k, top_p, greedy, stop_ids,
-    pad_id; one policy (no members), no mesh."""
+    pad_id; one policy (no members)."""
     if settings.members:
         raise ValueError("generate_episodes: one policy; temperature / top_p must be single values")
     if max_turns < 1:
@@ -365,20 +430,34 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
         raise ValueError(f"generate_episodes: {len(envs)} environments for {n} rows (prompts x group_size)")
     if not mask_in.any(axis=1).all():
         raise ValueError("generate_episodes: every prompt needs at least one token")
+    if turn_prefixes is not None and len(turn_prefixes) != n:
+        raise ValueError(f"generate_episodes: {len(turn_prefixes)} turn prefixes for {n} rows")
     if max_chars is None:
         max_chars = environments.max_observation_chars({"max_observation_tokens": max_observation_tokens})
     roles = [getattr(env, "role", "inline") for env in envs]
     for role in set(r for r in roles if not isinstance(r, tuple)):
         codec.wrapping(role)  # an unknown role fails here, before any compute
-    key_settings = settings.replace(top_k=min(settings.top_k, model_config.vocab_size)).program_key()
-    prefill, turn, observe = _programs(model_config, key_settings, codec.stop_sequences)
+    settings = resolve(model_config, settings)  # compact None: on for budgets as long as the engine's default
+    key_settings = settings.program_key()
+    prefill, turn, observe = _programs(model_config, key_settings, codec.stop_sequences, mesh)
     temperature = jnp.float32(1.0 if settings.greedy else settings.temperature)
     top_p = jnp.float32(settings.top_p)
+    real, shards = n, 1
+    prompts, prompt_mask = jnp.asarray(tokens_in), jnp.asarray(mask_in)
+    if mesh is not None:
+        shards = int(np.prod([mesh.shape[a] for a in data_axes(mesh)]))
+        extra = -p % shards
+        tokens_in = np.concatenate([tokens_in, np.repeat(tokens_in[-1:], extra, 0)])
+        mask_in = np.concatenate([mask_in, np.repeat(mask_in[-1:], extra, 0)])
+        p, n = p + extra, (p + extra) * g
+        rows = NamedSharding(mesh, PartitionSpec(data_axes(mesh), None))
+        params = place_params(model_config, params, mesh)
+        prompts, prompt_mask = jax.device_put(tokens_in, rows), jax.device_put(mask_in, rows)
     row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n, dtype=jnp.int32))
 
-    prefix, state = prefill(params, jnp.asarray(tokens_in), jnp.asarray(mask_in))
+    prefix, state = prefill(params, prompts, prompt_mask)
     computed = p * s_len
-    done = np.zeros(n, bool)
+    done = np.arange(n) >= real  # padding rows (a mesh's): done from the start, never sampled
     truncated = np.zeros(n, bool)
     turns = np.zeros(n, np.int64)
     lengths = np.zeros(n, np.int64)
@@ -388,13 +467,25 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
     obs_tokens = obs_cut = budget_cut = 0
     env_seconds = 0.0
     per_turn = max_turn_tokens if max_turn_tokens > 0 else t_max
+    compact = bool(settings.compact)
     while not done.all():
         take = ~done
         limit = np.minimum(lengths + per_turn, t_max)
-        state, why, steps = turn(params, prefix, state, jnp.asarray(take), jnp.asarray(limit, jnp.int32), row_keys,
-                                 temperature, top_p)
+        rows = _compact_rows(take, shards) if compact else None
+        if rows is None:
+            state, why, steps = turn(params, prefix, state, jnp.asarray(take), jnp.asarray(limit, jnp.int32),
+                                     row_keys, temperature, top_p)
+            width = n
+        else:  # only the rows that take a turn (and a few idle ones, to a bucket size) run the turn's steps
+            sub, own = _take_rows(state, prefix, jnp.asarray(rows), jnp.asarray(rows // g))
+            sub, why_rows, steps = turn(params, own, sub, jnp.asarray(take[rows]),
+                                        jnp.asarray(limit[rows], jnp.int32), row_keys[rows], temperature, top_p)
+            state = _put_rows(state, sub, jnp.asarray(rows))
+            why = np.full(n, RUNNING, np.int32)
+            why[rows] = np.asarray(why_rows)
+            width = len(rows)
         why, steps, seq, new_lengths = jax.device_get((why, steps, state.tokens, state.lengths))
-        computed += int(steps) * n
+        computed += int(steps) * width
         inserts: dict[int, list] = {}
         for r in np.flatnonzero(take):
             reason = int(why[r])
@@ -405,6 +496,8 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
                 done[r] = truncated[r] = True
                 continue
             text = codec.decode([int(i) for i in seq[r, lengths[r]:new_lengths[r]]])
+            if turns[r] == 1 and turn_prefixes is not None:
+                text = (turn_prefixes[r] or "") + text
             outcome = environments.safe_step(envs[r], text, timeout_s=timeout_s, max_chars=max_chars)
             env_seconds += outcome.seconds
             if outcome.fault is not None:
@@ -448,6 +541,9 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
     lengths_dev = state.lengths
     mask = (jnp.arange(t_max, dtype=jnp.int32)[None, :] < lengths_dev[:, None]).astype(jnp.float32)
     rollout = Rollout(state.tokens, mask, state.logps, lengths_dev, jnp.asarray(truncated), state.action)
+    if n > real:
+        rollout = Rollout(*(x[:real] for x in rollout))
+        turns, infos = turns[:real], infos[:real]
     env_stats: dict = {}
     for env in envs:
         for name, value in getattr(env, "stats", {}).items():

@@ -37,7 +37,7 @@ def _next_logits(config: ModelConfig):
 def reference_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_mask, key, settings: Settings,
                        envs: Sequence, codec: TurnCodec, *, max_turns: int, max_turn_tokens: int = 0,
                        max_observation_tokens: int = 0, timeout_s: float = 5.0,
-                       max_chars: Optional[int] = None) -> dict:
+                       max_chars: Optional[int] = None, turn_prefixes: Optional[Sequence[str]] = None) -> dict:
     """numpy arrays tokens, mask, logps, action_mask [N, T], lengths, truncated, turns [N] of the episodes
     `generate_episodes` computes with the same arguments (fresh environments, reset the same way)."""
     prompt_tokens = np.asarray(prompt_tokens, np.int32)
@@ -97,6 +97,8 @@ def reference_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_
                 truncated = True
                 break
             text = codec.decode(seq[turn_start:])
+            if turns == 1 and turn_prefixes is not None:
+                text = (turn_prefixes[r] or "") + text
             observation = environments.safe_step(envs[r], text, timeout_s=timeout_s, max_chars=max_chars).observation
             if reason == "stop_id" or observation.done or turns >= max_turns:
                 break

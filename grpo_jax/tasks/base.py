@@ -66,8 +66,8 @@ class Task:
     # those of the format its prompt asks for, and what shows reasoning (see tasks/eval_metrics.py); none by default.
     eval_metrics: dict = {}
     # The environment (grpo_jax.environments) this task's prompts are written for, e.g. 'calculator' for prompts
-    # that offer a calculator tool; '' = single-turn. A name only: nothing reads it yet, and it changes nothing the
-    # task does (the config's environment.name is what a run uses).
+    # that offer a calculator tool; '' = single-turn. A run plays it when its environment.name is '' (the default;
+    # `environments.for_task`); a config's own name overrides it, and 'none' forces single-turn.
     default_environment: str = ""
 
     def train_example(self, seed: int, index: int) -> dict[str, Any]:
