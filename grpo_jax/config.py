@@ -43,8 +43,9 @@ keys. The other sections are defined here:
   rollout.max_decode_rows   rows the engine decodes at once (0 = all rows): with fewer slots than rows, a finished
                             row's slot takes the next waiting one (continuous refill; grpo_jax/rollout/decode_loop.py)
   environment.*            multi-turn rollouts (grpo_jax.environments; with a name set the sampler plays episodes,
-                            grpo_jax/evaluation.py `Sampler`; not with a population):
-                            name ('' = single-turn, the default, or a registered environment), max_turns,
+                            grpo_jax/evaluation.py `Sampler`):
+                            name (a registered environment; '' = the task's default, single-turn for the
+                            built-in tasks; 'none' = single-turn), max_turns,
                             max_turn_tokens, max_observation_tokens, timeout_s, observation_role, plus the
                             registered environments' own fields (e.g. environment.call_format of 'calculator');
                             the meaning of each is in grpo_jax/environments/base.py
@@ -293,11 +294,6 @@ def validate(config) -> None:
                          f"{_get(config, 'rollout.unrolled_decode')!r}")
     registry.validate_section("rollout", _get(config, "rollout"))
     registry.validate_section("environment", _get(config, "environment"))
-    population = _get(config, "population.size")
-    if _get(config, "environment.name") not in ("", "none") and isinstance(population, int) and population >= 2:
-        raise ValueError(f"environment.name = {_get(config, 'environment.name')!r} with population.size = "
-                         f"{population}: multi-turn episodes are not supported with a population yet")
-
     registry.validate_section("loss", _get(config, "loss"))
     _validate_optim_and_mesh(config)
     validate_population_config(config)

@@ -351,6 +351,8 @@ def score(reward_fn: Callable, examples: Sequence[dict], completions: Completion
     local = examples[first: first + len(completions.texts) // group_size]
     columns = reward_columns(list(local), repeat=group_size)
     columns["completion_lengths"] = [int(n) for n in completions.lengths]
+    if completions.observations is not None:  # episodes: each row's inserted texts, for rewards that skip them
+        columns["observations"] = [list(o) for o in completions.observations]
     return reward_fn(completions.texts, **columns)
 
 

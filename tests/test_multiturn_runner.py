@@ -193,16 +193,42 @@ def test_role_pieces_come_from_the_chat_template():
     assert evaluation.role_pieces(tiny, "tool") == ("\n<|tool|>\n", "\n<|assistant|>\n")
 
 
-def test_the_arithmetic_task_takes_a_system_message_and_a_population_is_refused():
+def test_the_arithmetic_task_takes_a_system_message():
     example = tasks.get("arithmetic", system="Use the tool.").train_example(0, 0)
     assert example["prompt"][0] == {"role": "system", "content": "Use the tool."}
     assert tasks.get("arithmetic").train_example(0, 0)["prompt"] == example["prompt"][1:]
-    c = config_lib.base_config()
-    c.environment.name = "calculator"
-    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("lora_rank", [4, 0], ids=["lora", "full"])
+def test_population_members_play_episodes_and_each_equals_the_single_run(checkpoint, tmp_path, lora_rank):
+    """Two identical members of a multi-turn population: each member's rows are the single run's (the same
+    episodes from the same key, the same train step on them)."""
+    def config():
+        c = _config(checkpoint)
+        c.model.lora_rank = lora_rank
+        c.eval.every = 0
+        c.optim.pack_completions = False
+        c.logging.num_samples = 0
+        return c
+    runner.run(config(), str(tmp_path / "single"))
+    want = [r for r in read_metrics(str(tmp_path / "single")) if "loss" in r]
+    c = config()
     c.population.size = 2
-    with pytest.raises(ValueError, match="not supported with a population"):
-        config_lib.validate(c)
+    c.population.fitness_examples = 4
+    c.population.evolve_every = 100
+    c.population.mutate = ("lr",)
+    c.population.ranges.lr = (1e-3, 1e-1)
+    result = runner.run(c, str(tmp_path / "pop"))
+    assert result.status == "completed" and result.step == 2
+    rows = read_metrics(str(tmp_path / "pop"))
+    assert want[0]["env/tool_calls"] > 0 and want[0]["env/observation_tokens"] > 0
+    for k in range(2):
+        got = [r for r in rows if r.get("member") == k and "loss" in r]
+        assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2]
+        for a, b in zip(got, want):
+            for key in ("reward", "loss", "grad_norm", "env/tool_calls", "env/observation_tokens",
+                        "completions/mean_length", "logp_mismatch"):
+                assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(b[key])), (k, a["step"], key, a[key], b[key])
 
 
 def test_the_calculator_config_trains_from_the_command_line(checkpoint, cache, tmp_path):  # noqa: F811

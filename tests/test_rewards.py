@@ -177,6 +177,19 @@ def test_require_answer_reads_only_the_answer_block(name):
         rewards.REWARDS.get(name, require_answer="yes")
 
 
+def test_skip_observations_reads_the_models_own_text():
+    """skip_observations: the tool's result (the column `observations`) is cut out; the model's last number counts."""
+    fn = rewards.REWARDS.get("arithmetic", skip_observations=True)
+    episodes = ["12 * 7</calc><result>84</result>", "12 * 7</calc><result>84</result> so 84",
+                "0 + 84</calc><result>84</result>"]
+    observed = [["<result>84</result>"]] * 3
+    assert fn(episodes, answer=[84] * 3, observations=observed) == [0.0, 1.0, 1.0]  # the 3rd wrote 84 itself
+    assert fn(episodes[:1], answer=[84]) == [1.0]  # single-turn (no column): nothing to cut
+    from grpo_jax.rewards.extract import without_observations
+    assert without_observations("a<r>1</r>b<r>1</r>c", ["<r>1</r>", "<r>1</r>"]) == "a b c"
+    assert without_observations("a b", ["zz", ""]) == "a b"
+
+
 def test_arithmetic_bad_answer_column():
     with pytest.raises(ValueError, match="'#### <number>'"):
         score("arithmetic", ["<answer>8</answer>"], answer=["eight"])

@@ -322,7 +322,7 @@ class PopulationExperiment(shared.Experiment):
 def _stack_batches(batches: list[dict], width: int) -> dict:
     """K members' batches (same prompts) -> one dict with a leading member axis, completion columns cut to
     `width` (host arrays: the population runs in one process)."""
-    cut = ("completions", "completion_mask", "old_logps")
+    cut = ("completions", "completion_mask", "old_logps", "action_mask")
     return {key: np.stack([np.asarray(b[key])[:, :width] if key in cut else np.asarray(b[key]) for b in batches])
             for key in batches[0]}
 

@@ -16,8 +16,9 @@ Invariants:
 How: LoRA members (frozen is not None) with an engine that has `generate_members` (the jitted group sampler) are
 decoded together in ONE decode loop over the shared frozen base (`sampling.generate(members=)`): K * P * G rows,
 the base's weights read once per step for all of them, each row adding its own member's unmerged adapters.
-Full-finetuning members (frozen None: each member has its own full params, nothing to share) and engines without
-`generate_members` run one `sampler.sample` per member. Either way, afterwards the engine's
+Full-finetuning members (frozen None: each member has its own full params, nothing to share), engines without
+`generate_members`, and a sampler that plays multi-turn episodes (`sampler.environment`) run one `sampler.sample`
+per member. Either way, afterwards the engine's
 `last_tokens_computed` (where it sets one) counts all members' rows.
 """
 
@@ -47,7 +48,7 @@ def sample_members(sampler, model_config, states: train_step.TrainState, frozen,
     temperature = _per_member("temperature", temperature, k)
     top_p = _per_member("top_p", top_p, k)
     engine = sampler.engine
-    if frozen is None or not hasattr(engine, "generate_members"):
+    if frozen is None or not hasattr(engine, "generate_members") or sampler.environment is not None:
         return _one_by_one(sampler, model_config, states, frozen, examples, key, temperature=temperature,
                            top_p=top_p, **changes)
     tokens, mask = sampler.encode(examples)

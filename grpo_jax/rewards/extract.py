@@ -98,3 +98,19 @@ def reference_number(answer: Any) -> float:
 def same_number(a: float | None, b: float) -> bool:
     """Numeric equality up to float rounding (72 == 72.0 == 72.00)."""
     return a is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def without_observations(text: str, observations) -> str:
+    """`text` (a multi-turn episode) with each of its inserted observation texts cut out, in order (each one's
+    first occurrence after the previous cut; a space in its place): what the model itself wrote."""
+    out, at = [], 0
+    for observation in observations or ():
+        if not observation:
+            continue
+        where = text.find(observation, at)
+        if where < 0:
+            continue
+        out.append(text[at:where])
+        at = where + len(observation)
+    out.append(text[at:])
+    return " ".join(out)

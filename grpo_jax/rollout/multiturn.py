@@ -21,8 +21,11 @@ Phases, each one jitted program reused across turns and calls (keyed on the mode
      has ended: a stop id (EOS, settings.stop_ids), an environment stop string, max_turn_tokens, or the budget T.
      A stop string is detected on device: the row's last tokens (within the current turn) equal the string's token
      ids (`TurnCodec.stop_sequences`, the string as the tokenizer encodes it; a different tokenisation of the same
-     text does not end the turn, which then runs on to EOS, max_turn_tokens or the budget). This first version's
-     loop runs all N rows every step (no compaction or refill; rows out of their turn idle and write nothing);
+     text does not end the turn, which then runs on to EOS, max_turn_tokens or the budget). Rows whose turn
+     ended idle and write nothing until the longest turn ends. With settings.compact (None: the single-turn
+     engine's rule) a turn runs only the rows that take it: they are gathered (cache, state, their prompts'
+     keys/values) into a batch of a power of two times the row shards (padded with rows that take no turn) and
+     scattered back after it; a row's draws do not depend on its place in the batch;
   3. one host round-trip for the batch: each row whose turn ended is stepped (`environments.safe_step`) with the
      text of its turn (decoded from its sampled tokens, stop string included; never re-tokenised into the
      sequence); the observation's text is tokenised once (`TurnCodec.observation_ids`), cut to
