@@ -1,15 +1,20 @@
-"""`reasoning_sweep`: the formulations of configs/reasoning.py trained one after another, one table row each.
+"""`reasoning_sweep`: the settings of a config file (configs/reasoning.py by default) trained one after another, one
+table row each.
 
     python -m benchmarks reasoning_sweep                               # every setting, as configured
+    python -m benchmarks reasoning_sweep --config configs/calculator.py --steps 20 --eval-examples 100  # its sweep
     python -m benchmarks reasoning_sweep --settings steps_mix --steps 20 --eval-examples 100   # the sweep's budget
     python -m benchmarks reasoning_sweep --settings tiny --model tiny.gguf --out /tmp/rs --results ''    # smoke
 
-Each setting is `python -m experiments.train --config configs/reasoning.py:SETTING` in OUT/SETTING, one subprocess
+A config file's SETTINGS (name -> what it tries) are its config args; each setting is
+`python -m experiments.train --config FILE:SETTING` in OUT/SETTING, one subprocess
 after another (a fresh OUT/SETTING each: an existing one is an error, a resumed run would not time the whole run).
 --steps N sets total_steps and eval.every to N (held-out eval at the start and the end only); --eval-examples the
 held-out problems of both evals; --set KEY=VALUE any other override. A row reports the first and last held-out greedy accuracy and their difference in
 points, the last eval's intermediate_rate and mean_length_correct, the mean training reward of the first and the
-last quarter of the steps, the median step time after the first step, and the run's wall time.
+last quarter of the steps, the median step time after the first step, and the run's wall time; a multi-turn
+config's rows add the first and last eval's tool-call rate and the last eval's share of correct answers that made a
+tool call (`eval/tool_call_rate`, `eval/correct_with_call`).
 
 One JSON line on stdout ({"rows": [...]}, appended to benchmarks/results.jsonl unless --results ''), and the table as
 Markdown on stderr.
@@ -32,7 +37,8 @@ CONFIG_FILE = os.path.join(ROOT, "configs", "reasoning.py")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks reasoning_sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--settings", default="", help="comma-separated settings of configs/reasoning.py (default: all)")
+    p.add_argument("--config", default=CONFIG_FILE, help="the config file whose SETTINGS are swept")
+    p.add_argument("--settings", default="", help="comma-separated settings of the config (default: all)")
     p.add_argument("--steps", type=int, default=0, help="total_steps (and eval.every) override; 0 = the config's")
     p.add_argument("--eval-examples", type=int, default=0, help="held-out problems per eval; 0 = the config's")
     p.add_argument("--model", default="", help="model.path override (default: the config's)")
@@ -43,11 +49,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings() -> dict:
-    """configs/reasoning.py's SETTINGS (name -> what it tries), loaded from its file as experiments.train loads it."""
+def settings(config_file: str = CONFIG_FILE) -> dict:
+    """The config file's SETTINGS (name -> what it tries), loaded from its file as experiments.train loads it."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_reasoning_config", CONFIG_FILE)
+    spec = importlib.util.spec_from_file_location("bench_sweep_config", config_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.SETTINGS
@@ -78,6 +84,10 @@ def row(name: str, what: str, rows: list[dict], wall: float) -> dict:
            "reward_last_quarter": (round(statistics.mean(r["reward"] for r in steps[-quarter:]), 3) if steps else None),
            "step_s": (round(statistics.median(r["step_time"] for r in steps[1:]), 2) if len(steps) > 1 else None),
            "wall_s": round(wall, 1)}
+    if "eval/tool_call_rate" in last:
+        out.update({"tool_call_rate_first": first.get("eval/tool_call_rate"),
+                    "tool_call_rate_last": last.get("eval/tool_call_rate"),
+                    "correct_with_call_last": last.get("eval/correct_with_call")})
     return out
 
 
@@ -85,23 +95,32 @@ def table(rows: list[dict]) -> str:
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
 
-    lines = ["| setting | what | steps | held-out acc. first -> last | points | intermediate rate last | "
-             "train reward first -> last quarter | step s | wall s |", "|" + "---|" * 9]
+    tools = any("tool_call_rate_last" in r for r in rows)
+    head = ("| setting | what | steps | held-out acc. first -> last | points | intermediate rate last | "
+            "train reward first -> last quarter | step s | wall s |")
+    if tools:
+        head += " tool calls first -> last | correct with a call |"
+    lines = [head, "|" + "---|" * (11 if tools else 9)]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['what']} | {r['steps']} | {pct(r['accuracy_first'])} -> "
-                     f"{pct(r['accuracy_last'])} ({r['eval_examples']}) | {r['points']} | "
-                     f"{pct(r['intermediate_rate_last'])} | {r['reward_first_quarter']} -> {r['reward_last_quarter']} | "
-                     f"{r['step_s']} | {r['wall_s']} |")
+        line = (f"| {r['setting']} | {r['what']} | {r['steps']} | {pct(r['accuracy_first'])} -> "
+                f"{pct(r['accuracy_last'])} ({r['eval_examples']}) | {r['points']} | "
+                f"{pct(r['intermediate_rate_last'])} | {r['reward_first_quarter']} -> {r['reward_last_quarter']} | "
+                f"{r['step_s']} | {r['wall_s']} |")
+        if tools:
+            line += (f" {pct(r.get('tool_call_rate_first'))} -> {pct(r.get('tool_call_rate_last'))} | "
+                     f"{pct(r.get('correct_with_call_last'))} |")
+        lines.append(line)
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     args = parser().parse_args(argv)
-    known = settings()
+    config_file = os.path.abspath(args.config)
+    known = settings(config_file)
     names = [s for s in args.settings.split(",") if s] or list(known)
     unknown = [s for s in names if s not in known]
     if unknown:
-        raise SystemExit(f"reasoning_sweep: unknown settings {unknown}; configs/reasoning.py has {list(known)}")
+        raise SystemExit(f"reasoning_sweep: unknown settings {unknown}; {args.config} has {list(known)}")
     out_dir = os.path.abspath(args.out)
     taken = [s for s in names if os.path.exists(os.path.join(out_dir, s))]
     if taken:
@@ -109,7 +128,7 @@ def main(argv=None) -> dict:
     env, rows = child_env(), []
     for i, name in enumerate(names):
         workdir = os.path.join(out_dir, name)
-        command = [sys.executable, "-m", "experiments.train", "--config", f"{CONFIG_FILE}:{name}", "--workdir",
+        command = [sys.executable, "-m", "experiments.train", "--config", f"{config_file}:{name}", "--workdir",
                    workdir, "--config.checkpoint.export_hf=False"]
         if args.model:
             command.append(f"--config.model.path={args.model}")
@@ -125,7 +144,7 @@ def main(argv=None) -> dict:
                         time.perf_counter() - start))
         print(table(rows), file=sys.stderr, flush=True)
     line = {"benchmark": "reasoning_sweep", "time": results.now(), "commit": results.git_commit(),
-            "machine": machine.describe(), "config": "configs/reasoning.py", "steps": args.steps or None,
+            "machine": machine.describe(), "config": os.path.relpath(config_file, ROOT), "steps": args.steps or None,
             "rows": rows}
     return results.emit(line, args.results)
 

@@ -42,7 +42,9 @@ def get_config(arg: str | None = None):
     c.task.system = SYSTEM
     c.task.prefill = ""                # the start of the assistant's turn ('' = none); the calculator sees it
     c.rewards = {"arithmetic": 1.0}
-    c.reward_options = {"arithmetic": {"require_answer": True}}  # the tool's result is not the model's answer
+    # The tool's result is not the model's answer: only an <answer> block counts (require_answer), or only what the
+    # model wrote itself (skip_observations cuts the observations out before the last number is read).
+    c.reward_options = {"arithmetic": {"require_answer": True, "skip_observations": False}}
 
     c.environment.name = "calculator"
     c.environment.call_format = "tag"

@@ -31,6 +31,19 @@ def test_a_row_by_hand():
     assert len(md) == 3 and "| x | what | 8 | 5.0% -> 30.5% (100) | 25.5 | 50.0% |" in md[2]
 
 
+def test_a_multiturn_row_adds_the_tool_columns():
+    rows = [{"step": 0, "eval/accuracy": 0.02, "eval/num_examples": 200, "eval/tool_call_rate": 0.1,
+             "eval/correct_with_call": 0.5},
+            {"step": 1, "step_time": 5.0, "reward": 0.1},
+            {"step": 1, "eval/accuracy": 0.6, "eval/num_examples": 200, "eval/tool_call_rate": 0.9,
+             "eval/correct_with_call": 0.95}]
+    r = sweep.row("calc", "what", rows, 10.0)
+    assert (r["tool_call_rate_first"], r["tool_call_rate_last"], r["correct_with_call_last"]) == (0.1, 0.9, 0.95)
+    md = sweep.table([r, sweep.row("plain", "single-turn", rows[1:2], 1.0)]).splitlines()
+    assert md[2].endswith("| 10.0% -> 90.0% | 95.0% |") and md[3].endswith("| - -> - | - |")
+    assert "tool_call_rate_last" not in sweep.row("plain", "single-turn", rows[1:2], 1.0)
+
+
 def test_the_settings_change_what_they_say():
     plain, lora, mix = (reasoning.get_config(s) for s in ("plain", "steps_lora", "steps_mix"))
     assert set(reasoning.SETTINGS) <= set(reasoning.ARGS) and reasoning.DEFAULT == "pm_mix"

@@ -194,6 +194,17 @@ def test_calculator_bad_calls_are_error_observations(turn, stat, message):
     assert env.stats["parse_errors"] + env.stats["tool_errors"] == 1
 
 
+def test_a_one_operation_calculator_refuses_longer_expressions():
+    env = _calculator(max_operations=1)
+    assert env.step("<calc>12 * 7</calc>").text == "<result>84</result>"
+    assert env.step("<calc>-3 + 4</calc>").text == "<result>1</result>"  # a sign is not an operation
+    assert env.step("<calc>12 * 7 + 1</calc>").text == "<result>error: at most one operation per call</result>"
+    assert env.stats == {"turns": 3, "calls": 3, "parse_errors": 0, "tool_errors": 1}
+    assert _calculator(max_operations=2).step("<calc>12 * 7 + 1</calc>").text == "<result>85</result>"
+    with pytest.raises(ValueError, match="max_operations must be >= 0"):
+        _calculator(max_operations=-1)
+
+
 def _hermes(name="calculator", **arguments):
     return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
 

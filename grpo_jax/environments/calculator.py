@@ -12,6 +12,9 @@ blocks. A malformed call (unterminated, oversize, bad JSON, no "expression") is 
 but cannot be computed (not arithmetic, division by zero, out of bounds, another tool's name) a tool error: both
 answer with an error observation and the episode goes on.
 
+environment.max_operations > 0 bounds the operations of one call (1: a one-operation calculator, `12 * 7`; a
+longer expression is a tool error saying so), so a model must order several calls.
+
 stats (per episode): turns, calls, parse_errors, tool_errors; the share of calls that parse is
 1 - parse_errors / calls.
 """
@@ -29,6 +32,8 @@ EXPRESSION_ERROR = ("error: not a bounded arithmetic expression (numbers, + - * 
 
 
 def _validate(section) -> None:
+    if section["max_operations"] < 0:
+        raise ValueError(f"environment.max_operations must be >= 0 (0 = any), got {section['max_operations']!r}")
     if section["call_format"] not in tool_calls.FORMATS:
         raise ValueError(f"unknown environment.call_format {section['call_format']!r}; valid: "
                          f"{', '.join(repr(f) for f in tool_calls.FORMATS)}")
@@ -39,11 +44,12 @@ def format_value(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else format(value, ".12g")
 
 
-@register("calculator", fields={"call_format": "tag"}, validate=_validate)
+@register("calculator", fields={"call_format": "tag", "max_operations": 0}, validate=_validate)
 class Calculator(Environment):
     def __init__(self, config=None):
         super().__init__(config)
         self.call_format = self.config["call_format"]
+        self.max_operations = int(self.config["max_operations"])
         self.stop = (tool_calls.tags(self.call_format, TAG)[1],)
         self.reset({})
 
@@ -75,8 +81,12 @@ class Calculator(Environment):
                 return Observation(self._wrap(f"error: unknown tool (the tool is {TOOL_NAME!r})"))
         else:
             expression = call.arguments["text"]
-        value = safe_eval.evaluate(expression)
-        if value is None:
+        parsed = safe_eval.parse_expression(expression)
+        if parsed is None:
             self.stats["tool_errors"] += 1
             return Observation(self._wrap(EXPRESSION_ERROR))
-        return Observation(self._wrap(format_value(value)))
+        if self.max_operations and len(parsed.numbers) - 1 > self.max_operations:
+            self.stats["tool_errors"] += 1
+            many = "one operation" if self.max_operations == 1 else f"{self.max_operations} operations"
+            return Observation(self._wrap(f"error: at most {many} per call"))
+        return Observation(self._wrap(format_value(parsed.value)))
