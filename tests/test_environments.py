@@ -301,3 +301,20 @@ def test_guess_number_validates_its_range():
 
 def test_an_environment_config_is_a_plain_config_dict():
     assert isinstance(environments.environment_config(), ml_collections.ConfigDict)
+
+
+def test_the_readme_environment_example_runs():
+    """README's own-environment example, as written, registers an environment that steps."""
+    import os
+    import re
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if 'register("echo"' in b]
+    exec(compile(block, "README.md", "exec"), {})  # the project's own documentation, not model output
+    try:
+        env = environments.make(environments.environment_config("echo"))
+        env.reset({"id": "x"})
+        first, second = env.step("hi</say>"), env.step("again</say>")
+        assert first.text == "> hi</say>" and not first.done and second.done and env.stop == ("</say>",)
+    finally:
+        environments.ENVIRONMENTS.pop("echo")
