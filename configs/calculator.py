@@ -2,30 +2,67 @@
 
     python -m experiments.train --config configs/calculator.py --workdir runs/calculator
     python -m experiments.train --config configs/calculator.py:tiny --workdir runs/calculator-tiny   # smoke
+    python -m benchmarks reasoning_sweep --config configs/calculator.py --settings SETTING,...  # the sweep (below)
 
-Problems of three 2-digit operands joined by + - * (arithmetic task, sampled, 200 held out); a system message
-tells the model that a calculator exists and how to call it: `<calc>12 * (3 + 4)</calc>` ends the model's turn
-(environment 'calculator', call_format 'tag'), the value comes back inline as `<result>84</result>`, and the
-model goes on, up to environment.max_turns turns within rollout.max_new_tokens tokens for the whole episode. The
-reward is the final answer alone (`arithmetic`, read from the <answer> tags of the whole episode); the tool calls
-are logged (env/tool_calls, env/parse_rate, eval/tool_call_rate, ...), not rewarded. A starting point, not tuned.
-`:tiny` shrinks it to 2 steps of 2 prompts x 2 episodes of 32 tokens and 8 held-out problems.
+Problems of three 2-digit operands joined by + - * (arithmetic task, sampled, 200 held out; the model answers ~3% of
+them alone). A system message says that a calculator exists and how to call it, with no worked example:
+`<calc>12 * (3 + 4)</calc>` ends the model's turn (environment 'calculator', call_format 'tag'), the value comes
+back as `<result>84</result>`, and the model goes on, up to environment.max_turns turns within
+rollout.max_new_tokens tokens for the whole episode. The reward is the final answer alone (`arithmetic`); the
+tool's result never counts as the model's answer (reward_options: `skip_observations` reads only what the model
+wrote, `require_answer` only its <answer> block). Tool use is logged (env/tool_calls, env/parse_rate,
+eval/tool_call_rate, eval/calls_mean, eval/parse_rate, eval/correct_with_call), never rewarded.
+
+SETTINGS are what was tried (config args); '' is DEFAULT, the best. `tiny` is a 2-step smoke version.
+
+Probes (2026-12-06, 2-core Intel Xeon, the untrained model; T=1: 16 training problems x 8 episodes at temperature
+1; greedy: 32 held-out problems; "right" = the model's own last number or <answer> is the answer):
+
+| setting | calls (T=1) | right (T=1) | groups of 8 with a right one | greedy right |
+|---|---|---|---|---|
+| inline_result: prefill `<calc>`, result inline | 89% | 0% (EOS right after `</result>`) | 0% | 0% |
+| no_prefill: no prefill, result inline | 0.8% | 0% | 0% | 0% |
+| open_tag: prefill `<`, result as a user turn | 3.1% | 0.8% | 6% | 0% |
+| one_op: one-operation calculator, prefill `<calc>`, user turn | 93% | 0% | 0% | 0% |
+| unicode: `27 × 37 − 9`, prefill `<calc>`, user turn | 88% | 0.8% | 6% | 16% |
+| words: `27 times 37 minus 9`, prefill `<calc>`, user turn | 92% | 1.6% | 13% | 47% |
+| prefill_user (DEFAULT): prefill `<calc>`, result as a user turn | 89% | 6.3% | 44% | 47% |
+
+Only prefill_user (and words, which the model turns into symbols as well) gives GRPO a signal: a right answer in
+almost half of the groups. Every setting whose untrained greedy accuracy is below 10% has at most one right
+episode in 128 at temperature 1. Templated word problems were not tried. Training results: README and
+docs/performance.md.
 """
 
 from __future__ import annotations
 
 from grpo_jax import config as config_lib
 
-ARGS = ("", "tiny")
 SYSTEM = ("You can use a calculator. To compute an expression, write it between <calc> and </calc>, for example "
           "<calc>12 * (3 + 4)</calc>, and stop; the result comes back as <result>84</result>. Then go on, and "
           "give the final answer in <answer> </answer> tags.")
+ONE_OP_SYSTEM = ("You can use a calculator. It computes one operation at a time: write it between <calc> and "
+                 "</calc>, for example <calc>12 * 7</calc>, and stop; the result comes back as <result>84</result>. "
+                 "Then go on, and give the final answer in <answer> </answer> tags.")
+
+SETTINGS = {
+    "prefill_user": "prefill <calc>, the result as a user turn, the model's own last number or <answer> rewarded",
+    "words": "prefill_user with operators as words (27 times 37 minus 9)",
+    "unicode": "prefill_user with unicode operators (27 × 37 − 9)",
+    "one_op": "prefill_user with a one-operation calculator (two calls needed)",
+    "open_tag": "prefill '<' (the model picks <calc> or <answer>), the result as a user turn",
+    "inline_result": "prefill <calc>, the result inline in the assistant's turn, only <answer> rewarded",
+    "no_prefill": "no prefill, the result inline, only <answer> rewarded",
+}
+DEFAULT = "prefill_user"
+ARGS = ("", "tiny", *SETTINGS)
 
 
 def get_config(arg: str | None = None):
     arg = arg or ""
     if arg not in ARGS:
         raise ValueError(f"configs/calculator.py: unknown arg {arg!r}; valid: {ARGS}")
+    setting = DEFAULT if arg in ("", "tiny") else arg
     c = config_lib.base_config()
     c.seed = 0
     c.total_steps = 30
@@ -39,29 +76,31 @@ def get_config(arg: str | None = None):
     c.task.num_operands = 3
     c.task.eval_size = 200
     c.task.split_seed = 0
-    c.task.system = SYSTEM
-    c.task.prefill = ""                # the start of the assistant's turn ('' = none); the calculator sees it
+    c.task.system = ONE_OP_SYSTEM if setting == "one_op" else SYSTEM
+    c.task.prefill = {"open_tag": "<", "no_prefill": ""}.get(setting, "<calc>")  # the start of the model's turn
+    c.task.spelling = setting if setting in ("words", "unicode") else "symbols"
     c.rewards = {"arithmetic": 1.0}
-    # The tool's result is not the model's answer: only an <answer> block counts (require_answer), or only what the
-    # model wrote itself (skip_observations cuts the observations out before the last number is read).
-    c.reward_options = {"arithmetic": {"require_answer": True, "skip_observations": False}}
+    inline = setting in ("inline_result", "no_prefill")
+    c.reward_options = {"arithmetic": {"require_answer": inline, "skip_observations": not inline}}
 
     c.environment.name = "calculator"
     c.environment.call_format = "tag"
-    c.environment.max_turns = 4
+    c.environment.observation_role = "inline" if inline else "user"
+    c.environment.max_operations = 1 if setting == "one_op" else 0
+    c.environment.max_turns = 4 if setting == "one_op" else 3
     c.environment.max_observation_tokens = 32
 
     c.rollout.prompts_per_step = 8
     c.rollout.group_size = 8
-    c.rollout.max_new_tokens = 128     # the whole episode: model turns and results
+    c.rollout.max_new_tokens = 64      # the whole episode: model turns and results
     c.rollout.temperature = 1.0
 
     c.loss.kl_beta = 0.0
-    c.optim.lr = 2e-5
+    c.optim.lr = 3e-5
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = 0
 
-    c.eval.every = c.total_steps       # held-out accuracy at the start and at the end
+    c.eval.every = 15                  # held-out accuracy at the start, halfway and at the end
     c.eval.num_examples = 0            # the whole eval split
     c.eval.batch_size = 50
     c.eval.pass_k = 0

@@ -261,3 +261,22 @@ def test_role_pieces_of_the_embedded_models_chat_template():
     assert tok.decode(list(prefix_ids) + codec.encode("<result>6</result>") + list(suffix_ids)) == (
         "<|im_end|>\n<|im_start|>user\n<result>6</result><|im_end|>\n<|im_start|>assistant\n")
     assert tok.encode("</calc>", add_special_tokens=False) in [list(s) for s in codec.stop_sequences]
+
+
+def test_the_calculator_settings_change_what_they_say():
+    sys.path.insert(0, REPO)
+    from configs import calculator
+
+    best = calculator.get_config("")
+    assert best.to_dict() == calculator.get_config(calculator.DEFAULT).to_dict()
+    assert (best.task.prefill, best.environment.observation_role, best.task.spelling) == ("<calc>", "user", "symbols")
+    assert best.reward_options.arithmetic.to_dict() == {"require_answer": False, "skip_observations": True}
+    got = {s: calculator.get_config(s) for s in calculator.SETTINGS}
+    assert got["one_op"].environment.max_operations == 1 and "one operation" in got["one_op"].task.system
+    assert (got["words"].task.spelling, got["unicode"].task.spelling) == ("words", "unicode")
+    assert got["open_tag"].task.prefill == "<" and got["no_prefill"].task.prefill == ""
+    for s in ("inline_result", "no_prefill"):
+        assert got[s].environment.observation_role == "inline" and got[s].reward_options.arithmetic.require_answer
+    for c in got.values():
+        config_lib.validate(c)
+        assert (c.task.num_operands, c.task.digits, c.environment.name) == (3, 2, "calculator")

@@ -266,3 +266,18 @@ def test_eval_set_prefix_errors():
     assert task.eval_set(10) == task.eval_set()[:10]
     with pytest.raises(ValueError, match="cannot take n=51"):
         task.eval_set(51)
+
+
+def test_arithmetic_spells_its_operators_three_ways():
+    kw = dict(operators=("+", "-", "*"), digits=2, num_operands=3, eval_size=20, split_seed=0)
+    plain, words, signs = (tasks.get("arithmetic", spelling=s, **kw) for s in ("symbols", "words", "unicode"))
+    for i in range(5):
+        a, b, c = (t.train_example(0, i) for t in (plain, words, signs))
+        assert a["id"] == b["id"] == c["id"] and a["answer"] == b["answer"] == c["answer"]
+        q = a["prompt"][-1]["content"]
+        assert b["prompt"][-1]["content"] == q.replace(" * ", " times ").replace(" + ", " plus ").replace(
+            " - ", " minus ")
+        assert c["prompt"][-1]["content"] == q.replace(" * ", " \u00d7 ").replace(" - ", " \u2212 ")
+    assert [e["id"] for e in plain.eval_set()] == [e["id"] for e in words.eval_set()]
+    with pytest.raises(ValueError, match="spelling must be one of"):
+        tasks.get("arithmetic", spelling="roman", **kw)

@@ -6,7 +6,9 @@ Identity is the expression itself. Each example carries `answer` and `intermedia
 sub-expressions (`intermediate_values`: partial products, running sums), which `eval/intermediate_rate` looks for
 in a completion (tasks/eval_metrics.py; problems of three or more operands). `steps=True` asks for the work step by
 step, each intermediate result written out; `prefill` starts the assistant's turn; `system` is a system message
-before the question (e.g. the calculator tool's instructions, configs/calculator.py). Small problem spaces (at most ENUMERATE_LIMIT expressions, e.g. the 100 one-digit
+before the question (e.g. the calculator tool's instructions, configs/calculator.py); `spelling` writes the
+question's operators as symbols ('3 * 5 - 2', the default), words ('3 times 5 minus 2') or unicode signs
+('3 × 5 − 2'), the id and the answer unchanged. Small problem spaces (at most ENUMERATE_LIMIT expressions, e.g. the 100 one-digit
 additions) are enumerated and split by `split_seed` into a fixed eval subset and a disjoint training pool; larger
 spaces are sampled, rejecting eval problems from training.
 """
@@ -73,9 +75,14 @@ def intermediate_values(problem: Problem) -> tuple[int, ...]:
     return tuple(sorted({int(v) for v in seen if v.denominator == 1 and v != final}))
 
 
-def expression(problem: Problem) -> str:
+SPELLINGS = {"symbols": {}, "words": {"+": "plus", "-": "minus", "*": "times", "/": "divided by"},
+             "unicode": {"-": "\u2212", "*": "\u00d7", "/": "\u00f7"}}
+
+
+def expression(problem: Problem, spelling: str = "symbols") -> str:
     operands, operators = problem
-    return " ".join([str(operands[0])] + [f"{op} {x}" for op, x in zip(operators, operands[1:])])
+    names = SPELLINGS[spelling]
+    return " ".join([str(operands[0])] + [f"{names.get(op, op)} {x}" for op, x in zip(operators, operands[1:])])
 
 
 class ArithmeticTask(Task):
@@ -86,7 +93,7 @@ class ArithmeticTask(Task):
 
     def __init__(self, *, operators: Sequence[str], digits: int, num_operands: int, eval_size: int | None,
                  split_seed: int, steps: bool = False, prefill: str | None = None,
-                 train_operands: Sequence[int] = (), system: str | None = None):
+                 train_operands: Sequence[int] = (), system: str | None = None, spelling: str = "symbols"):
         self.operators = tuple(operators)
         if not self.operators or any(op not in OPERATORS for op in self.operators):
             raise ValueError(
@@ -103,6 +110,9 @@ class ArithmeticTask(Task):
         if not isinstance(system, (str, type(None))):
             raise ValueError(f"arithmetic: system must be a string, got {system!r}")
         self.system = system or None
+        if spelling not in SPELLINGS:
+            raise ValueError(f"arithmetic: spelling must be one of {list(SPELLINGS)}, got {spelling!r}")
+        self.spelling = spelling
         counts = tuple(integer(n, "arithmetic train_operands") for n in train_operands) or (self.num_operands,)
         if any(not 2 <= n <= 8 for n in counts):
             raise ValueError(f"arithmetic: train_operands must each be in 2..8, got {tuple(train_operands)!r}")
@@ -171,7 +181,7 @@ class ArithmeticTask(Task):
     def to_example(self, problem: Problem) -> dict[str, Any]:
         text = expression(problem)
         ask = STEPS_INSTRUCTION if self.steps else ANSWER_INSTRUCTION
-        return make_example(f"What is {text}? {ask}",
+        return make_example(f"What is {expression(problem, self.spelling)}? {ask}",
                             {"answer": int(value_of(problem)), "intermediates": intermediate_values(problem)},
                             id=f"arithmetic:{text}", system=self.system, prefill=self.prefill)
 
@@ -195,11 +205,12 @@ class ArithmeticTask(Task):
 @TASKS.register("arithmetic")
 def arithmetic(operators: Sequence[str] = ("+",), digits: int = 1, num_operands: int = 2,
                eval_size: int | None = None, split_seed: int = 0, steps: bool = False, prefill: str | None = None,
-               train_operands: Sequence[int] = (), system: str | None = None) -> Task:
+               train_operands: Sequence[int] = (), system: str | None = None, spelling: str = "symbols") -> Task:
     """Procedural arithmetic. eval_size None = 200, or half the problem space when that has fewer than 400 problems.
     steps: ask for the intermediate results; prefill: the start of the assistant's turn (None or '' = none; a config's '' arrives as None); train_operands: the operand counts training problems
     are drawn from, uniformly (a curriculum mix, e.g. (2, 3)); () = num_operands. Eval stays num_operands.
-    system: a system message before each question (None or '' = none; the id, and so the eval split, ignores it)."""
+    system: a system message before each question (None or '' = none; the id, and so the eval split, ignores it).
+    spelling: 'symbols', 'words' or 'unicode' operators in the question (the id ignores it)."""
     return ArithmeticTask(operators=operators, digits=digits, num_operands=num_operands, eval_size=eval_size,
                           split_seed=split_seed, steps=steps, prefill=prefill, train_operands=train_operands,
-                          system=system)
+                          system=system, spelling=spelling)
