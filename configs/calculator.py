@@ -51,6 +51,7 @@ SETTINGS = {
     "unicode": "prefill_user with unicode operators (27 × 37 − 9)",
     "one_op": "prefill_user with a one-operation calculator (two calls needed)",
     "open_tag": "prefill '<' (the model picks <calc> or <answer>), the result as a user turn",
+    "open_tag_hinted": "open_tag, half the training prompts hinted with the prefill <calc> (held-out: '<')",
     "inline_result": "prefill <calc>, the result inline in the assistant's turn, only <answer> rewarded",
     "no_prefill": "no prefill, the result inline, only <answer> rewarded",
 }
@@ -77,7 +78,8 @@ def get_config(arg: str | None = None):
     c.task.eval_size = 200
     c.task.split_seed = 0
     c.task.system = ONE_OP_SYSTEM if setting == "one_op" else SYSTEM
-    c.task.prefill = {"open_tag": "<", "no_prefill": ""}.get(setting, "<calc>")  # the start of the model's turn
+    c.task.prefill = {"open_tag": "<", "open_tag_hinted": "<", "no_prefill": ""}.get(setting, "<calc>")
+    c.task.train_prefills = ("<calc>", "<") if setting == "open_tag_hinted" else ()  # training prompts, in turn
     c.task.spelling = setting if setting in ("words", "unicode") else "symbols"
     c.rewards = {"arithmetic": 1.0}
     inline = setting in ("inline_result", "no_prefill")

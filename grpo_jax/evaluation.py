@@ -262,7 +262,7 @@ class Sampler:
         return text + (example.get("prefill") or "")
 
     def prompt_tokens(self, example: dict) -> list[int]:
-        key = example.get("id") or repr(example["prompt"]) + repr(example.get("prefill"))
+        key = repr((example.get("id") or example["prompt"], example.get("prefill")))  # a problem, with its prefill
         if key not in self._cache:
             self._cache[key] = list(self.tokenizer(self.prompt_text(example), add_special_tokens=False)["input_ids"])
         return self._cache[key]

@@ -280,3 +280,14 @@ def test_the_calculator_settings_change_what_they_say():
     for c in got.values():
         config_lib.validate(c)
         assert (c.task.num_operands, c.task.digits, c.environment.name) == (3, 2, "calculator")
+
+
+def test_the_prompt_cache_keeps_a_problem_with_two_prefills_apart():
+    from grpo_jax.models import ModelConfig
+
+    config = ModelConfig(vocab_size=300, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
+                         num_kv_heads=1, head_dim=4, max_position_embeddings=64, eos_token_ids=(2,))
+    sampler = evaluation.Sampler(config, make_tokenizer(), None)
+    hinted, plain = ({"id": "p", "prompt": [{"role": "user", "content": "Q"}], "prefill": p} for p in ("<calc>", "<"))
+    assert sampler.prompt_tokens(hinted) != sampler.prompt_tokens(plain)
+    assert sampler.prompt_text(hinted).endswith("<calc>") and sampler.prompt_text(plain).endswith("<")

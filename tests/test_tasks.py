@@ -281,3 +281,15 @@ def test_arithmetic_spells_its_operators_three_ways():
     assert [e["id"] for e in plain.eval_set()] == [e["id"] for e in words.eval_set()]
     with pytest.raises(ValueError, match="spelling must be one of"):
         tasks.get("arithmetic", spelling="roman", **kw)
+
+
+def test_arithmetic_train_prefills_take_turns_and_eval_keeps_the_prefill():
+    kw = dict(operators=("+", "-", "*"), digits=2, num_operands=3, eval_size=20, split_seed=0)
+    plain = tasks.get("arithmetic", prefill="<", **kw)
+    mixed = tasks.get("arithmetic", prefill="<", train_prefills=("<calc>", ""), **kw)
+    got = [mixed.train_example(0, i) for i in range(4)]
+    assert [e["prefill"] for e in got] == ["<calc>", "<", "<calc>", "<"]  # '' = the task's prefill
+    assert [e["id"] for e in got] == [plain.train_example(0, i)["id"] for i in range(4)]  # the same problems
+    assert {e["prefill"] for e in mixed.eval_set()} == {"<"}
+    with pytest.raises(ValueError, match="train_prefills must be a sequence of strings"):
+        tasks.get("arithmetic", train_prefills="<calc>", **kw)

@@ -93,7 +93,8 @@ class ArithmeticTask(Task):
 
     def __init__(self, *, operators: Sequence[str], digits: int, num_operands: int, eval_size: int | None,
                  split_seed: int, steps: bool = False, prefill: str | None = None,
-                 train_operands: Sequence[int] = (), system: str | None = None, spelling: str = "symbols"):
+                 train_operands: Sequence[int] = (), system: str | None = None, spelling: str = "symbols",
+                 train_prefills: Sequence[str] = ()):
         self.operators = tuple(operators)
         if not self.operators or any(op not in OPERATORS for op in self.operators):
             raise ValueError(
@@ -113,6 +114,9 @@ class ArithmeticTask(Task):
         if spelling not in SPELLINGS:
             raise ValueError(f"arithmetic: spelling must be one of {list(SPELLINGS)}, got {spelling!r}")
         self.spelling = spelling
+        if isinstance(train_prefills, str) or not all(isinstance(p, str) for p in train_prefills):
+            raise ValueError(f"arithmetic: train_prefills must be a sequence of strings, got {train_prefills!r}")
+        self.train_prefills = tuple(p or None for p in train_prefills)
         counts = tuple(integer(n, "arithmetic train_operands") for n in train_operands) or (self.num_operands,)
         if any(not 2 <= n <= 8 for n in counts):
             raise ValueError(f"arithmetic: train_operands must each be in 2..8, got {tuple(train_operands)!r}")
@@ -178,12 +182,12 @@ class ArithmeticTask(Task):
                 return operands, ops
         raise ValueError(f"arithmetic: could not draw a problem with an integer answer from operators {self.operators}")
 
-    def to_example(self, problem: Problem) -> dict[str, Any]:
+    def to_example(self, problem: Problem, prefill: str | None = None) -> dict[str, Any]:
         text = expression(problem)
         ask = STEPS_INSTRUCTION if self.steps else ANSWER_INSTRUCTION
         return make_example(f"What is {expression(problem, self.spelling)}? {ask}",
                             {"answer": int(value_of(problem)), "intermediates": intermediate_values(problem)},
-                            id=f"arithmetic:{text}", system=self.system, prefill=self.prefill)
+                            id=f"arithmetic:{text}", system=self.system, prefill=prefill or self.prefill)
 
     def _eval_examples(self) -> list[dict[str, Any]]:
         return self._eval
@@ -192,25 +196,31 @@ class ArithmeticTask(Task):
         generator = rng(check_seed(seed), check_seed(index, "index"), TRAIN_STREAM)
         n = self.train_operands[int(generator.integers(len(self.train_operands)))] if len(
             self.train_operands) > 1 else self.num_operands   # one count: the stream of a task without a mix
+        # a curriculum of prefills: example `index` takes train_prefills[index mod their count] (the problem stream
+        # is the same as without them)
+        prefill = self.train_prefills[index % len(self.train_prefills)] if self.train_prefills else None
         pool = self._pools[n]
         if pool is not None:
-            return self.to_example(pool[int(generator.integers(len(pool)))])
+            return self.to_example(pool[int(generator.integers(len(pool)))], prefill)
         for _ in range(MAX_ATTEMPTS):
             problem = self._draw(generator, n)
             if problem not in self._eval_problems:
-                return self.to_example(problem)
+                return self.to_example(problem, prefill)
         raise ValueError("arithmetic: could not draw a training problem outside the eval set; lower eval_size")
 
 
 @TASKS.register("arithmetic")
 def arithmetic(operators: Sequence[str] = ("+",), digits: int = 1, num_operands: int = 2,
                eval_size: int | None = None, split_seed: int = 0, steps: bool = False, prefill: str | None = None,
-               train_operands: Sequence[int] = (), system: str | None = None, spelling: str = "symbols") -> Task:
+               train_operands: Sequence[int] = (), system: str | None = None, spelling: str = "symbols",
+               train_prefills: Sequence[str] = ()) -> Task:
     """Procedural arithmetic. eval_size None = 200, or half the problem space when that has fewer than 400 problems.
     steps: ask for the intermediate results; prefill: the start of the assistant's turn (None or '' = none; a config's '' arrives as None); train_operands: the operand counts training problems
     are drawn from, uniformly (a curriculum mix, e.g. (2, 3)); () = num_operands. Eval stays num_operands.
     system: a system message before each question (None or '' = none; the id, and so the eval split, ignores it).
-    spelling: 'symbols', 'words' or 'unicode' operators in the question (the id ignores it)."""
+    spelling: 'symbols', 'words' or 'unicode' operators in the question (the id ignores it). train_prefills: the
+    prefills training examples take in turn, by index (a curriculum mix, e.g. ('<calc>', '<'): half the training
+    prompts hinted); () = `prefill` for all; held-out examples always take `prefill`."""
     return ArithmeticTask(operators=operators, digits=digits, num_operands=num_operands, eval_size=eval_size,
                           split_seed=split_seed, steps=steps, prefill=prefill, train_operands=train_operands,
-                          system=system, spelling=spelling)
+                          system=system, spelling=spelling, train_prefills=train_prefills)
