@@ -119,8 +119,8 @@ class Completions:
     Multi-turn (the sampler has an environment): texts are whole episodes (model turns and observations, as the
     rewards see them, TRL's convention); lengths count the model's tokens only (action_mask), sequence_lengths
     every token of the episode (what the train step's columns must hold); observations: each row's inserted
-    texts (chat-template pieces included), in order; marked: each row's episode text with every observation
-    between OBSERVATION_OPEN and OBSERVATION_CLOSE (for reading, never for rewards); calls / parse_errors: each
+    texts (chat-template pieces included), in order; marked: each row's episode text, after its prompt's assistant
+    prefill, with every observation between OBSERVATION_OPEN and OBSERVATION_CLOSE (for reading, never for rewards); calls / parse_errors: each
     row's tool calls and malformed calls (its environment's `calls` / `parse_errors` stats, 0 when it has none);
     episodes: the batch's `multiturn.EpisodeStats`. Single-turn: all of these are None."""
     start: int
@@ -308,13 +308,13 @@ class Sampler:
             mesh=self.mesh if self.mesh is not None and self.mesh.size > 1 else None)
         seq, action, lengths, truncated = jax.device_get((out.tokens, out.action_mask, out.lengths, out.truncated))
         texts, observations, marked = [], [], []
-        for row, act, n in zip(np.asarray(seq), np.asarray(action) > 0, np.asarray(lengths)):
+        for prefix, row, act, n in zip(prefixes, np.asarray(seq), np.asarray(action) > 0, np.asarray(lengths)):
             texts.append(self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True))
             decoded = [(self.tokenizer.decode(row[a:b].tolist(), skip_special_tokens=True), model)
                        for a, b, model in _segments(act[:n])]
             observations.append([text for text, model in decoded if not model])
-            marked.append("".join(text if model else OBSERVATION_OPEN + text + OBSERVATION_CLOSE
-                                  for text, model in decoded))
+            marked.append(prefix + "".join(text if model else OBSERVATION_OPEN + text + OBSERVATION_CLOSE
+                                           for text, model in decoded))
         calls, parse_errors = (np.asarray([float(getattr(env, "stats", {}).get(name, 0)) for env in envs], np.float32)
                                for name in ("calls", "parse_errors"))
         model_tokens = np.asarray(action).sum(axis=1).round().astype(np.int64)

@@ -5,8 +5,8 @@
     ... (dapo, gspo, cispo)
 
 `base_config(arg)` is the shared experiment; each file changes only `loss` (DAPO also adds its overlong reward):
-  - no arg: the CPU demo's experiment (configs/default.py: SmolLM2-135M-Instruct on one-digit `a OP b`, OP in
-    + - * /, 200 problems held out), with kl_beta 0.04 so the KL switch matters; runs on a laptop;
+  - no arg: the former CPU demo's experiment (configs/default.py:one_digit: SmolLM2-135M-Instruct on one-digit
+    `a OP b`, OP in + - * /, 200 problems held out), with kl_beta 0.04 so the KL switch matters; runs on a laptop;
   - 'countdown': Qwen2.5-0.5B-Instruct on Countdown (configs/countdown.py:0.5b), for a GPU/TPU.
 """
 
@@ -23,6 +23,6 @@ def base_config(arg: str | None = None, *, name: str = "ablation"):
         from configs import countdown
         return countdown.get_config("0.5b")
     from configs import default
-    c = default.get_config()
+    c = default.get_config("one_digit")
     c.loss.kl_beta = 0.04
     return c

@@ -4,7 +4,7 @@
     python -m experiments.train --config configs/ablations/grpo.py:countdown --workdir runs/abl-grpo-countdown
 
 Token-level ratio clipped to [0.8, 1.2], per-sequence token mean then mean over sequences, group-std advantages,
-k3 KL with beta 0.04. Wall time: as configs/default.py (no arg, 2-core CPU) or configs/countdown.py:0.5b.
+k3 KL with beta 0.04. Wall time: as configs/default.py:one_digit (no arg, 2-core CPU) or configs/countdown.py:0.5b.
 """
 
 from configs.ablations import ARGS, base_config  # noqa: F401
