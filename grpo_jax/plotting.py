@@ -1,7 +1,7 @@
 """Learning curves of a workdir as PNG files (matplotlib, Agg backend: no display needed).
 
     paths = plot_workdir("runs/demo")     # -> runs/demo/plots/{reward,eval_accuracy,kl,completion_length,
-                                          #    eval_intermediate,summary}.png
+                                          #    eval_intermediate,eval_tools,tool_calls,summary}.png
 
 Each panel plots one metric of DIR/metrics.jsonl against `step`; a metric the run did not log (e.g. kl with
 kl_beta = 0) is left out.
@@ -28,8 +28,16 @@ PANELS = {
                                                           "eval/mean_length_correct")),
     "eval_intermediate": ("Held-out answers stating an intermediate result", "share",
                           ("eval/intermediate_rate",)),
+    # multi-turn runs: the held-out episodes' tool use beside their accuracy, and the training episodes' calls
+    "eval_tools": ("Held-out tool use (greedy)", "share / calls per episode",
+                   ("eval/accuracy", "eval/tool_call_rate", "eval/calls_mean", "eval/parse_rate",
+                    "eval/correct_with_call")),
+    "tool_calls": ("Tool calls per step (training)", "calls", ("env/tool_calls",)),
 }
 
+
+# panels drawn only for runs that log this metric (the tool panel repeats eval/accuracy, which every run has)
+REQUIRES = {"eval_tools": "eval/tool_call_rate"}
 
 FITNESS_KEY, HP_PREFIX = "population/fitness", "hp/"  # population.experiment's row columns
 
@@ -95,6 +103,8 @@ def plot_workdir(workdir: str, out_dir: Optional[str] = None) -> list[str]:
     present = {}
     population_panels = _population_panels(rows)
     for name, (title, ylabel, keys) in {**PANELS, **population_panels}.items():
+        if name in REQUIRES and not any(REQUIRES[name] in r for r in rows):
+            continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
         train_rows = [r for r in rows if FITNESS_KEY not in r] if name.startswith("hp_") else rows
         if _draw(ax, train_rows, title, ylabel, keys, step_lines=name.startswith("hp_")):

@@ -29,3 +29,19 @@ def test_plots_every_workdir_and_reports_a_missing_one(tmp_path, capsys):
 
     assert plot.main([str(tmp_path / "nothing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_a_multiturn_run_gets_the_tool_panels_and_a_single_turn_run_does_not(tmp_path):
+    single = _workdir(tmp_path / "single")
+    tools = _workdir(tmp_path / "tools")
+    with open(os.path.join(tools, "metrics.jsonl"), "a") as f:
+        for step, rate in ((0, 0.01), (3, 0.98)):
+            f.write(json.dumps({"step": step, "eval/accuracy": rate, "eval/tool_call_rate": rate,
+                                "eval/calls_mean": rate, "eval/parse_rate": 1.0, "eval/correct_with_call": rate})
+                    + "\n")
+        f.write(json.dumps({"step": 1, "env/tool_calls": 40.0}) + "\n")
+    assert plot.main([single, tools]) == 0
+    assert not os.path.exists(os.path.join(single, "plots", "eval_tools.png"))
+    assert not os.path.exists(os.path.join(single, "plots", "tool_calls.png"))
+    assert os.path.getsize(os.path.join(tools, "plots", "eval_tools.png")) > 1000
+    assert os.path.getsize(os.path.join(tools, "plots", "tool_calls.png")) > 1000
