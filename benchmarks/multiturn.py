@@ -13,8 +13,10 @@ temperature 1, the model in float32) with environment.max_turns = 3; the first t
     tokens are computed;
   * reprefill: keep_cache=False, at every turn boundary each row that goes on has its cache rebuilt from its
     whole completion so far (turns and observations; the prompt's keys/values stay shared by its group).
-The two ways give the same episodes (asserted: tokens and action_mask identical; `logp_max_diff` is their
-log-probs' largest difference). Each way: one untimed call (compiles), then `--repeats` timed calls, alternating
+The two ways give the same episodes up to float rounding: `same_tokens` / `rows_differing` say whether every
+row's tokens, action_mask, length and truncation agree (at temperature 1 a rounding-size change can flip one draw,
+and that row's episode goes another way), and `logp_max_diff` is the largest log-prob difference over the rows that
+agree. Each way: one untimed call (compiles), then `--repeats` timed calls, alternating
 the ways so that a change in machine load hits both; the fastest call counts (`time_s`).
 
 Token counts, per way (all N = prompts x group rows):
@@ -124,10 +126,16 @@ def main(argv=None) -> dict:
             times[way].append(seconds)
 
     (a, a_stats), (b, b_stats) = outs["cached"], outs["reprefill"]
+    # The ways compute the same keys/values in differently shaped matmuls, so they agree up to float rounding; at
+    # temperature 1 a rounding-size change of a logit can flip a draw that falls on a boundary, and the row's
+    # episode goes another way from there. Rows that differ are counted; the log-probs are compared where both
+    # ways hold the same row.
+    differ = np.zeros(len(np.asarray(a.lengths)), bool)
     for field in ("tokens", "action_mask", "lengths", "truncated"):
-        if not np.array_equal(np.asarray(getattr(a, field)), np.asarray(getattr(b, field))):
-            raise RuntimeError(f"keep_cache=False gave different episodes than keep_cache=True ({field})")
-    logp_diff = float(np.max(np.abs(np.asarray(a.logps) - np.asarray(b.logps)), initial=0.0))
+        x, y = np.asarray(getattr(a, field)), np.asarray(getattr(b, field))
+        differ |= (x != y).reshape(len(differ), -1).any(axis=1)
+    same = ~differ
+    logp_diff = float(np.max(np.abs(np.asarray(a.logps)[same] - np.asarray(b.logps)[same]), initial=0.0))
 
     prompt_lengths = np.repeat(np.asarray(mask).sum(axis=1), args.group)
     prefill = int(np.asarray(tokens).size)
@@ -161,7 +169,7 @@ def main(argv=None) -> dict:
             "prompt_prefill_tokens": prefill, "episode_tokens": episode_tokens, "final_tokens": final_tokens,
             "generated_tokens": generated, "observation_tokens": int(stats.observation_tokens),
             "cached": way("cached"), "reprefill": way("reprefill"),
-            "same_tokens": True, "logp_max_diff": logp_diff,
+            "same_tokens": bool(same.all()), "rows_differing": int(differ.sum()), "logp_max_diff": logp_diff,
             "turns": int(stats.turns.sum()), "turns_mean": round(float(stats.turns.mean()), 3),
             "tool_calls": int(stats.tool_calls), "tool_errors": int(stats.tool_errors),
             "parse_errors": int(stats.parse_errors), "turn_ends": dict(stats.turn_ends),
