@@ -120,9 +120,10 @@ class Completions:
     rewards see them, TRL's convention); lengths count the model's tokens only (action_mask), sequence_lengths
     every token of the episode (what the train step's columns must hold); observations: each row's inserted
     texts (chat-template pieces included), in order; marked: each row's episode text, after its prompt's assistant
-    prefill, with every observation between OBSERVATION_OPEN and OBSERVATION_CLOSE (for reading, never for rewards); calls / parse_errors: each
-    row's tool calls and malformed calls (its environment's `calls` / `parse_errors` stats, 0 when it has none);
-    episodes: the batch's `multiturn.EpisodeStats`. Single-turn: all of these are None."""
+    prefill, with every observation between OBSERVATION_OPEN and OBSERVATION_CLOSE (for reading, never for
+    rewards); calls / parse_errors: each row's tool calls and malformed calls (its environment's `calls` /
+    `parse_errors` stats, 0 when it has none); episodes: the batch's `multiturn.EpisodeStats`. Single-turn: all of
+    these are None."""
     start: int
     texts: list[str]
     lengths: np.ndarray     # int [n] tokens generated (stop token included)

@@ -27,7 +27,8 @@ for name, shape, compact in (("data8", dict(data=8, fsdp=1, tensor=1), False),
     out = jax.tree.map(np.asarray, out)
     same = all(np.array_equal(getattr(out, f), getattr(base, f))
                for f in ("tokens", "mask", "action_mask", "lengths", "truncated"))
-    report[name] = {"tokens_computed": stats.tokens_computed, "same_tokens": bool(same), "logp_diff": float(np.abs(out.logps - base.logps).max()),
+    report[name] = {"tokens_computed": stats.tokens_computed, "same_tokens": bool(same),
+                    "logp_diff": float(np.abs(out.logps - base.logps).max()),
                     "same_turns": bool(np.array_equal(stats.turns, base_stats.turns)),
                     "same_observation_tokens": stats.observation_tokens == base_stats.observation_tokens,
                     "rows": int(out.tokens.shape[0])}

@@ -150,7 +150,8 @@ def test_cached_episodes_equal_reference(role):
         assert all(tuple(got.tokens[0, s:s + 2]) == (13, 14) for s in starts)
 
 
-@pytest.mark.parametrize("config", [CONFIG, dataclasses.replace(CONFIG, scan_layers=False)], ids=["stacked", "unrolled"])
+@pytest.mark.parametrize("config", [CONFIG, dataclasses.replace(CONFIG, scan_layers=False)],
+                         ids=["stacked", "unrolled"])
 def test_compacted_turns_give_the_reference_episodes(config):
     """settings.compact: a turn runs only the rows that take it (padded to a power of two): the same episodes,
     fewer positions computed."""

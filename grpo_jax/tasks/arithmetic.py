@@ -8,9 +8,9 @@ in a completion (tasks/eval_metrics.py; problems of three or more operands). `st
 step, each intermediate result written out; `prefill` starts the assistant's turn; `system` is a system message
 before the question (e.g. the calculator tool's instructions, configs/calculator.py); `spelling` writes the
 question's operators as symbols ('3 * 5 - 2', the default), words ('3 times 5 minus 2') or unicode signs
-('3 × 5 − 2'), the id and the answer unchanged. Small problem spaces (at most ENUMERATE_LIMIT expressions, e.g. the 100 one-digit
-additions) are enumerated and split by `split_seed` into a fixed eval subset and a disjoint training pool; larger
-spaces are sampled, rejecting eval problems from training.
+('3 × 5 − 2'), the id and the answer unchanged. Small problem spaces (at most ENUMERATE_LIMIT expressions, e.g.
+the 100 one-digit additions) are enumerated and split by `split_seed` into a fixed eval subset and a disjoint
+training pool; larger spaces are sampled, rejecting eval problems from training.
 """
 
 from __future__ import annotations
