@@ -47,10 +47,11 @@ def main(argv):
     if train._QUIET:
         from absl import logging
         logging.set_verbosity(logging.WARNING)
-    print(f"grpo_jax demo: GRPO on {config.model.path}, task {config.task.name} "
-          f"({dict((k, v) for k, v in config.task.items() if k != 'name')}), {config.total_steps} steps of "
-          f"{config.rollout.prompts_per_step} prompts x {config.rollout.group_size} completions; "
-          f"workdir {train._WORKDIR.value}", flush=True)
+    task = {k: v for k, v in config.task.items() if k not in ("name", "system")}  # the system message: the config
+    environment = f", environment {config.environment.name}" if config.environment.name else ""
+    print(f"grpo_jax demo: GRPO on {config.model.path}, task {config.task.name} ({task}{environment}), "
+          f"{config.total_steps} steps of {config.rollout.prompts_per_step} prompts x {config.rollout.group_size} "
+          f"completions; workdir {train._WORKDIR.value}", flush=True)
     start = time.time()
     try:
         from grpo_jax import runner
