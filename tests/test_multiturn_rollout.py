@@ -286,3 +286,27 @@ def test_turn_prefixes_open_the_first_turn_the_environment_sees():
     with pytest.raises(ValueError, match="turn prefixes"):
         multiturn.generate_episodes(CONFIG, _params(), tokens, mask, KEY, settings, _envs(), CODEC,
                                     turn_prefixes=["x"], **KNOBS)
+
+
+def test_smaller_bucket_is_the_next_compacted_batch_below():
+    assert multiturn._smaller_bucket(64, 1) == 32
+    assert multiturn._smaller_bucket(48, 1) == 32  # all rows (48) -> at most 32 running rows compact
+    assert multiturn._smaller_bucket(9, 1) == 8
+    assert multiturn._smaller_bucket(16, 8) == 8
+    assert multiturn._smaller_bucket(8, 8) == 0    # the smallest batch: the turn runs to its end
+    assert multiturn._smaller_bucket(1, 1) == 0
+
+
+def test_compacted_turn_runs_in_chunks_that_shrink_with_the_running_rows():
+    """A turn's chunk ends when its running rows fit the next smaller batch, so every step runs fewer than twice
+    its running rows (one shard): the positions of one turn are below twice the tokens sampled (all rows running
+    until the longest turn ends compute 9 x its length)."""
+    knobs = dict(max_turns=1, max_turn_tokens=T)
+    got, stats, want = _episodes(settings=_settings(compact=True), **knobs)
+    _same(got, stats, want)
+    prefill = int(np.asarray(_prompts()[0]).size)
+    sampled = int(got.action_mask.sum())
+    assert stats.observation_tokens == 0 and stats.tokens_computed - prefill < 2 * sampled
+    _, full, _ = _episodes(settings=_settings(compact=False), **knobs)
+    assert full.tokens_computed - prefill == len(SCRIPTS) * int(got.lengths.max())
+    assert stats.tokens_computed < full.tokens_computed, (stats.tokens_computed, full.tokens_computed)

@@ -23,14 +23,17 @@ Phases, each one jitted program reused across turns and calls (keyed on the mode
      ids (`TurnCodec.stop_sequences`, the string as the tokenizer encodes it; a different tokenisation of the same
      text does not end the turn, which then runs on to EOS, max_turn_tokens or the budget). Rows whose turn
      ended idle and write nothing until the longest turn ends. With settings.compact (None: the single-turn
-     engine's rule) a turn runs only the rows that take it: they are gathered (cache, state, their prompts'
-     keys/values) into a batch of a power of two times the row shards (padded with rows that take no turn) and
-     scattered back after it; a row's draws do not depend on its place in the batch;
+     engine's rule) the turn runs in chunks, each on the rows still in their turn only: they are gathered (cache,
+     state, their prompts' keys/values) into a batch of a power of two times the row shards (padded with rows
+     that are not running) and scattered back after it; a chunk ends as soon as the running rows fit the next
+     smaller batch, so idle rows cost at most as many positions as running ones; a row's draws do not depend on
+     its place in the batch;
   3. one host round-trip for the batch: each row whose turn ended is stepped (`environments.safe_step`) with the
      text of its turn (decoded from its sampled tokens, stop string included; never re-tokenised into the
      sequence); the observation's text is tokenised once (`TurnCodec.observation_ids`), cut to
      max_observation_tokens (head kept, marker appended) and to the row's remaining budget;
-  4. observe: the observation tokens of all rows are run through the model in one multi-token step (each row at
+  4. observe: the observation tokens of all rows (with settings.compact, only the rows that get one, gathered as
+     in 2) are run through the model in one multi-token step (each row at
      its own positions, causal within the observation, reading its prompt and its cache): only the new tokens are
      computed, never the history; their keys/values join the row's cache, its sequence gets them with
      action_mask 0 and logp 0, and the hidden state of the last one predicts the row's next turn.
@@ -165,7 +168,8 @@ class EpisodeStats:
     faults by kind; turn_ends: turns by how they ended (`END_NAMES`); observation_tokens: tokens inserted;
     observations_cut: observations cut to max_observation_tokens; budget_cut: rows whose observation did not fit
     in their budget; environment_seconds: wall time of the steps; tokens_computed: token positions the model ran
-    (prompt prefill P x S, every turn step's N rows, every observe step's N x width), padding and idle rows included;
+    (prompt prefill P x S, every turn step's rows, every observe step's rows x width; N rows, or the compacted
+    batch), padding and idle rows included;
     infos: each row's last `Observation.info`."""
     turns: np.ndarray
     env_stats: dict
@@ -239,7 +243,7 @@ def _take_rows(state: _State, prefix: decoder.PrefixKV, rows: jax.Array, prompts
     return sub, own
 
 
-@jax.jit
+@functools.partial(jax.jit, donate_argnums=0)
 def _put_rows(state: _State, sub: _State, rows: jax.Array) -> _State:
     """`state` with rows `rows` replaced by `sub`'s (the inverse of `_take_rows`; rows distinct)."""
     axis = _row_axis(state.cache)
@@ -332,15 +336,17 @@ def _programs(config: ModelConfig, settings: Settings, stop_sequences: tuple, me
         return prompt.prefix, state
 
     @jit
-    def turn(params, prefix, state: _State, take: jax.Array, limit: jax.Array, row_keys, temperature, top_p):
-        """Every row with `take` samples until its turn ends (see the module docstring); limit [N]: the length at
-        which its turn stops (max_turn_tokens or the budget). -> (state, why each row's turn ended [N], steps)."""
+    def turn(params, prefix, state: _State, live: jax.Array, why: jax.Array, turn_start: jax.Array,
+             limit: jax.Array, row_keys, temperature, top_p, exit_at: jax.Array):
+        """Every row with `live` samples until its turn ends (see the module docstring), or until no more than
+        `exit_at` rows are live (a chunk of the turn: the caller re-compacts and goes on); turn_start [N]: the
+        length at which the row's turn began (stop strings match within the turn); limit [N]: the length at which
+        its turn stops (max_turn_tokens or the budget); why [N]: how each row's turn ended so far.
+        -> (state, live, why, steps)."""
         n = state.lengths.shape[0]
-        turn_start = state.lengths
-        live = take & (state.lengths < limit)
 
         def cond(carry):
-            return jnp.any(carry[1])
+            return jnp.sum(carry[1].astype(jnp.int32)) > exit_at
 
         def body(carry):
             s, live, why, steps = carry
@@ -365,9 +371,7 @@ def _programs(config: ModelConfig, settings: Settings, stop_sequences: tuple, me
             s = _State(cache, jnp.where(live[:, None], hidden, s.hidden), tokens, logps, action, lengths)
             return s, live & ~ended, jnp.where(ended, reason, why), steps + 1
 
-        why0 = jnp.where(take & ~live, BUDGET, RUNNING).astype(jnp.int32)
-        state, _, why, steps = jax.lax.while_loop(cond, body, (state, live, why0, jnp.int32(0)))
-        return state, why, steps
+        return jax.lax.while_loop(cond, body, (state, live, why, jnp.int32(0)))
 
     @jit
     def observe(params, prefix, state: _State, obs: jax.Array, counts: jax.Array, restart: jax.Array):
@@ -396,6 +400,71 @@ def _width(longest: int) -> int:
     while width < longest:
         width *= 2
     return width
+
+
+
+def _smaller_bucket(width: int, shards: int) -> int:
+    """The largest compacted batch (`_compact_rows`: a power of two times `shards`) below `width` rows; 0 when
+    none (width is already the smallest)."""
+    size = shards
+    while size * 2 < width:
+        size *= 2
+    return size if size < width else 0
+
+
+def _play_turn(turn, params, prefix, state: _State, take: np.ndarray, lengths: np.ndarray, limit: np.ndarray,
+               row_keys, temperature, top_p, group: int, shards: int):
+    """One turn of every row with `take` (lengths [N]: the rows' lengths on the host, == state.lengths).
+    shards 0: every step runs all N rows. Else compacted: the turn runs in chunks, each on the live rows only,
+    padded to a power of two times `shards` (`_compact_rows`); a chunk ends when the live rows would fit the next
+    smaller batch. -> (state, why each row's turn ended [N], positions computed)."""
+    n = len(take)
+    live = take & (lengths < limit)
+    why = np.where(take & ~live, BUDGET, RUNNING).astype(np.int32)
+    turn_start = jnp.asarray(lengths, jnp.int32)
+    limit_d = jnp.asarray(limit, jnp.int32)
+    computed = 0
+    while live.any():
+        rows = _compact_rows(live, shards) if shards else None
+        width = n if rows is None else len(rows)
+        exit_at = jnp.int32(_smaller_bucket(width, shards) if shards else 0)
+        if rows is None:
+            state, live_d, why_d, steps = turn(params, prefix, state, jnp.asarray(live), jnp.asarray(why), turn_start,
+                                               limit_d, row_keys, temperature, top_p, exit_at)
+            live, why, steps = jax.device_get((live_d, why_d, steps))
+            live, why = np.array(live), np.array(why)
+        else:
+            at = jnp.asarray(rows)
+            sub, own = _take_rows(state, prefix, at, jnp.asarray(rows // group))
+            sub, live_d, why_d, steps = turn(params, own, sub, jnp.asarray(live[rows]), jnp.asarray(why[rows]),
+                                             turn_start[at], limit_d[at], row_keys[at], temperature, top_p, exit_at)
+            state = _put_rows(state, sub, at)
+            live_r, why_r, steps = jax.device_get((live_d, why_d, steps))
+            live, why = live.copy(), why.copy()
+            live[rows], why[rows] = live_r, why_r
+        computed += int(steps) * width
+    return state, why, computed
+
+
+def _observe_rows(observe, params, prefix, state: _State, runs: dict, restart: np.ndarray, group: int, shards: int,
+                  pad_id: int):
+    """Run each row's tokens `runs` (row -> ids) through `observe`; shards > 0: only those rows, padded to a
+    power of two times `shards` (`_compact_rows`). -> (state, positions computed)."""
+    n = len(restart)
+    width = _width(max(len(ids) for ids in runs.values()))
+    obs = np.full((n, width), pad_id, np.int32)
+    counts = np.zeros(n, np.int32)
+    for r, ids in runs.items():
+        obs[r, :len(ids)] = ids
+        counts[r] = len(ids)
+    rows = _compact_rows(counts > 0, shards) if shards else None
+    if rows is None:
+        state = observe(params, prefix, state, jnp.asarray(obs), jnp.asarray(counts), jnp.asarray(restart))
+        return state, n * width
+    at = jnp.asarray(rows)
+    sub, own = _take_rows(state, prefix, at, jnp.asarray(rows // group))
+    sub = observe(params, own, sub, jnp.asarray(obs[rows]), jnp.asarray(counts[rows]), jnp.asarray(restart[rows]))
+    return _put_rows(state, sub, at), len(rows) * width
 
 
 def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_mask, key, settings: Settings,
@@ -470,25 +539,15 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
     obs_tokens = obs_cut = budget_cut = 0
     env_seconds = 0.0
     per_turn = max_turn_tokens if max_turn_tokens > 0 else t_max
-    compact = bool(settings.compact)
+    compact_shards = shards if settings.compact else 0  # 0: no compaction
+    pad_id = settings.pad_id if 0 <= settings.pad_id < model_config.vocab_size else 0
     while not done.all():
         take = ~done
         limit = np.minimum(lengths + per_turn, t_max)
-        rows = _compact_rows(take, shards) if compact else None
-        if rows is None:
-            state, why, steps = turn(params, prefix, state, jnp.asarray(take), jnp.asarray(limit, jnp.int32),
-                                     row_keys, temperature, top_p)
-            width = n
-        else:  # only the rows that take a turn (and a few idle ones, to a bucket size) run the turn's steps
-            sub, own = _take_rows(state, prefix, jnp.asarray(rows), jnp.asarray(rows // g))
-            sub, why_rows, steps = turn(params, own, sub, jnp.asarray(take[rows]),
-                                        jnp.asarray(limit[rows], jnp.int32), row_keys[rows], temperature, top_p)
-            state = _put_rows(state, sub, jnp.asarray(rows))
-            why = np.full(n, RUNNING, np.int32)
-            why[rows] = np.asarray(why_rows)
-            width = len(rows)
-        why, steps, seq, new_lengths = jax.device_get((why, steps, state.tokens, state.lengths))
-        computed += int(steps) * width
+        state, why, steps_run = _play_turn(turn, params, prefix, state, take, lengths, limit, row_keys, temperature,
+                                           top_p, g, compact_shards)
+        computed += steps_run
+        seq, new_lengths = jax.device_get((state.tokens, state.lengths))
         inserts: dict[int, list] = {}
         for r in np.flatnonzero(take):
             reason = int(why[r])
@@ -529,15 +588,8 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
                 runs[r] = [int(i) for i in seq[r, :lengths[r]]] + inserts.get(r, [])
                 restart[r] = True
         if runs:
-            width = _width(max(len(ids) for ids in runs.values()))
-            obs = np.full((n, width), settings.pad_id if 0 <= settings.pad_id < model_config.vocab_size else 0,
-                          np.int32)
-            counts = np.zeros(n, np.int32)
-            for r, ids in runs.items():
-                obs[r, :len(ids)] = ids
-                counts[r] = len(ids)
-            state = observe(params, prefix, state, jnp.asarray(obs), jnp.asarray(counts), jnp.asarray(restart))
-            computed += n * width
+            state, observed = _observe_rows(observe, params, prefix, state, runs, restart, g, compact_shards, pad_id)
+            computed += observed
         for r, ids in inserts.items():
             obs_tokens += len(ids)
             lengths[r] += len(ids)
