@@ -375,6 +375,18 @@ def _batches(n: int, size: int):
         yield lo, min(lo + size, n)
 
 
+def tool_metrics(calls, malformed, correct) -> dict:
+    """The eval's tool-use metrics (module docstring) from the greedy episodes' calls [E], malformed calls [E]
+    (the environments' parse_errors) and whether each is correct [E]."""
+    calls, malformed, correct = (np.asarray(x) for x in (calls, malformed, correct))
+    correct = correct.astype(bool)
+    solved = correct & (calls > 0)
+    return {"eval/tool_call_rate": float((calls > 0).mean()),
+            "eval/calls_mean": float(calls.mean()),
+            "eval/parse_rate": float(1.0 - malformed.sum() / calls.sum()) if calls.sum() else 1.0,
+            "eval/correct_with_call": float(solved.sum() / correct.sum()) if correct.any() else 0.0}
+
+
 def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_fn: Callable, accuracy_fn: Callable,
              config, num_samples_shown: int = 4, eval_metrics: Mapping[str, Callable[[str, dict], float]] = None
              ) -> EvalResult:
@@ -438,12 +450,7 @@ def evaluate(sampler: Sampler, params, examples: Sequence[dict], key, *, reward_
     for i, name in enumerate(own):
         metrics[f"eval/{name}"] = float(table[:, 3 + i].mean())
     if sampler.environment is not None:
-        calls, malformed = table[:, 3 + len(own)], table[:, 4 + len(own)]
-        metrics["eval/tool_call_rate"] = float((calls > 0).mean())
-        metrics["eval/calls_mean"] = float(calls.mean())
-        metrics["eval/parse_rate"] = float(1.0 - malformed.sum() / calls.sum()) if calls.sum() else 1.0
-        solved = correct_rows & (calls > 0)
-        metrics["eval/correct_with_call"] = float(solved.sum() / correct_rows.sum()) if correct_rows.any() else 0.0
+        metrics.update(tool_metrics(table[:, 3 + len(own)], table[:, 4 + len(own)], correct_rows))
     if k:
         metrics[f"eval/pass@{k}"] = float(table[:, -1].mean())
     return EvalResult(metrics, shown)

@@ -291,3 +291,14 @@ def test_the_prompt_cache_keeps_a_problem_with_two_prefills_apart():
     hinted, plain = ({"id": "p", "prompt": [{"role": "user", "content": "Q"}], "prefill": p} for p in ("<calc>", "<"))
     assert sampler.prompt_tokens(hinted) != sampler.prompt_tokens(plain)
     assert sampler.prompt_text(hinted).endswith("<calc>") and sampler.prompt_text(plain).endswith("<")
+
+
+def test_eval_tool_metrics_by_hand():
+    """Five greedy episodes: calls (0, 1, 2, 1, 0), malformed (0, 1, 0, 0, 0), correct (yes, yes, no, yes, no).
+    Calling episodes 3/5; calls 4/5 = 0.8 per episode; 3 of 4 calls parse; of the 3 correct episodes, 2 called."""
+    got = evaluation.tool_metrics([0, 1, 2, 1, 0], [0, 1, 0, 0, 0], [True, True, False, True, False])
+    assert got == {"eval/tool_call_rate": 0.6, "eval/calls_mean": 0.8, "eval/parse_rate": 0.75,
+                   "eval/correct_with_call": pytest.approx(2 / 3)}
+    none = evaluation.tool_metrics([0, 0], [0, 0], [False, False])  # no call, none correct
+    assert none == {"eval/tool_call_rate": 0.0, "eval/calls_mean": 0.0, "eval/parse_rate": 1.0,
+                    "eval/correct_with_call": 0.0}
