@@ -9,6 +9,7 @@
     python -m benchmarks ragged_sampler    [--shape qwen2.5-0.5b --dtype bfloat16]  (for the GPU)
     python -m benchmarks sampler_profile   (a diagnostic: the decode loop's time per XLA operation)
     python -m benchmarks multiturn         [--model smollm2-135m-instruct --prompts 8 --group 8 --max-turns 3]
+    python -m benchmarks calculator_probe  [--settings a,b --problems 16 --group 8 --eval-problems 32]
     python -m benchmarks <name> --help
 
 Each subcommand is a module of this package with `main(argv) -> dict` (learning: benchmarks/learning_curves.py).
@@ -31,6 +32,7 @@ SUBCOMMANDS = {
     "learning": ("learning_curves", "learning curves of grpo_jax and TRL on the same task and seeds"),
     "population": ("population", "a K-member population run beside its members' learning rates trained alone"),
     "reasoning_sweep": ("reasoning_sweep", "configs/reasoning.py's formulations of multi-step arithmetic, one row each"),
+    "calculator_probe": ("calculator_probe", "the untrained model on each setting of configs/calculator.py"),
 }
 
 

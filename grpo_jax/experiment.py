@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -84,6 +84,14 @@ def task_options(config) -> dict:
     return {k: value(v) for k, v in config.task.to_dict().items() if k != "name"}
 
 
+def accuracy_fn(config, task) -> Callable:
+    """The task's accuracy reward alone, with the config's options for it (reward_options): 1.0 means solved."""
+    from grpo_jax import rewards
+
+    accuracy, options = task.accuracy_reward, config.reward_options.to_dict()
+    return rewards.combine({accuracy: 1.0}, {accuracy: options[accuracy]} if accuracy in options else {})
+
+
 class StepResult(NamedTuple):
     """What one GRPO step returns: its metrics row (the one `run` writes to metrics.jsonl) and up to
     logging.num_samples sample completions of this process (prompt, completion, reward, advantage)."""
@@ -128,9 +136,7 @@ class Experiment:
         check_workdir(workdir, config, write=False)
         self.task = task or tasks.get(config.task.name, **task_options(config))
         self.reward_fn = rewards.combine(config.rewards.to_dict(), config.reward_options.to_dict())
-        accuracy, options = self.task.accuracy_reward, config.reward_options.to_dict()  # the reward's own options
-        self.accuracy_fn = rewards.combine({accuracy: 1.0},
-                                           {accuracy: options[accuracy]} if accuracy in options else {})
+        self.accuracy_fn = accuracy_fn(config, self.task)
         self.eval_examples = self.task.eval_set(int(config.eval.num_examples) or None) if config.eval.every else []
         policy = models.load(config.model.path, config.model.dtype, config.model.compute_dtype,
                              with_tokenizer=not config.model.tokenizer)
