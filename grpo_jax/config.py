@@ -41,7 +41,8 @@ keys. The other sections are defined here:
                             step keeps scanning): the same rollout, no per-step copy of each layer's weight slice
                             out of the stacked params on XLA:CPU, at about twice the sampler's compile time
   rollout.max_decode_rows   rows the engine decodes at once (0 = all rows): with fewer slots than rows, a finished
-                            row's slot takes the next waiting one (continuous refill; grpo_jax/rollout/decode_loop.py)
+                            row's slot takes the next waiting one (continuous refill; grpo_jax/rollout/decode_loop.py);
+                            multi-turn episodes are played in waves of whole groups of at most that many rows
   environment.*            multi-turn rollouts (grpo_jax.environments; with a name set the sampler plays episodes,
                             grpo_jax/evaluation.py `Sampler`):
                             name (a registered environment; '' = the task's default, single-turn for the

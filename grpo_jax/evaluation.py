@@ -216,8 +216,8 @@ class Sampler:
     group play the same example), the codec of `turn_codec` (the environment's stop strings; chat-template pieces
     for the 'tool' / 'user' observation roles), environment.max_turns / max_turn_tokens / max_observation_tokens /
     timeout_s; rollout.max_new_tokens bounds each whole episode; a mesh of several devices splits the rows as the
-    engine does. The engine's own settings (rollout.engine, max_decode_rows) do not apply to episodes; one
-    process, one policy.
+    engine does; rollout.max_decode_rows (> 0) plays the groups in waves of at most that many rows (at least one
+    group). rollout.engine does not apply to episodes; one process, one policy.
 
     settings: the run's `rollout.Settings` (`Settings.from_config(config.rollout)`), the base of every `sample`
     call; the tokenizer's stop and pad ids are filled in here and its engine is the one used. Without settings,

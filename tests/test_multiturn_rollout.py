@@ -310,3 +310,16 @@ def test_compacted_turn_runs_in_chunks_that_shrink_with_the_running_rows():
     _, full, _ = _episodes(settings=_settings(compact=False), **knobs)
     assert full.tokens_computed - prefill == len(SCRIPTS) * int(got.lengths.max())
     assert stats.tokens_computed < full.tokens_computed, (stats.tokens_computed, full.tokens_computed)
+
+
+@pytest.mark.parametrize("max_decode_rows", [4, 7])
+def test_waves_of_max_decode_rows_give_the_reference_episodes(max_decode_rows):
+    """settings.max_decode_rows: the groups are played in waves (4 rows: one group of 3 at a time; 7: two groups,
+    then one), each row with its own key: the same episodes and stats as one batch."""
+    settings = _settings(max_decode_rows=max_decode_rows, compact=True)
+    got, stats, want = _episodes(settings=settings)
+    _same(got, stats, want)
+    _trainer_matches(CONFIG, got, settings)
+    _, whole, _ = _episodes(settings=_settings(compact=True))
+    assert stats.turn_ends == whole.turn_ends and stats.env_stats == whole.env_stats
+    assert stats.observation_tokens == whole.observation_tokens and len(stats.infos) == len(SCRIPTS)

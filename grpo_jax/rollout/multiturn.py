@@ -488,15 +488,17 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
     False rebuilds the cache of every row that takes another turn from its whole completion so far (the same
     episodes, more tokens computed: a measurement baseline).
     Settings: group_size, max_new_tokens (the episode's budget T), temperature, top_k, top_p, greedy, stop_ids,
-    pad_id; one policy (no members)."""
+    pad_id, compact; max_decode_rows (> 0): the rows are played in waves of whole groups,
+    max(1, max_decode_rows // group_size) prompts each, so that only one wave's KV caches are held at once; every
+    row draws with its own key (its index among all N rows), so the waves give the same episodes (up to float
+    rounding in the batch's matmuls); one policy (no members)."""
     if settings.members:
         raise ValueError("generate_episodes: one policy; temperature / top_p must be single values")
     if max_turns < 1:
         raise ValueError(f"generate_episodes: max_turns must be >= 1, got {max_turns!r}")
     tokens_in = np.asarray(prompt_tokens).astype(np.int32)
     mask_in = np.asarray(prompt_mask).astype(bool)
-    p, s_len = tokens_in.shape
-    g, t_max = settings.group_size, settings.max_new_tokens
+    p, g = tokens_in.shape[0], settings.group_size
     n = p * g
     if len(envs) != n:
         raise ValueError(f"generate_episodes: {len(envs)} environments for {n} rows (prompts x group_size)")
@@ -510,6 +512,48 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
     for role in set(r for r in roles if not isinstance(r, tuple)):
         codec.wrapping(role)  # an unknown role fails here, before any compute
     settings = resolve(model_config, settings)  # compact None: on for budgets as long as the engine's default
+    knobs = dict(max_turns=max_turns, max_turn_tokens=max_turn_tokens, max_observation_tokens=max_observation_tokens,
+                 timeout_s=timeout_s, max_chars=max_chars, keep_cache=keep_cache, mesh=mesh)
+    prefixes = list(turn_prefixes) if turn_prefixes is not None else None
+    per_wave = max(1, settings.max_decode_rows // g) if settings.max_decode_rows else p
+    if per_wave >= p:
+        return _play_episodes(model_config, params, tokens_in, mask_in, key, settings, envs, codec, roles, prefixes,
+                              0, **knobs)
+    parts = [_play_episodes(model_config, params, tokens_in[a:a + per_wave], mask_in[a:a + per_wave], key, settings,
+                            envs[a * g:(a + per_wave) * g], codec, roles[a * g:(a + per_wave) * g],
+                            prefixes[a * g:(a + per_wave) * g] if prefixes is not None else None, a * g, **knobs)
+             for a in range(0, p, per_wave)]
+    rollout = Rollout(*(jnp.concatenate(fields, axis=0) for fields in zip(*(out for out, _ in parts))))
+    return rollout, _merge_stats([stats for _, stats in parts])
+
+
+def _merge_stats(parts: Sequence[EpisodeStats]) -> EpisodeStats:
+    """The stats of waves played one after another, as one batch's: rows concatenated, counts summed."""
+    def summed(dicts):
+        out: dict = {}
+        for d in dicts:
+            for name, value in d.items():
+                out[name] = out.get(name, 0) + value
+        return out
+    return EpisodeStats(turns=np.concatenate([x.turns for x in parts]), env_stats=summed(x.env_stats for x in parts),
+                        faults=summed(x.faults for x in parts), turn_ends=summed(x.turn_ends for x in parts),
+                        observation_tokens=sum(x.observation_tokens for x in parts),
+                        observations_cut=sum(x.observations_cut for x in parts),
+                        budget_cut=sum(x.budget_cut for x in parts),
+                        environment_seconds=sum(x.environment_seconds for x in parts),
+                        tokens_computed=sum(x.tokens_computed for x in parts),
+                        infos=[info for x in parts for info in x.infos])
+
+
+def _play_episodes(model_config: ModelConfig, params, tokens_in: np.ndarray, mask_in: np.ndarray, key,
+                   settings: Settings, envs: Sequence, codec: TurnCodec, roles: list, turn_prefixes: Optional[list],
+                   first_row: int, *, max_turns: int, max_turn_tokens: int, max_observation_tokens: int,
+                   timeout_s: float, max_chars: int, keep_cache: bool, mesh: Optional[Mesh]):
+    """`generate_episodes` of one wave: its prompts (validated, numpy), whose rows are rows first_row, ... of the
+    whole batch (their keys)."""
+    p, s_len = tokens_in.shape
+    g, t_max = settings.group_size, settings.max_new_tokens
+    n = p * g
     key_settings = settings.program_key()
     prefill, turn, observe = _programs(model_config, key_settings, codec.stop_sequences, mesh)
     temperature = jnp.float32(1.0 if settings.greedy else settings.temperature)
@@ -525,7 +569,7 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
         rows = NamedSharding(mesh, PartitionSpec(data_axes(mesh), None))
         params = place_params(model_config, params, mesh)
         prompts, prompt_mask = jax.device_put(tokens_in, rows), jax.device_put(mask_in, rows)
-    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n, dtype=jnp.int32))
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, first_row + jnp.arange(n, dtype=jnp.int32))
 
     prefix, state = prefill(params, prompts, prompt_mask)
     computed = p * s_len
