@@ -15,23 +15,27 @@ eval/tool_call_rate, eval/calls_mean, eval/parse_rate, eval/correct_with_call), 
 
 SETTINGS are what was tried (config args); '' is DEFAULT, the best. `tiny` is a 2-step smoke version.
 
-Probes (2026-12-06, 2-core Intel Xeon, the untrained model; T=1: 16 training problems x 8 episodes at temperature
-1; greedy: 32 held-out problems; "right" = the model's own last number or <answer> is the answer):
+Probes: `python -m benchmarks calculator_probe` (2026-12-06, 2-core Intel Xeon, the code of commit ad68bce; its
+results.jsonl line names 774bf60, the commit at its end). The untrained model; sampled: the first 16 training
+problems x 8 episodes at temperature 1; greedy: 32 held-out problems; "right" = the task's reward with the
+setting's options (the model's own last number or <answer>) is 1:
 
-| setting | calls (T=1) | right (T=1) | groups of 8 with a right one | greedy right |
-|---|---|---|---|---|
-| inline_result: prefill `<calc>`, result inline | 89% | 0% (EOS right after `</result>`) | 0% | 0% |
-| no_prefill: no prefill, result inline | 0.8% | 0% | 0% | 0% |
-| open_tag: prefill `<`, result as a user turn | 3.1% | 0.8% | 6% | 0% |
-| one_op: one-operation calculator, prefill `<calc>`, user turn | 93% | 0% | 0% | 0% |
-| unicode: `27 × 37 − 9`, prefill `<calc>`, user turn | 88% | 0.8% | 6% | 16% |
-| words: `27 times 37 minus 9`, prefill `<calc>`, user turn | 92% | 1.6% | 13% | 47% |
-| prefill_user (DEFAULT): prefill `<calc>`, result as a user turn | 89% | 6.3% | 44% | 47% |
+| setting | calls (sampled) | right (sampled) | groups of 8 with a right one | greedy right | greedy calls |
+|---|---|---|---|---|---|
+| prefill_user (DEFAULT): prefill `<calc>`, result as a user turn | 87.5% | 5.5% | 37.5% | 46.9% | 100.0% |
+| words: `27 times 37 minus 9`, prefill `<calc>`, user turn | 89.8% | 3.1% | 18.8% | 46.9% | 100.0% |
+| unicode: `27 × 37 − 9`, prefill `<calc>`, user turn | 89.8% | 0.0% | 0.0% | 15.6% | 100.0% |
+| one_op: one-operation calculator, prefill `<calc>`, user turn | 90.6% | 0.0% | 0.0% | 0.0% | 100.0% |
+| open_tag: prefill `<`, result as a user turn | 2.3% | 0.0% | 0.0% | 0.0% | 3.1% |
+| open_tag_hinted: open_tag, half the training prompts prefilled `<calc>` | 44.5% | 0.8% | 6.2% | 0.0% | 3.1% |
+| inline_result: prefill `<calc>`, result inline | 87.5% | 0.0% | 0.0% | 0.0% | 100.0% |
+| no_prefill: no prefill, result inline | 0.0% | 0.0% | 0.0% | 0.0% | 3.1% |
 
 Only prefill_user (and words, which the model turns into symbols as well) gives GRPO a signal: a right answer in
-almost half of the groups. Every setting whose untrained greedy accuracy is below 10% has at most one right
-episode in 128 at temperature 1. open_tag_hinted (added after these probes) keeps open_tag's held-out prompt and
-hints half the training prompts with prefill_user's `<calc>`. Templated word problems were not tried.
+a good share of the groups. Every setting whose untrained greedy accuracy is below 10% has at most one right
+episode in 128 at temperature 1. open_tag_hinted keeps open_tag's held-out prompt and hints half the training
+prompts with prefill_user's `<calc>`: its hinted half is where the signal starts. Templated word problems were not
+tried.
 
 Trained (held-out greedy accuracy on the 200 problems; `python -m experiments.train --config
 configs/calculator.py:SETTING`, 30 steps, stopped after the eval at step 15; one run at a time on the 2-core Intel
