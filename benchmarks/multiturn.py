@@ -11,8 +11,9 @@ temperature 1, the model in float32) with environment.max_turns = 3; the first t
 (`multiturn.generate_episodes`) two ways with the same key:
   * cached: keep_cache=True, each row's keys/values kept across turns; at a turn boundary only the observation
     tokens are computed;
-  * reprefill: keep_cache=False, at every turn boundary each row that goes on has its cache rebuilt from its
-    whole completion so far (turns and observations; the prompt's keys/values stay shared by its group).
+  * reprefill: keep_cache=False, at every turn boundary each row that goes on re-runs its whole history: its
+    prompt and its completion so far (turns and observations), as a sampler that re-prefills the chat each turn
+    does without a prefix cache.
 The two ways give the same episodes up to float rounding: `same_tokens` / `rows_differing` say whether every
 row's tokens, action_mask, length and truncation agree (at temperature 1 a rounding-size change can flip one draw,
 and that row's episode goes another way), and `logp_max_diff` is the largest log-prob difference over the rows that
@@ -21,7 +22,8 @@ the ways so that a change in machine load hits both; the fastest call counts (`t
 
 Token counts, per way (all N = prompts x group rows):
   tokens_computed        `EpisodeStats.tokens_computed`: positions the model ran (each prompt prefilled once,
-                         padded; every turn step's N rows, idle rows included; every observe step's N x width)
+                         padded, and again for each row it re-runs; every turn step's rows and every observe
+                         step's rows x width, padding and idle rows included)
   episode_tokens         the final sequences' completion tokens: model turns + observations (sum of lengths)
   final_tokens           the final sequences' tokens: each row's prompt (unpadded) + its episode tokens
   computed_per_final_token   tokens_computed / final_tokens (the goal: <= GOAL with the cache kept)

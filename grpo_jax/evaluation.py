@@ -286,8 +286,8 @@ class Sampler:
     def episodes(self, params, examples: Sequence[dict], tokens, mask, key, settings: rollout.Settings, *,
                  keep_cache: bool = True):
         """(Rollout with action_mask, Completions of whole episodes) of the examples' P * G rows (see the class
-        docstring); keep_cache: `multiturn.generate_episodes`' (False: each row's cache rebuilt at every turn
-        boundary, the same episodes computed the long way)."""
+        docstring); keep_cache: `multiturn.generate_episodes`' (False: each row's history, prompt included, re-run
+        at every turn boundary: the same episodes computed the long way)."""
         section = self.environment
         longest = int(np.asarray(mask).sum(axis=1).max())
         if longest + settings.max_new_tokens > self.model_config.max_position_embeddings:

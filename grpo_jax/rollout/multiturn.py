@@ -33,14 +33,15 @@ Phases, each one jitted program reused across turns and calls (keyed on the mode
      sequence); the observation's text is tokenised once (`TurnCodec.observation_ids`), cut to
      max_observation_tokens (head kept, marker appended) and to the row's remaining budget;
   4. observe: the observation tokens of all rows (with settings.compact, only the rows that get one, gathered as
-     in 2) are run through the model in one multi-token step (each row at
-     its own positions, causal within the observation, reading its prompt and its cache): only the new tokens are
-     computed, never the history; their keys/values join the row's cache, its sequence gets them with
-     action_mask 0 and logp 0, and the hidden state of the last one predicts the row's next turn.
-     With keep_cache=False (a baseline that computes more, for measurement) every row that goes on to another
-     turn instead has its cache rebuilt at the boundary: its whole completion so far (turns and observations)
-     is run through the same step from slot 0 (the prompt's keys/values stay shared); the episodes are the same
-     up to float rounding in the keys/values, and `EpisodeStats.tokens_computed` counts the extra positions.
+     in 2) are run through the model in one multi-token step (each row at its own positions, causal within the
+     observation, reading its prompt and its cache): only the new tokens are computed, never the history; their
+     keys/values join the row's cache, its sequence gets them with action_mask 0 and logp 0, and the hidden state
+     of the last one predicts the row's next turn.
+     With keep_cache=False (a baseline that computes more, for measurement: a sampler that re-prefills the chat
+     each turn) every row that goes on to another turn instead re-runs its whole history at the boundary: its
+     prompt (each row then holds its own prompt keys/values, computed again) and its whole completion so far
+     (turns and observations), run through the same step from slot 0; the episodes are the same up to float
+     rounding in the keys/values, and `EpisodeStats.tokens_computed` counts the extra positions.
 
 A row is done when its turn ends with a stop id (the environment is still stepped, to see the final turn; nothing
 follows), when its environment answers done, after max_turns model turns (stepped, nothing inserted), or when its
@@ -169,7 +170,7 @@ class EpisodeStats:
     observations_cut: observations cut to max_observation_tokens; budget_cut: rows whose observation did not fit
     in their budget; environment_seconds: wall time of the steps; tokens_computed: token positions the model ran
     (prompt prefill P x S, every turn step's rows, every observe step's rows x width; N rows, or the compacted
-    batch), padding and idle rows included;
+    batch; with keep_cache False, S for each row whose prompt is run again), padding and idle rows included;
     infos: each row's last `Observation.info`."""
     turns: np.ndarray
     env_stats: dict
@@ -238,9 +239,7 @@ def _take_rows(state: _State, prefix: decoder.PrefixKV, rows: jax.Array, prompts
         index=state.cache.index[rows], start=state.cache.start[rows])
     sub = _State(cache, state.hidden[rows], state.tokens[rows], state.logps[rows], state.action[rows],
                  state.lengths[rows])
-    own = decoder.PrefixKV(jnp.take(prefix.k, prompts, axis=1), jnp.take(prefix.v, prompts, axis=1),
-                           prefix.mask[prompts], prefix.positions[prompts])
-    return sub, own
+    return sub, _row_prefix(prefix, prompts)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -391,7 +390,26 @@ def _programs(config: ModelConfig, settings: Settings, stop_sequences: tuple, me
         hidden = jnp.where((counts > 0)[:, None], hidden, state.hidden)
         return state._replace(cache=cache, hidden=hidden, tokens=tokens, lengths=start + counts)
 
-    return prefill, turn, observe
+    @jit
+    def reencode(params, prompt_tokens, prompt_mask):
+        """The prompts' keys/values computed again (the no-cache baseline's prompt re-prefill)."""
+        return encode_prompt(config, params, prompt_tokens, prompt_mask).prefix
+
+    return prefill, turn, observe, reencode
+
+
+@jax.jit
+def _row_prefix(prefix: decoder.PrefixKV, prompts: jax.Array) -> decoder.PrefixKV:
+    """The prefix of each row: prompts [B] -> a prefix of B rows (group 1)."""
+    return decoder.PrefixKV(jnp.take(prefix.k, prompts, axis=1), jnp.take(prefix.v, prompts, axis=1),
+                            prefix.mask[prompts], prefix.positions[prompts])
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_prefix(prefix: decoder.PrefixKV, part: decoder.PrefixKV, rows: jax.Array) -> decoder.PrefixKV:
+    """A per-row prefix with rows `rows` replaced by `part`'s."""
+    return decoder.PrefixKV(prefix.k.at[:, rows].set(part.k), prefix.v.at[:, rows].set(part.v),
+                            prefix.mask.at[rows].set(part.mask), prefix.positions.at[rows].set(part.positions))
 
 
 def _width(longest: int) -> int:
@@ -485,8 +503,8 @@ def generate_episodes(model_config: ModelConfig, params, prompt_tokens, prompt_m
     the heads, the params placed as the single-turn engine places them (`jitted.place_params`); the prompts are
     padded to a multiple of the row shards with copies of the last one, whose rows start done and are dropped;
     keep_cache: True keeps each row's cache across turns (only observation tokens are computed at a boundary);
-    False rebuilds the cache of every row that takes another turn from its whole completion so far (the same
-    episodes, more tokens computed: a measurement baseline).
+    False re-runs the history of every row that takes another turn, its prompt and its whole completion so far
+    (the same episodes, more tokens computed: a measurement baseline).
     Settings: group_size, max_new_tokens (the episode's budget T), temperature, top_k, top_p, greedy, stop_ids,
     pad_id, compact; max_decode_rows (> 0): the rows are played in waves of whole groups,
     max(1, max_decode_rows // group_size) prompts each, so that only one wave's KV caches are held at once; every
@@ -555,7 +573,7 @@ def _play_episodes(model_config: ModelConfig, params, tokens_in: np.ndarray, mas
     g, t_max = settings.group_size, settings.max_new_tokens
     n = p * g
     key_settings = settings.program_key()
-    prefill, turn, observe = _programs(model_config, key_settings, codec.stop_sequences, mesh)
+    prefill, turn, observe, reencode = _programs(model_config, key_settings, codec.stop_sequences, mesh)
     temperature = jnp.float32(1.0 if settings.greedy else settings.temperature)
     top_p = jnp.float32(settings.top_p)
     real, shards = n, 1
@@ -573,6 +591,9 @@ def _play_episodes(model_config: ModelConfig, params, tokens_in: np.ndarray, mas
 
     prefix, state = prefill(params, prompts, prompt_mask)
     computed = p * s_len
+    group = g
+    if not keep_cache:  # the baseline holds a prefix per row: it re-prefills each row's prompt with its history
+        prefix, group = _row_prefix(prefix, jnp.arange(n, dtype=jnp.int32) // g), 1
     done = np.arange(n) >= real  # padding rows (a mesh's): done from the start, never sampled
     truncated = np.zeros(n, bool)
     turns = np.zeros(n, np.int64)
@@ -589,7 +610,7 @@ def _play_episodes(model_config: ModelConfig, params, tokens_in: np.ndarray, mas
         take = ~done
         limit = np.minimum(lengths + per_turn, t_max)
         state, why, steps_run = _play_turn(turn, params, prefix, state, take, lengths, limit, row_keys, temperature,
-                                           top_p, g, compact_shards)
+                                           top_p, group, compact_shards)
         computed += steps_run
         seq, new_lengths = jax.device_get((state.tokens, state.lengths))
         inserts: dict[int, list] = {}
@@ -631,8 +652,15 @@ def _play_episodes(model_config: ModelConfig, params, tokens_in: np.ndarray, mas
             for r in np.flatnonzero(take & ~done):
                 runs[r] = [int(i) for i in seq[r, :lengths[r]]] + inserts.get(r, [])
                 restart[r] = True
+        if restart.any():              # ... and its prompt, again
+            again = _compact_rows(restart, compact_shards) if compact_shards else None
+            again = np.arange(n, dtype=np.int32) if again is None else again
+            fresh = reencode(params, jnp.asarray(tokens_in[again // g]), jnp.asarray(mask_in[again // g]))
+            prefix = _put_prefix(prefix, fresh, jnp.asarray(again))
+            computed += len(again) * s_len
         if runs:
-            state, observed = _observe_rows(observe, params, prefix, state, runs, restart, g, compact_shards, pad_id)
+            state, observed = _observe_rows(observe, params, prefix, state, runs, restart, group, compact_shards,
+                                            pad_id)
             computed += observed
         for r, ids in inserts.items():
             obs_tokens += len(ids)
