@@ -324,3 +324,18 @@ def test_waves_of_max_decode_rows_give_the_reference_episodes(max_decode_rows):
     _, whole, _ = _episodes(settings=_settings(compact=True))
     assert stats.turn_ends == whole.turn_ends and stats.env_stats == whole.env_stats
     assert stats.observation_tokens == whole.observation_tokens and len(stats.infos) == len(SCRIPTS)
+
+
+def test_a_bfloat16_model_plays_episodes():
+    """Observations are several-token queries against the heads-first cache; in bfloat16 their scores are a
+    bfloat16 x bfloat16 -> float32 dot, which XLA:CPU runs only with the batch dims leading: the episodes play, and
+    the sampler's log-probs are the trainer's within bfloat16 rounding."""
+    config = dataclasses.replace(CONFIG, compute_dtype="bfloat16")
+    tokens, mask = _prompts()
+    out, stats = multiturn.generate_episodes(config, _params(), tokens, mask, KEY, _settings(), _envs("tool"), CODEC,
+                                             **KNOBS)
+    got = jax.tree.map(np.asarray, out)
+    assert stats.turns.max() >= 2 and stats.observation_tokens > 0
+    train, _ = logprobs.completion_logprobs(config, _params(), jnp.asarray(tokens), jnp.asarray(mask),
+                                            jnp.asarray(got.tokens), G, temperature=1.0)
+    assert (np.abs(np.asarray(train) - got.logps) * got.action_mask).max() < 0.1

@@ -178,7 +178,10 @@ def _block_scores(qg: jax.Array, block: KVBlock) -> jax.Array:
             s = jnp.sum(qg[:, 0, :, :, :, None].astype(jnp.float32) * block.k[:, :, None].astype(jnp.float32),
                         axis=-2)
             return s[:, :, :, None, :]
-        return jnp.einsum("btkrd,bkds->bkrts", qg, block.k, preferred_element_type=jnp.float32)
+        # queries batch-major ([B, Hkv, r, T, hd]) first: XLA:CPU has no bfloat16 x bfloat16 -> float32 dot for
+        # "btkrd,bkds" (batch dims not leading in the lhs), and the same contraction otherwise
+        return jnp.einsum("bkrtd,bkds->bkrts", qg.transpose(0, 2, 3, 1, 4), block.k,
+                          preferred_element_type=jnp.float32)
     if not block.shared:
         return jnp.einsum("btkrd,bskd->bkrts", qg, block.k, preferred_element_type=jnp.float32)
     p = block.k.shape[0]
