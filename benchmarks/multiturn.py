@@ -3,6 +3,14 @@
     python -m benchmarks multiturn                       # SmolLM2-135M-Instruct, 8 prompts x 8 episodes, 3 turns
     python -m benchmarks multiturn --model DIR --prompts 2 --group 2 --new-tokens 16 --max-turn-tokens 4 \
         --repeats 1 --results ''                         # the smoke run of tests/test_bench_multiturn.py
+    python -m benchmarks multiturn --shape qwen2.5-0.5b --dtype bfloat16 --tokenizer DIR \
+        --environment guess_number --max-turns 4 --max-turn-tokens 32 --new-tokens 256   # the lent GPU's run
+
+--shape (a shape of `benchmarks/ragged_sampler.py`, e.g. qwen2.5-0.5b) plays with random weights of that shape in
+--dtype instead of --model, and the tokenizer of --tokenizer DIR (any saved transformers tokenizer with a chat
+template; benchmarks/device_check.sh saves the embedded model's). Random weights draw nearly uniform tokens, so a
+turn ends at --max-turn-tokens and never at a stop string: give an environment that answers every turn
+(--environment guess_number: a turn with no number gets a reminder) to have several turns per episode.
 
 What is measured (defaults): configs/calculator.py's experiment (its arithmetic task and system message, the
 'calculator' environment in the 'tag' call format, rollout.max_new_tokens = 128 tokens for a whole episode,
@@ -54,6 +62,10 @@ WAYS = {"cached": True, "reprefill": False}  # way -> keep_cache
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks multiturn", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="models.load source (it needs a tokenizer)")
+    p.add_argument("--shape", default="", help="random weights of this shape (ragged_sampler's SHAPES) instead")
+    p.add_argument("--dtype", default="float32", help="with --shape: params and compute dtype")
+    p.add_argument("--tokenizer", default="", help="with --shape: a saved transformers tokenizer dir")
+    p.add_argument("--environment", default="", help="environment.name (default: the config's, 'calculator')")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group", type=int, default=8, help="episodes per prompt")
     p.add_argument("--new-tokens", type=int, default=0,
@@ -82,12 +94,34 @@ def calculator_config(args):
     c.rollout.group_size = args.group
     if args.new_tokens:
         c.rollout.max_new_tokens = args.new_tokens
+    if args.environment:
+        c.environment.name = args.environment
     c.environment.max_turns = args.max_turns
     if args.prefill is not None:
         c.task.prefill = args.prefill
     if args.max_turn_tokens >= 0:
         c.environment.max_turn_tokens = args.max_turn_tokens
     return c
+
+
+def policy(args):
+    """(ModelConfig, params, tokenizer): --model's, or random weights of --shape with --tokenizer's tokenizer."""
+    if not args.shape:
+        return load_policy(args.model)
+    if not args.tokenizer:
+        raise SystemExit("python -m benchmarks multiturn: --shape needs --tokenizer DIR (the prompts are chat text)")
+    from transformers import AutoTokenizer
+
+    from benchmarks.ragged_sampler import SHAPES, ragged_model
+    if args.shape not in SHAPES:
+        raise SystemExit(f"python -m benchmarks multiturn: unknown --shape {args.shape!r}; choose from "
+                         f"{', '.join(sorted(SHAPES))}")
+    model_config, params, _ = ragged_model(args.shape, args.dtype, 1.0, args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if len(tokenizer) > model_config.vocab_size:
+        raise SystemExit(f"python -m benchmarks multiturn: the tokenizer has {len(tokenizer)} tokens, more than "
+                         f"the {args.shape} shape's vocabulary of {model_config.vocab_size}")
+    return model_config, params, tokenizer
 
 
 def main(argv=None) -> dict:
@@ -100,7 +134,7 @@ def main(argv=None) -> dict:
 
     config = calculator_config(args)
     config_lib.validate(config)
-    t_load, (model_config, params, tokenizer) = results.timed(lambda: load_policy(args.model))
+    t_load, (model_config, params, tokenizer) = results.timed(lambda: policy(args))
     if tokenizer is None:
         raise SystemExit(f"python -m benchmarks multiturn: {args.model} has no tokenizer (the prompts are chat text)")
     task = tasks.get(config.task.name, **task_options(config))
@@ -156,7 +190,9 @@ def main(argv=None) -> dict:
 
     stats = a_stats
     line = {"benchmark": "multiturn", "time": results.now(), "commit": results.git_commit(),
-            "settings": {"model": args.model, "config": "configs/calculator.py", "task": config.task.name,
+            "settings": {"model": f"random {args.shape} ({args.dtype})" if args.shape else args.model,
+                         "tokenizer": args.tokenizer or args.model, "config": "configs/calculator.py",
+                         "task": config.task.name,
                          "prefill": config.task.prefill,
                          "environment": config.environment.name, "call_format": config.environment.call_format,
                          "prompts": args.prompts, "group": args.group,
@@ -167,7 +203,7 @@ def main(argv=None) -> dict:
                          "temperature": float(config.rollout.temperature), "seed": args.seed,
                          "repeats": args.repeats, "prompt_tokens_padded": int(np.asarray(tokens).shape[1]),
                          "prompt_tokens_mean": float(np.asarray(mask).sum(axis=1).mean()),
-                         "dtype": str(config.model.dtype)},
+                         "dtype": args.dtype if args.shape else str(config.model.dtype)},
             "prompt_prefill_tokens": prefill, "episode_tokens": episode_tokens, "final_tokens": final_tokens,
             "generated_tokens": generated, "observation_tokens": int(stats.observation_tokens),
             "cached": way("cached"), "reprefill": way("reprefill"),
@@ -181,6 +217,8 @@ def main(argv=None) -> dict:
         "time": round(line["reprefill"]["time_s"] / line["cached"]["time_s"], 3)}
     line["goal"] = {"computed_per_final_token_max": GOAL,
                     "met": line["cached"]["computed_per_final_token"] <= GOAL}
+    line["backend"] = jax.default_backend()
+    line["devices"] = [str(d) for d in jax.devices()]
     line["machine"] = machine.describe()
     line["threads"] = machine.threads()
     return results.emit(line, args.results)

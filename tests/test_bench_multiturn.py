@@ -48,3 +48,19 @@ def test_multiturn_benchmark_runs_and_appends_one_line(checkpoint, tmp_path, cap
     assert line["goal"]["computed_per_final_token_max"] == 1.15
     assert line["goal"]["met"] == (line["cached"]["computed_per_final_token"] <= 1.15)
     assert line["machine"]["cores"] >= 1
+
+
+def test_multiturn_benchmark_on_random_weights_of_a_shape(tmp_path):
+    """--shape: random weights of a named shape with a saved tokenizer (the lent GPU's run, here the tiny shape):
+    guess_number answers every turn, so the episodes cross turn boundaries and re-running the history costs more."""
+    from tiny_tokenizer import save_tokenizer
+
+    tokenizer = save_tokenizer(tmp_path / "tokenizer")
+    line = benchmark.main(["multiturn", "--shape", "tiny", "--tokenizer", tokenizer, "--environment", "guess_number",
+                           "--prompts", "2", "--group", "2", "--new-tokens", "80", "--max-turns", "3",
+                           "--max-turn-tokens", "4", "--repeats", "1", "--results", ""])
+    assert line["settings"]["model"] == "random tiny (float32)" and line["settings"]["environment"] == "guess_number"
+    assert line["turns"] > 4 and line["observation_tokens"] > 0 and line["same_tokens"]
+    assert line["reprefill"]["tokens_computed"] > line["cached"]["tokens_computed"]
+    with pytest.raises(SystemExit, match="--shape needs --tokenizer"):
+        benchmark.main(["multiturn", "--shape", "tiny", "--results", ""])
