@@ -27,7 +27,7 @@ if [ "${1:-}" = "--smoke" ]; then
     SHAPE=tiny; DTYPE=float32
     RAGGED=(--prompts 2 --group 4 --new-tokens 32 --mean-length 8)
     MULTI=(--prompts 2 --group 2 --new-tokens 80 --max-turn-tokens 4)
-    [ -d "$TOKENIZER" ] || TOKENIZER=$("$PY" -c "import sys; sys.path.insert(0, 'tests')
+    TOKENIZER=$("$PY" -c "import sys; sys.path.insert(0, 'tests')  # the tests' char-level tokenizer
 from tiny_tokenizer import save_tokenizer; print(save_tokenizer('$OUT/tiny_tokenizer'))")
 fi
 [ -d "$TOKENIZER" ] || { echo "no tokenizer at $TOKENIZER: run 'bash benchmarks/device_check.sh --prepare' first"; exit 2; }

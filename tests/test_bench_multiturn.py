@@ -64,3 +64,18 @@ def test_multiturn_benchmark_on_random_weights_of_a_shape(tmp_path):
     assert line["reprefill"]["tokens_computed"] > line["cached"]["tokens_computed"]
     with pytest.raises(SystemExit, match="--shape needs --tokenizer"):
         benchmark.main(["multiturn", "--shape", "tiny", "--results", ""])
+
+
+def test_the_device_check_script_runs_its_commands_on_the_tiny_shape(tmp_path):
+    """benchmarks/device_check.sh --smoke: the lent GPU's script, its two benchmarks on the tiny shape."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", os.path.join(root, "benchmarks", "device_check.sh"), "--smoke"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [x["benchmark"] for x in lines] == ["ragged_sampler", "multiturn"]
+    assert lines[1]["settings"]["environment"] == "guess_number" and lines[1]["turns"] > 0
