@@ -30,7 +30,9 @@ if [ "${1:-}" = "--smoke" ]; then
     TOKENIZER=$("$PY" -c "import sys; sys.path.insert(0, 'tests')  # the tests' char-level tokenizer
 from tiny_tokenizer import save_tokenizer; print(save_tokenizer('$OUT/tiny_tokenizer'))")
 fi
-[ -d "$TOKENIZER" ] || { echo "no tokenizer at $TOKENIZER: run 'bash benchmarks/device_check.sh --prepare' first"; exit 2; }
+if [ ! -d "$TOKENIZER" ]; then
+    echo "no tokenizer at $TOKENIZER: run 'bash benchmarks/device_check.sh --prepare' first"; exit 2
+fi
 "$PY" -c "import jax, grpo_jax, benchmarks; print('backend', jax.default_backend(), jax.devices())" || exit 2
 status=0
 timeout 210 "$PY" -m benchmarks ragged_sampler --shape "$SHAPE" --dtype "$DTYPE" --repeats 1 "${RAGGED[@]}" \
