@@ -239,13 +239,20 @@ def test_codec_from_a_tokenizer():
 
 
 @pytest.mark.parametrize("role,budget", [("tool", T), ("inline", 16)])
-def test_rebuilding_the_cache_at_each_turn_gives_the_same_episodes(role, budget):
+def test_rebuilding_the_cache_at_each_turn_gives_the_same_episodes(role, budget, monkeypatch):
     """keep_cache=False (each row's history, its prompt and its whole completion, re-run at every turn boundary)
     plays the episodes keep_cache=True plays: same tokens, action_mask, lengths, truncated flags and turns,
     log-probs within 1e-5; it computes at least a padded prompt more for every turn after a row's first."""
     tokens, mask = _prompts()
     settings = _settings(max_new_tokens=budget)
     knobs = {**KNOBS, **({"max_observation_tokens": 0, "max_turn_tokens": 6} if budget < T else {})}
+    reencoded = []  # rows whose prompt keys/values the baseline computes again, per turn boundary
+    put_prefix = multiturn._put_prefix
+
+    def spy(prefix, part, rows):
+        reencoded.append(int(rows.shape[0]))
+        return put_prefix(prefix, part, rows)
+    monkeypatch.setattr(multiturn, "_put_prefix", spy)
     runs = {keep: multiturn.generate_episodes(CONFIG, _params(), tokens, mask, KEY, settings, _envs(role), CODEC,
                                               keep_cache=keep, **knobs) for keep in (True, False)}
     (cached, cached_stats), (rebuilt, rebuilt_stats) = runs[True], runs[False]
@@ -259,6 +266,7 @@ def test_rebuilding_the_cache_at_each_turn_gives_the_same_episodes(role, budget)
     assert rebuilt_stats.budget_cut == cached_stats.budget_cut
     assert cached_stats.turns.max() >= 2  # turn boundaries were crossed: there was a cache to rebuild
     reprefills = int((cached_stats.turns - 1).clip(0).sum())
+    assert len(reencoded) == cached_stats.turns.max() - 1 and sum(reencoded) >= reprefills  # only keep_cache=False
     assert rebuilt_stats.tokens_computed - cached_stats.tokens_computed >= reprefills * tokens.shape[1] > 0
     if budget < T:
         assert cached_stats.budget_cut >= 1
@@ -314,11 +322,19 @@ def test_compacted_turn_runs_in_chunks_that_shrink_with_the_running_rows():
 
 
 @pytest.mark.parametrize("max_decode_rows", [4, 7])
-def test_waves_of_max_decode_rows_give_the_reference_episodes(max_decode_rows):
+def test_waves_of_max_decode_rows_give_the_reference_episodes(max_decode_rows, monkeypatch):
     """settings.max_decode_rows: the groups are played in waves (4 rows: one group of 3 at a time; 7: two groups,
     then one), each row with its own key: the same episodes and stats as one batch."""
+    waves = []
+    play = multiturn._play_episodes
+
+    def spy(model_config, params, tokens_in, *args, **kwargs):
+        waves.append(len(tokens_in))
+        return play(model_config, params, tokens_in, *args, **kwargs)
+    monkeypatch.setattr(multiturn, "_play_episodes", spy)
     settings = _settings(max_decode_rows=max_decode_rows, compact=True)
     got, stats, want = _episodes(settings=settings)
+    assert waves == ([1, 1, 1] if max_decode_rows == 4 else [2, 1])  # prompts per wave
     _same(got, stats, want)
     _trainer_matches(CONFIG, got, settings)
     _, whole, _ = _episodes(settings=_settings(compact=True))
@@ -339,3 +355,27 @@ def test_a_bfloat16_model_plays_episodes():
     train, _ = logprobs.completion_logprobs(config, _params(), jnp.asarray(tokens), jnp.asarray(mask),
                                             jnp.asarray(got.tokens), G, temperature=1.0)
     assert (np.abs(np.asarray(train) - got.logps) * got.action_mask).max() < 0.1
+
+
+def test_observe_runs_only_the_rows_that_get_an_observation():
+    """With compaction, an observe step gathers the rows with tokens to insert (padded to a power of two times the
+    shards) and computes rows x width positions; without, all N rows."""
+    tokens, mask = _prompts()
+    settings = rollout.program.resolve(CONFIG, _settings(compact=True)).program_key()
+    prefill, _, observe, _ = multiturn._programs(CONFIG, settings, CODEC.stop_sequences)
+    prefix, state = prefill(_params(), jnp.asarray(tokens), jnp.asarray(mask))
+    seen = []
+
+    def spy(params, prefix, state, obs, counts, restart):
+        seen.append(obs.shape)
+        return observe(params, prefix, state, obs, counts, restart)
+    runs = {1: [5, 6, 7], 4: [8] * 10, 7: [9]}
+    n = len(SCRIPTS)
+    after, computed = multiturn._observe_rows(spy, _params(), prefix, state, runs, np.zeros(n, bool), G, 1, 0)
+    assert seen == [(4, 16)] and computed == 4 * 16   # 3 rows -> 4, the longest (10) -> 16 columns
+    lengths = np.asarray(after.lengths)
+    assert lengths.tolist() == [0, 3, 0, 0, 10, 0, 0, 1, 0]
+    assert np.asarray(after.tokens)[4, :10].tolist() == [8] * 10
+    prefix, state = prefill(_params(), jnp.asarray(tokens), jnp.asarray(mask))  # the first call donated its state
+    _, computed_all = multiturn._observe_rows(spy, _params(), prefix, state, runs, np.zeros(n, bool), G, 0, 0)
+    assert seen[-1] == (n, 16) and computed_all == n * 16
